@@ -1,0 +1,31 @@
+"""Domain exceptions of the codecs (bytes <-> images and masks).
+
+Messages say what was wrong and what is accepted -- never pixel values or
+DICOM attribute values. ``app/errors.py`` maps each class to its HTTP status.
+"""
+
+from __future__ import annotations
+
+
+class CodecError(Exception):
+    """Base class of every codec error."""
+
+
+class EmptyInputError(CodecError):
+    """No bytes at all (400)."""
+
+
+class NotAnImageError(CodecError):
+    """Bytes that are no image format at all: random, PDF, HTML, ZIP (400)."""
+
+
+class CorruptImageError(CodecError):
+    """A recognised format whose data is truncated or corrupt (400)."""
+
+
+class UnsupportedFormatError(CodecError):
+    """A recognised container the service does not decode: GIF, BMP, WebP, ... (415)."""
+
+
+class ImageTooLargeError(CodecError):
+    """Width x height x frames above the configured limit, known from the header (413)."""

@@ -1,0 +1,53 @@
+"""The torch-free inference core: model card, ONNX Runtime engine, overlap-tile, predictor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.inference.card import ModelCard, load_card
+from app.inference.engine import Engine, ProviderChoice
+from app.inference.errors import (
+    ImageShapeError,
+    InferenceError,
+    ModelCardError,
+    ModelLoadError,
+    ProviderError,
+)
+from app.inference.predictor import Prediction, Predictor
+from app.inference.tiling import Geometry, plan_tiles, predict_tiled, predict_whole
+
+__all__ = [
+    "Engine",
+    "Geometry",
+    "ImageShapeError",
+    "InferenceError",
+    "LoadedModel",
+    "ModelCard",
+    "ModelCardError",
+    "ModelLoadError",
+    "Prediction",
+    "Predictor",
+    "ProviderError",
+    "load_model",
+    "plan_tiles",
+    "predict_tiled",
+    "predict_whole",
+]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    engine: Engine
+    card: ModelCard
+
+
+def load_model(
+    path: str | Path, providers: ProviderChoice = "auto", threads: int = 0
+) -> LoadedModel:
+    """Open an ONNX model, read and verify its card (one probe inference)."""
+    engine = Engine(path, providers=providers, threads=threads)
+    card = load_card(
+        engine.path, engine.metadata, engine.run, engine.input_shape, engine.output_shape
+    )
+    return LoadedModel(engine, card)

@@ -1,0 +1,150 @@
+"""Engine: one ONNX Runtime session, its providers, and batch runs.
+
+Providers (``UNET_PROVIDERS``):
+
+- ``auto``: CUDA when ONNX Runtime has it *and* a session on it can be made,
+  otherwise the CPU, said in one log line;
+- ``cpu``; ``cuda``; ``tensorrt`` (TensorRT, then CUDA for what it cannot
+  take): an explicit GPU provider that cannot be used is a ProviderError.
+
+Graph optimisation is ORT_ENABLE_ALL: it includes the NCHWc layout transform
+that makes MLAS convolutions run near the machine's sgemm rate on a CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from app.inference.errors import ModelLoadError, ProviderError
+
+log = logging.getLogger(__name__)
+
+ProviderChoice = Literal["auto", "cpu", "cuda", "tensorrt"]
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+_CHAINS: dict[str, list[str]] = {
+    "cpu": [CPU],
+    "cuda": [CUDA, CPU],
+    "tensorrt": [TENSORRT, CUDA, CPU],
+}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class Engine:
+    """An ONNX model ready to run batches: ``run(N x C x H x W float32) -> first output``.
+
+    path: the ``.onnx`` file. providers: ``auto|cpu|cuda|tensorrt``.
+    threads: intra-op threads (0 = ONNX Runtime's choice: one per physical core).
+    """
+
+    def __init__(self, path: str | Path, providers: ProviderChoice = "auto", threads: int = 0):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file not found: {self.path}")
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = one per core), got {threads}")
+        self.requested = providers
+        self.sha256 = file_sha256(self.path)
+        self._options = ort.SessionOptions()
+        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._options.intra_op_num_threads = threads
+        self._options.inter_op_num_threads = 1
+        self._options.log_severity_level = 4  # failures surface as exceptions, not stderr noise
+        self._session = self._open(providers)
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise ModelLoadError(
+                f"{self.path.name}: expected one N x C x H x W input, "
+                f"found {[(i.name, i.shape) for i in inputs]}"
+            )
+        if not outputs or len(outputs[0].shape) != 4:
+            raise ModelLoadError(
+                f"{self.path.name}: the first output must be N x K x H x W logits, "
+                f"found {[(o.name, o.shape) for o in outputs]}"
+            )
+        self.input_name: str = inputs[0].name
+        self.input_shape: list[int | str | None] = list(inputs[0].shape)
+        self.output_names: list[str] = [o.name for o in outputs]
+        self.output_shape: list[int | str | None] = list(outputs[0].shape)
+
+    def _session_on(self, chain: list[str]) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=self._options, providers=chain)
+        except Exception as exc:  # ORT's pybind exceptions derive from Exception only
+            raise ModelLoadError(
+                f"cannot load model {self.path.name}: {_first_line(exc)}"
+            ) from None
+
+    def _open(self, choice: str) -> ort.InferenceSession:
+        available = ort.get_available_providers()
+        if choice == "auto":
+            if CUDA in available:
+                try:
+                    session = self._session_on(_CHAINS["cuda"])
+                    if session.get_providers()[0] == CUDA:
+                        return session
+                    reason = "ONNX Runtime could not start CUDA (driver or libraries missing)"
+                except ModelLoadError as exc:
+                    reason = str(exc)
+            else:
+                reason = "this ONNX Runtime build has no CUDA provider"
+            log.info("providers=auto: %s; using %s", reason, CPU)
+            return self._session_on(_CHAINS["cpu"])
+        if choice not in _CHAINS:
+            raise ProviderError(
+                f"unknown provider {choice!r}: use one of auto, cpu, cuda, tensorrt"
+            )
+        wanted = _CHAINS[choice][0]
+        if wanted not in available:
+            raise ProviderError(
+                f"provider {choice!r} asked for, but this ONNX Runtime build offers only "
+                f"{', '.join(available)} (install the `gpu` extra, onnxruntime-gpu, on a CUDA host)"
+            )
+        session = self._session_on(_CHAINS[choice])
+        if session.get_providers()[0] != wanted:
+            raise ProviderError(
+                f"provider {choice!r} asked for, but ONNX Runtime could not start it "
+                f"(GPU driver, CUDA or cuDNN libraries missing?); it would run on "
+                f"{session.get_providers()[0]}"
+            )
+        return session
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session actually uses, first = preferred."""
+        return list(self._session.get_providers())
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The model's ``metadata_props``."""
+        return dict(self._session.get_modelmeta().custom_metadata_map)
+
+    def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Run N x C x H x W float32 through the model; returns its first output."""
+        out: npt.NDArray[np.float32] = self._session.run(
+            [self.output_names[0]], {self.input_name: batch}
+        )[0]
+        return out
+
+    def run_all(self, batch: npt.NDArray[np.float32]) -> list[Any]:
+        """Every output of the model (e.g. logits, then image-level scores)."""
+        return list(self._session.run(None, {self.input_name: batch}))

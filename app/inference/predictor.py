@@ -1,0 +1,209 @@
+"""Predictor: image frame -> class probabilities -> class-index mask.
+
+A frame is H x W or H x W x C, uint8 or uint16, C in {1, 2, 3, 4} (gray,
+gray + alpha, RGB, RGBA). Alpha is dropped; an RGB frame given to a 1-channel
+model becomes BT.601 luma, a gray frame given to a 3-channel model is
+replicated; 16-bit values are divided by 257 (to the 0-255 scale) and then
+normalised as the card says. All of it happens per tile, as tiles are cut:
+the only whole-image float array is the probability map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from app.inference.card import ModelCard
+from app.inference.errors import ImageShapeError
+from app.inference.tiling import ProgressFn, predict_tiled
+
+RunFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.floating]]
+
+# BT.601 luma weights (R, G, B).
+LUMA = (0.299, 0.587, 0.114)
+# Measured with `python -m bench.inference` (see README, Performance): on a CPU the
+# largest paper tile with batch 1 keeps MLAS busiest; on a GPU a batch of large
+# tiles fills the device.
+CPU_TILE_SIZE, CPU_BATCH_SIZE = 572, 1
+GPU_TILE_SIZE, GPU_BATCH_SIZE = 1084, 4
+FLIPS = ((1, 1), (1, -1), (-1, 1), (-1, -1))  # identity, horizontal, vertical, both
+
+
+class Normalizer:
+    """Maps a raw h x w x C_in tile into the network's C x h x w float32 input."""
+
+    def __init__(self, card: ModelCard, frame_channels: int, dtype: np.dtype[np.generic]):
+        to_255 = 1 / 257 if dtype == np.uint16 else 1.0
+        scale, offset = card.normalization.per_channel(card.in_channels)
+        self.scale = [s * to_255 for s in scale]
+        self.offset = offset
+        self.luma = card.in_channels == 1 and frame_channels == 3
+        self.replicate = card.in_channels == 3 and frame_channels == 1
+
+    def __call__(self, raw: np.ndarray, dest: npt.NDArray[np.float32]) -> None:
+        if self.luma:
+            np.multiply(raw[..., 0], LUMA[0] * self.scale[0], out=dest[0])
+            dest[0] += raw[..., 1] * np.float32(LUMA[1] * self.scale[0])
+            dest[0] += raw[..., 2] * np.float32(LUMA[2] * self.scale[0])
+            dest[0] += self.offset[0]
+            return
+        for c in range(dest.shape[0]):
+            source = raw[..., 0] if self.replicate else raw[..., c]
+            np.multiply(source, np.float32(self.scale[c]), out=dest[c])
+            dest[c] += np.float32(self.offset[c])
+
+
+def _sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    np.negative(x, out=x)
+    np.exp(x, out=x)
+    x += 1
+    np.reciprocal(x, out=x)
+    return x
+
+
+def _softmax(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    x -= x.max(axis=1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=1, keepdims=True)
+    return x
+
+
+def check_frame(frame: np.ndarray) -> np.ndarray:
+    """The frame as H x W x C (C = 1 or 3, alpha dropped, a view), or ImageShapeError."""
+    if frame.dtype not in (np.uint8, np.uint16):
+        raise ImageShapeError(f"pixels must be uint8 or uint16, got {frame.dtype}")
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    if frame.ndim != 3 or frame.shape[2] not in (1, 2, 3, 4):
+        raise ImageShapeError(
+            f"a frame is H x W with 1-4 channels (gray, gray+alpha, RGB, RGBA), got {frame.shape}"
+        )
+    if frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise ImageShapeError(f"the image is empty: {frame.shape[1]} x {frame.shape[0]} px")
+    return frame[:, :, : 1 if frame.shape[2] <= 2 else 3]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """probabilities: P x H x W float32 (P = 1 for sigmoid: p(foreground); K for softmax)."""
+
+    probabilities: npt.NDArray[np.float32]
+    mask: npt.NDArray[np.uint8]
+    tiles: int
+
+
+class Predictor:
+    """Tiled, normalised, optionally flip-averaged prediction with one model.
+
+    run: ``N x C x h x w float32 -> N x K x h' x w'`` logits (an Engine's ``run``).
+    tile_size: largest input tile side (px); batch_size: tiles per ``run`` call.
+    context: same-padding models only, pixels discarded at inner tile borders.
+    """
+
+    def __init__(
+        self,
+        run: RunFn,
+        card: ModelCard,
+        *,
+        tile_size: int = CPU_TILE_SIZE,
+        batch_size: int = CPU_BATCH_SIZE,
+        context: int = 96,
+    ):
+        self.card = card
+        self.geometry = card.geometry(context)
+        if self.geometry.valid_size_at_most(tile_size) is None:
+            raise ValueError(
+                f"tile_size {tile_size} is below the model's minimum input {card.min_size}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.tile_size, self.batch_size = tile_size, batch_size
+        self._run = run
+        self._activate = _sigmoid if card.activation == "sigmoid" else _softmax
+        self.tiles_run = 0
+
+    def _predict(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        logits = np.asarray(self._run(batch), dtype=np.float32)
+        if logits.shape[1] != self.card.out_channels:
+            raise ValueError(
+                f"the model returned {logits.shape[1]} channels, its card promises "
+                f"{self.card.out_channels}"
+            )
+        return self._activate(logits)
+
+    def probabilities(
+        self, frame: np.ndarray, *, tta: bool = False, progress: ProgressFn | None = None
+    ) -> tuple[npt.NDArray[np.float32], int]:
+        """P x H x W probabilities of a frame, and the number of tiles run."""
+        image = check_frame(frame)
+        prepare = Normalizer(self.card, image.shape[2], image.dtype)
+        height, width = image.shape[:2]
+        probs = np.zeros((self.card.out_channels, height, width), dtype=np.float32)
+        flips = FLIPS if tta else FLIPS[:1]
+        finished, current = 0, 0
+
+        def count(done: int, total: int) -> None:
+            nonlocal current
+            current = done
+            if progress is not None:
+                progress(finished + done, total * len(flips))
+
+        for fy, fx in flips:
+            predict_tiled(
+                image[::fy, ::fx],
+                self._predict,
+                self.geometry,
+                channels=self.card.in_channels,
+                tile_size=self.tile_size,
+                batch_size=self.batch_size,
+                prepare=prepare,
+                out=probs[:, ::fy, ::fx],
+                accumulate=tta,
+                progress=count,
+            )
+            finished += current
+        tiles = finished
+        if tta:
+            probs *= np.float32(1 / len(flips))
+        self.tiles_run += tiles
+        return probs, tiles
+
+    def mask(self, probs: npt.NDArray[np.float32], threshold: float = 0.5) -> npt.NDArray[np.uint8]:
+        """H x W class indices: p >= threshold for binary models, argmax for K >= 3."""
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if self.card.out_channels <= 2:
+            foreground = probs[0] if self.card.activation == "sigmoid" else probs[1]
+            mask: npt.NDArray[np.uint8] = (foreground >= threshold).view(np.uint8)
+        else:
+            mask = probs.argmax(axis=0).astype(np.uint8)
+        return mask
+
+    def class_probability(
+        self, probs: npt.NDArray[np.float32], class_index: int
+    ) -> npt.NDArray[np.float32]:
+        """H x W probability of one non-background class (1 .. len(classes) - 1)."""
+        if not 1 <= class_index < len(self.card.classes):
+            raise ValueError(
+                f"class must be in 1..{len(self.card.classes) - 1} "
+                f"({', '.join(self.card.classes[1:])}), got {class_index}"
+            )
+        channel = 0 if self.card.activation == "sigmoid" else class_index
+        result: npt.NDArray[np.float32] = probs[channel]
+        return result
+
+    def predict(
+        self,
+        frame: np.ndarray,
+        *,
+        threshold: float = 0.5,
+        tta: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> Prediction:
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        probs, tiles = self.probabilities(frame, tta=tta, progress=progress)
+        return Prediction(probs, self.mask(probs, threshold), tiles)
