@@ -1,0 +1,154 @@
+"""Mask encoders: label map -> palette PNG, probability -> 16-bit PNG, label map -> COCO RLE.
+
+Pure numpy + Pillow + pycocotools: arrays in, bytes or JSON-ready dicts out,
+no I/O. Formats are those of ../shared/API.md (``POST /segment``, ``format=``
+``png``, ``probability``, ``rle``).
+
+Speed, 4096 x 4096 on 2 cores (measured; a base-32 U-Net needs ~1 min there):
+label PNG 0.1-0.2 s, 16-bit probability PNG 0.9-1.7 s (mostly Pillow's row
+filtering: level 0 saves little on noisy maps), RLE ~0.1 s per class for masks
+with ragged borders (1.1 s for 5 classes of pure noise, the worst case).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+# zlib level 1: masks are long runs, so level 1 compresses them nearly as well as
+# level 6 in less than half the time (4096^2, 3 classes: 0.19 s / 2.35 MB vs 0.58 s / 2.09 MB).
+PNG_COMPRESS_LEVEL = 1
+# Rows per chunk when scaling probabilities: bounds the float64 temporary to ~8 MiB at 4096 px.
+_ROWS_PER_CHUNK = 256
+# Distinct, bright-on-black colours for the first classes (background is black).
+_BASE_COLOURS = (
+    (0, 0, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+)
+
+
+def palette(num_classes: int) -> list[int]:
+    """Flat RGB palette (3 x ``num_classes`` ints): class 0 black, each class its own colour.
+
+    The first 12 colours are a hand-picked qualitative set; further classes
+    step the hue by the golden angle so neighbours stay apart.
+    """
+    colours = list(_BASE_COLOURS[:num_classes])
+    for k in range(len(colours), num_classes):
+        r, g, b = colorsys.hsv_to_rgb((k * 0.618033988749895) % 1.0, 0.75, 0.95)
+        colours.append((round(r * 255), round(g * 255), round(b * 255)))
+    return [channel for colour in colours for channel in colour]
+
+
+def _check_labels(labels: np.ndarray, num_classes: int) -> None:
+    if labels.ndim != 2 or labels.dtype != np.uint8:
+        raise ValueError(
+            f"labels must be an H x W uint8 array, got shape {labels.shape} dtype {labels.dtype}"
+        )
+    if not 1 <= num_classes <= 256:
+        raise ValueError(f"num_classes must be in 1..256, got {num_classes}")
+    if labels.size and int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"labels hold class {int(labels.max())}, but there are only {num_classes} classes "
+            f"(0..{num_classes - 1})"
+        )
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def encode_label_png(labels: npt.NDArray[np.uint8], num_classes: int) -> bytes:
+    """H x W uint8 class indices -> 8-bit palette PNG of the same size.
+
+    The pixel values are the class indices (``numpy.asarray(Image.open(...))``
+    gives them back exactly); the palette only makes the mask visible in a viewer.
+    """
+    _check_labels(labels, num_classes)
+    image = Image.fromarray(np.ascontiguousarray(labels))  # mode "L"
+    image.putpalette(palette(num_classes))  # -> mode "P", same bytes
+    return _png_bytes(image)
+
+
+def to_uint16(p: npt.NDArray[np.floating]) -> npt.NDArray[np.uint16]:
+    """H x W probabilities -> H x W uint16 ``round(clip(p, 0, 1) * 65535)``; NaN -> 0.
+
+    Computed in float64, where ``p * 65535`` is exact for float32 ``p`` (24 + 16
+    bits < 53), so the rounding (half to even, as Python's ``round``) is exact.
+    """
+    if p.ndim != 2:
+        raise ValueError(f"probabilities must be H x W, got shape {p.shape}")
+    out = np.empty(p.shape, dtype=np.uint16)
+    for top in range(0, p.shape[0], _ROWS_PER_CHUNK):
+        rows = slice(top, top + _ROWS_PER_CHUNK)
+        scaled = np.nan_to_num(np.clip(p[rows].astype(np.float64), 0.0, 1.0), copy=False)
+        scaled *= 65535.0
+        np.rint(scaled, out=scaled)
+        out[rows] = scaled
+    return out
+
+
+def encode_probability_png(p: npt.NDArray[np.floating]) -> bytes:
+    """H x W probabilities in [0, 1] -> 16-bit grayscale PNG of ``round(p * 65535)``."""
+    return _png_bytes(Image.fromarray(to_uint16(p)))  # mode "I;16"
+
+
+def _segment(
+    k: int, label: str, rle: dict[str, Any], size: list[int], frame: int | None
+) -> dict[str, Any]:
+    x, y, w, h = (int(v) for v in coco_mask.toBbox(rle))
+    segment: dict[str, Any] = {} if frame is None else {"frame": frame}
+    segment |= {
+        "class_index": k,
+        "label": label,
+        "area": int(coco_mask.area(rle)),
+        "bbox": [x, y, w, h],
+        "rle": {"size": size, "counts": rle["counts"].decode("ascii")},
+    }
+    return segment
+
+
+def encode_rle(
+    labels: npt.NDArray[np.uint8], classes: list[str], frame: int | None = None
+) -> list[dict[str, Any]]:
+    """H x W class indices -> one COCO RLE segment per non-background class.
+
+    Each segment: ``{"class_index", "label", "area" (px), "bbox": [x, y, w, h] (px),
+    "rle": {"size": [h, w], "counts": str}}``, preceded by ``"frame"`` when given.
+    A class absent from ``labels`` still gets its entry (area 0, bbox [0, 0, 0, 0]).
+    ``counts`` is COCO's compressed, column-major RLE (pycocotools encodes it).
+
+    Memory: one Fortran-ordered copy of ``labels`` and one reused H x W mask
+    buffer, whatever the number of classes.
+    """
+    _check_labels(labels, len(classes))
+    if len(classes) < 2:
+        raise ValueError(f"classes must name background and >= 1 class, got {classes}")
+    height, width = labels.shape
+    column_major = np.asfortranarray(labels)
+    binary = np.empty((height, width), dtype=bool, order="F")
+    as_uint8 = binary.view(np.uint8)  # same Fortran layout, what pycocotools reads
+    segments = []
+    for k in range(1, len(classes)):
+        np.equal(column_major, k, out=binary)
+        rle = coco_mask.encode(as_uint8.reshape((height, width, 1), order="F"))[0]
+        segments.append(_segment(k, classes[k], rle, [height, width], frame))
+    return segments
