@@ -93,15 +93,12 @@ def peak_rss_mib() -> float:
 
 def ort_settings(engine: Engine) -> dict[str, Any]:
     """The ONNX Runtime settings the session really runs with."""
-    options = engine._session.get_session_options()  # Engine exposes no public accessor
-    return {
-        "providers": engine.providers,
-        "graph_optimization_level": str(options.graph_optimization_level).split(".")[-1],
-        "execution_mode": str(options.execution_mode).split(".")[-1],
-        "intra_op_num_threads": options.intra_op_num_threads
-        or f"0 (ORT's default: one per physical core; {os.cpu_count()} logical CPUs)",
-        "inter_op_num_threads": options.inter_op_num_threads,
-    }
+    settings = engine.settings
+    if not settings["intra_op_num_threads"]:
+        settings["intra_op_num_threads"] = (
+            f"0 (ORT's default: one per physical core; {os.cpu_count()} logical CPUs)"
+        )
+    return settings
 
 
 def _progress(label: str) -> Callable[[int, int], None]:

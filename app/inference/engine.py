@@ -134,6 +134,18 @@ class Engine:
         return list(self._session.get_providers())
 
     @property
+    def settings(self) -> dict[str, Any]:
+        """The session settings in force (providers, optimisation, threads)."""
+        options = self._session.get_session_options()
+        return {
+            "providers": self.providers,
+            "graph_optimization_level": str(options.graph_optimization_level).split(".")[-1],
+            "execution_mode": str(options.execution_mode).split(".")[-1],
+            "intra_op_num_threads": options.intra_op_num_threads,
+            "inter_op_num_threads": options.inter_op_num_threads,
+        }
+
+    @property
     def metadata(self) -> dict[str, str]:
         """The model's ``metadata_props``."""
         return dict(self._session.get_modelmeta().custom_metadata_map)

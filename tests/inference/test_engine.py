@@ -61,3 +61,10 @@ def test_negative_threads(valid_model: Path) -> None:
 
 def test_metadata_holds_the_card(valid_model: Path) -> None:
     assert '"halo": 92' in Engine(valid_model, "cpu").metadata["unet"]
+
+
+def test_settings_report_full_optimisation_and_threads(valid_model: Path) -> None:
+    settings = Engine(valid_model, "cpu", threads=2).settings
+    assert settings["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert settings["intra_op_num_threads"] == 2
+    assert settings["providers"] == ["CPUExecutionProvider"]
