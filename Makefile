@@ -32,5 +32,24 @@ test: lint typecheck unit
 bench: venv
 	$(PY) -m bench.inference
 
+# Serve UNET_MODEL_PATH if set, else the default model/unet.onnx; while that is absent,
+# a random-weight demo model built on the spot (its masks mean nothing; it says so).
+HOST ?= 0.0.0.0
+PORT ?= 8000
+UVICORN := $(VENV)/bin/uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
+run: venv
+	@if [ -n "$$UNET_MODEL_PATH" ]; then \
+		echo "serving $$UNET_MODEL_PATH (UNET_MODEL_PATH) on http://$(HOST):$(PORT)"; \
+		$(UVICORN); \
+	elif [ -f model/unet.onnx ]; then \
+		echo "serving the default model model/unet.onnx on http://$(HOST):$(PORT)"; \
+		$(UVICORN); \
+	else \
+		echo "model/unet.onnx not found: building a RANDOM-WEIGHT DEMO model, build/demo.onnx,"; \
+		echo "and serving it on http://$(HOST):$(PORT) (its masks are meaningless)"; \
+		$(PY) -m bench.nets --out build/demo.onnx --base 16 && \
+		UNET_MODEL_PATH=build/demo.onnx $(UVICORN); \
+	fi
+
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

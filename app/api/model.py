@@ -1,0 +1,35 @@
+"""``GET /model``: the model card, the file's SHA-256, the providers and the tiling in use."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import Authorized, ServiceDep
+from app.api.schemas import ModelInfo
+from app.errors import ErrorBody
+
+router = APIRouter(tags=["model"])
+
+
+@router.get(
+    "/model",
+    response_model=ModelInfo,
+    summary="The model being served",
+    dependencies=[Authorized],
+    responses={
+        401: {"model": ErrorBody, "description": "API keys are configured; none or a wrong one"},
+        503: {"model": ErrorBody, "description": "not ready"},
+    },
+)
+def model_info(service: ServiceDep) -> ModelInfo:
+    """Name, version, classes, geometry, normalisation, activation, providers and tiling."""
+    model = service.model
+    tile_size, batch_size = service.tiling
+    return ModelInfo.model_validate(
+        {
+            **model.card.summary(),
+            "sha256": model.engine.sha256,
+            "providers": model.engine.providers,
+            "tiling": {"tile_size": tile_size, "batch_size": batch_size},
+        }
+    )

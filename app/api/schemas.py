@@ -1,0 +1,94 @@
+"""Response bodies of ../shared/API.md as pydantic models (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class OutputFormat(StrEnum):
+    """What ``POST /segment`` answers with."""
+
+    png = "png"
+    rle = "rle"
+    probability = "probability"
+    dicom_seg = "dicom-seg"
+
+
+# Formats that carry several frames (the others answer 422 for a multi-frame input).
+MULTI_FRAME = {OutputFormat.rle, OutputFormat.dicom_seg}
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    sha256: str = Field(description="SHA-256 of the ONNX file, hex")
+
+
+class RLE(BaseModel):
+    size: list[int] = Field(description="[height, width]")
+    counts: str = Field(description="COCO compressed RLE string (column-major)")
+
+
+class Segment(BaseModel):
+    class_index: int = Field(description="1 .. len(classes) - 1")
+    label: str = Field(description="the class name from the model card")
+    area: int = Field(description="pixels of the class")
+    bbox: list[int] = Field(description="[x, y, w, h] in px; [0, 0, 0, 0] when area is 0")
+    rle: RLE
+    frame: int | None = Field(None, description="0-based frame index (multi-frame inputs only)")
+
+
+class RLEResponse(BaseModel):
+    """``format=rle``: one segment per non-background class (per frame for multi-frame input)."""
+
+    height: int
+    width: int
+    model: ModelRef
+    segments: list[Segment]
+
+
+class Status(BaseModel):
+    status: Literal["live", "ready", "not ready"]
+
+
+class ModelName(BaseModel):
+    name: str
+    version: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ready", "not ready"]
+    model: ModelName | None = None
+    provider: str | None = Field(None, description="the execution provider in use")
+
+
+class Normalization(BaseModel):
+    scale: float | list[float]
+    offset: float | list[float]
+
+
+class Tiling(BaseModel):
+    tile_size: int = Field(description="largest input tile side, px")
+    batch_size: int = Field(description="tiles per network run")
+
+
+class ModelInfo(BaseModel):
+    """``GET /model``: the model card, its file hash, providers and tiling."""
+
+    name: str
+    version: str
+    sha256: str
+    classes: list[str]
+    in_channels: int
+    padding: Literal["valid", "same"]
+    halo: int
+    size_multiple: int
+    size_offset: int
+    min_size: int
+    normalization: Normalization
+    activation: Literal["sigmoid", "softmax"]
+    providers: list[str]
+    tiling: Tiling

@@ -1,0 +1,80 @@
+"""Settings: every knob of the service, from ``UNET_*`` environment variables.
+
+Built in the app's lifespan (never at import), validated at once: a bad value
+stops start-up with one log line naming the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, GPU_BATCH_SIZE, GPU_TILE_SIZE
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO_ROOT / "model" / "unet.onnx"
+MiB = 1 << 20
+
+
+class Settings(BaseSettings):
+    """The service's configuration; each field ``foo`` is read from ``UNET_FOO``."""
+
+    model_config = SettingsConfigDict(env_prefix="UNET_", extra="ignore", frozen=True)
+
+    model_path: Path = Field(DEFAULT_MODEL, description="ONNX model file to serve")
+    providers: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        "auto", description="execution providers: auto (CUDA when usable, else CPU), cpu, ..."
+    )
+    threads: int = Field(0, ge=0, description="intra-op threads; 0 = one per physical core")
+    tile_size: int | None = Field(
+        None,
+        ge=1,
+        description=f"largest tile side, px (default {CPU_TILE_SIZE} CPU, {GPU_TILE_SIZE} GPU)",
+    )
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description=f"tiles per run (default {CPU_BATCH_SIZE} CPU, {GPU_BATCH_SIZE} GPU)",
+    )
+    max_upload_bytes: int = Field(64 * MiB, ge=1, description="largest request body, bytes")
+    max_image_pixels: int = Field(
+        64 * MiB, ge=1, description="largest image, width x height x frames (inclusive)"
+    )
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated API keys; empty = open"
+    )
+    log_format: Literal["text", "json"] = Field("text", description="log lines as text or JSON")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_queue: int = Field(
+        8, ge=0, description="requests that may wait for the model; beyond: 503 + Retry-After"
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("log_format", "log_level", "providers", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    def tiling(self, on_gpu: bool) -> tuple[int, int]:
+        """(tile_size, batch_size): the configured ones, else the defaults for the device."""
+        tile, batch = (GPU_TILE_SIZE, GPU_BATCH_SIZE) if on_gpu else (CPU_TILE_SIZE, CPU_BATCH_SIZE)
+        return self.tile_size or tile, self.batch_size or batch
+
+
+def describe(exc: ValidationError) -> str:
+    """One line naming every bad ``UNET_*`` variable and what it accepts."""
+    problems = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        shown = "<redacted>" if field == "api_keys" else repr(err.get("input"))
+        problems.append(f"UNET_{field.upper()}={shown}: {err['msg']}")
+    return "invalid configuration: " + "; ".join(problems)

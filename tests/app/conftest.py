@@ -1,0 +1,169 @@
+"""Tiny models, in-process apps (TestClient) and a real uvicorn process on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from bench.nets import UNetSpec, default_card, save_model
+
+REPO = Path(__file__).resolve().parents[2]
+# depth 2, base 2: halo 20, sizes 4k, at least 44 px; a few ms per small image.
+BINARY = UNetSpec(depth=2, base=2)
+SOFTMAX3 = UNetSpec(depth=2, base=2, out_channels=3)
+RGB = UNetSpec(depth=2, base=2, in_channels=3)
+API_KEY = "test-key-1"
+STARTUP_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_outer_unet_env() -> Iterator[None]:
+    """Settings read UNET_* variables: the tests' own environment must not leak in."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("UNET_")}
+    yield
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("app-models")
+
+
+def _model(model_dir: Path, name: str, spec: UNetSpec) -> Path:
+    path = model_dir / f"{name}.onnx"
+    if not path.exists():
+        save_model(path, spec, seed=3, card=default_card(spec, name=name))
+    return path
+
+
+@pytest.fixture(scope="session")
+def binary_model(model_dir: Path) -> Path:
+    return _model(model_dir, "binary", BINARY)
+
+
+@pytest.fixture(scope="session")
+def softmax_model(model_dir: Path) -> Path:
+    return _model(model_dir, "softmax3", SOFTMAX3)
+
+
+@pytest.fixture(scope="session")
+def rgb_model(model_dir: Path) -> Path:
+    return _model(model_dir, "rgb", RGB)
+
+
+def settings(model: Path, **overrides: Any) -> Settings:
+    return Settings(model_path=model, threads=1, **overrides)
+
+
+@pytest.fixture(scope="module")
+def client(binary_model: Path) -> Iterator[TestClient]:
+    """An open (no API key) in-process app serving the binary model."""
+    with TestClient(create_app(settings(binary_model))) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def softmax_client(softmax_model: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(settings(softmax_model))) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def rgb_client(rgb_model: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(settings(rgb_model))) as test_client:
+        yield test_client
+
+
+# -- a real uvicorn process --------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_lines(self) -> list[str]:
+        return self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+
+
+def start_server(env: dict[str, str], log: Path, timeout_s: float = STARTUP_TIMEOUT_S) -> Server:
+    """uvicorn app.main:app on 127.0.0.1, returned once /health/ready answers 200."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"uvicorn exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{server.url}/health/ready", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    stop_server(server)
+    raise RuntimeError(f"uvicorn not ready after {timeout_s} s:\n{log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=15)
+
+
+SERVER_ENV = {
+    "UNET_THREADS": "1",
+    "UNET_MAX_QUEUE": "4",
+    "UNET_MAX_UPLOAD_BYTES": "2000000",
+    "UNET_MAX_IMAGE_PIXELS": "1000000",
+    "UNET_API_KEYS": f"other-key, {API_KEY}",
+    "UNET_LOG_FORMAT": "json",
+}
+
+
+@pytest.fixture(scope="session")
+def server(binary_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The binary model behind a real uvicorn on loopback, with API keys and small limits."""
+    log = tmp_path_factory.mktemp("server") / "uvicorn.log"
+    running = start_server({**SERVER_ENV, "UNET_MODEL_PATH": str(binary_model)}, log)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture
+def http(server: Server) -> Iterator[httpx.Client]:
+    """A real HTTP client for ``server``, sending the API key."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=60) as c:
+        yield c

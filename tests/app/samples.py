@@ -1,0 +1,116 @@
+"""Image bytes for the tests: good images in every format, and a corpus of bad ones."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+from app.codecs.images import formats
+
+
+def noise(height: int, width: int, channels: int = 0, dtype: type = np.uint8, seed: int = 0):
+    """Random pixels, H x W (channels 0) or H x W x C."""
+    rng = np.random.default_rng(seed)
+    top = 65535 if dtype == np.uint16 else 255
+    shape = (height, width) if channels == 0 else (height, width, channels)
+    return rng.integers(0, top + 1, size=shape).astype(dtype)
+
+
+def encode(array: np.ndarray, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def png(array: np.ndarray) -> bytes:
+    return encode(array, "PNG")
+
+
+def jpeg(array: np.ndarray) -> bytes:
+    return encode(array, "JPEG", quality=95)
+
+
+def tiff(*pages: np.ndarray) -> bytes:
+    images = [Image.fromarray(p) for p in pages]
+    buffer = io.BytesIO()
+    images[0].save(buffer, "TIFF", save_all=True, append_images=images[1:])
+    return buffer.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid-looking PNG header declaring width x height gray pixels, with ~2 KB of data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1_000_000, 9)  # the first rows of zeros
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    )
+
+
+def tiff_declaring(width: int, height: int) -> bytes:
+    """A little-endian baseline TIFF header declaring a width x height 8-bit image, no pixels."""
+    tags = [  # (tag, type SHORT=3 / LONG=4, value)
+        (256, 4, width),
+        (257, 4, height),
+        (258, 3, 8),
+        (259, 3, 1),
+        (262, 3, 1),
+        (273, 4, 8 + 2 + 12 * 8 + 4),  # StripOffsets: right after the IFD
+        (278, 4, height),
+        (279, 4, min(width * height, 2**32 - 1)),
+    ]
+    ifd = struct.pack("<H", len(tags))
+    for tag, kind, value in tags:
+        ifd += (
+            struct.pack("<HHII", tag, kind, 1, value)
+            if kind == 4
+            else struct.pack("<HHIHH", tag, kind, 1, value, 0)
+        )
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00\x00\x00\x00" + b"\x00" * 64
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A real small JPEG whose SOF header is patched to declare width x height."""
+    data = bytearray(jpeg(noise(16, 16)))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def truncated(data: bytes, keep: float = 0.6) -> bytes:
+    return data[: int(len(data) * keep)]
+
+
+def bad_corpus() -> dict[str, tuple[bytes, int]]:
+    """name -> (body, expected status) for bytes that must never give a 5xx."""
+    image = noise(64, 80)
+    rng = np.random.default_rng(1)
+    tiff_body = tiff(image)
+    no_dicom = next(f for f in formats() if f.name == "dicom").decode is None
+    return {
+        "empty": (b"", 400),
+        "random": (rng.bytes(4096), 400),
+        "one byte": (b"\x89", 400),
+        "png signature only": (b"\x89PNG\r\n\x1a\n", 400),
+        "truncated png": (truncated(png(image)), 400),
+        "truncated jpeg": (truncated(jpeg(noise(64, 80, 3))), 400),
+        "truncated tiff": (tiff_body[: len(tiff_body) // 2], 400),
+        "pdf": (b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\n%%EOF\n", 400),
+        "html": (b"<!DOCTYPE html><html><body>not an image</body></html>", 400),
+        "zip": (b"PK\x03\x04" + rng.bytes(200), 400),
+        "gif": (encode(image, "GIF"), 415),
+        "bmp": (encode(image, "BMP"), 415),
+        "webp": (encode(noise(64, 80, 3), "WEBP"), 415),
+        # 415 while no DICOM decoder is registered, then a corrupt DICOM: 400.
+        "dicom, no data": (b"\x00" * 128 + b"DICM" + b"\x00" * 64, 415 if no_dicom else 400),
+        "png bomb": (png_bomb(), 413),
+        "tiff declaring 100000^2": (tiff_declaring(100_000, 100_000), 413),
+        "jpeg declaring 65000^2": (jpeg_declaring(65_000, 65_000), 413),
+    }
