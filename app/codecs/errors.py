@@ -29,3 +29,18 @@ class UnsupportedFormatError(CodecError):
 
 class ImageTooLargeError(CodecError):
     """Width x height x frames above the configured limit, known from the header (413)."""
+
+
+class DicomNoPixelDataError(UnsupportedFormatError):
+    """A DICOM object that holds no image: RT plan, structured report, ECG (415)."""
+
+
+class DicomTransferSyntaxError(UnsupportedFormatError):
+    """A DICOM image whose transfer syntax (compression) cannot be decoded here (415)."""
+
+
+class DicomSegError(CodecError):
+    """DICOM SEG cannot be written for this input, e.g. multi-frame without plane positions.
+
+    The request itself is fine (422): the other output formats (``rle``) still work.
+    """
