@@ -1,0 +1,109 @@
+"""A real learning test on synthetic shapes, then export and evaluate: the exported file
+must reproduce the validation metrics the training run reported."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from training.__main__ import build_parser, config_from_args, main
+from training.checkpoint import read_record
+
+# depth 2, valid: halo 20, sizes 4k >= 44; a 92 px tile gives a 52 px output.
+TINY = ["--depth", "2", "--base-channels", "8", "--tile-size", "92", "--val-tile-size", "92"]
+
+
+def _train(data: Path, out: Path, *extra: str) -> int:
+    return main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            *TINY,
+            "--batch-size",
+            "4",
+            "--lr",
+            "3e-3",
+            "--val-fraction",
+            "0.25",
+            "--no-progress",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, shapes: Callable[..., Path]) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("learn")
+    data = shapes(root / "data", 12)
+    started = time.perf_counter()
+    rc = _train(data, root / "run", "--epochs", "6", "--tiles-per-epoch", "32")
+    return {"rc": rc, "data": data, "dir": root / "run", "seconds": time.perf_counter() - started}
+
+
+def test_learns_synthetic_shapes(run: dict[str, Any]) -> None:
+    assert run["rc"] == 0
+    metrics = json.loads((run["dir"] / "metrics.json").read_text())
+    best = metrics["best"]["metrics"]
+    assert best["mean_dice"] > 0.9, metrics["history"]
+    assert best["images"] == 3  # 25 % of 12 images, whole, through the service's tiler
+    assert run["seconds"] < 60
+    first, last = metrics["history"][0], metrics["history"][-1]
+    assert last["train_loss"] < first["train_loss"]
+    for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
+        assert (run["dir"] / name).is_file(), name
+    header = (run["dir"] / "metrics.csv").read_text().splitlines()[0]
+    assert "val_dice_foreground" in header
+    assert "val_rand_error" in header
+
+
+def test_exported_model_reproduces_validation_metrics(run: dict[str, Any]) -> None:
+    model = run["dir"] / "model.onnx"
+    assert main(["export", "--checkpoint", str(run["dir"] / "best.pt"), "--out", str(model)]) == 0
+    reported = read_record(run["dir"] / "best.pt")["metrics"]
+    out = run["dir"] / "eval.json"
+    argv = ["evaluate", "--data", str(run["data"]), "--tile-size", "92", "--json", str(out)]
+    assert main([*argv, "--model", str(model), "--baseline", "otsu"]) == 0
+    result = json.loads(out.read_text())
+    onnx_metrics = result["model"]
+    # ORT and torch differ by ~1e-6 in the logits: a pixel at p = 0.5 may flip.
+    for key in ("mean_dice", "mean_iou", "pixel_error", "rand_error"):
+        assert onnx_metrics[key] == pytest.approx(reported[key], abs=1e-3), key
+    assert result["otsu"]["mean_dice"] < onnx_metrics["mean_dice"]
+    # The checkpoint through the same tiler gives the training run's figures exactly.
+    assert main([*argv, "--model", str(run["dir"] / "best.pt")]) == 0
+    assert json.loads(out.read_text())["model"] == reported
+
+
+def test_resume_continues_exactly(tmp_path: Path, shapes: Callable[..., Path]) -> None:
+    data = shapes(tmp_path / "data", 6, size=64)
+    short = ("--tiles-per-epoch", "8", "--elastic-p", "1.0")
+    assert _train(data, tmp_path / "once", "--epochs", "2", *short) == 0
+    assert _train(data, tmp_path / "twice", "--epochs", "1", *short) == 0
+    assert main(["train", "--out", str(tmp_path / "twice"), "--resume", "--epochs", "2"]) == 0
+    once = read_record(tmp_path / "once" / "last.pt")
+    twice = read_record(tmp_path / "twice" / "last.pt")
+    assert twice["epoch"] == 2
+    assert [r["epoch"] for r in twice["history"]] == [1, 2]
+    for key, value in once["model"].items():
+        torch.testing.assert_close(twice["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_cli_maps_every_field_and_reports_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(
+        ["train", "--data", "d", "--out", "o", "--classes", "bg,a,b", "--batch-norm"]
+    )
+    cfg = config_from_args(args)
+    assert cfg.model.num_classes == 3
+    assert cfg.model.batch_norm
+    assert cfg.classes == ("bg", "a", "b")
+    assert main(["train", "--data", "d", "--out", "o", "--tile-size", "570"]) == 2
+    assert "nearest valid sizes: 556 or 572" in capsys.readouterr().err
