@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.codecs.errors import (
     CodecError,
     CorruptImageError,
+    DicomSegError,
     EmptyInputError,
     ImageTooLargeError,
     NotAnImageError,
@@ -96,6 +97,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (BadParameterError, 422),
     (FrameCountError, 422),
     (ImageShapeError, 422),
+    (DicomSegError, 422),
     (UnavailableError, 503),
     (CodecError, 400),
     (InferenceError, 500),

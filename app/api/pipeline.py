@@ -12,11 +12,14 @@ dataset the SEG references. Until then dicom-seg answers 415.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Protocol
+
+import numpy as np
 
 from app.api.deps import Service
 from app.api.schemas import MULTI_FRAME, OutputFormat
@@ -125,11 +128,39 @@ class RleEncoder:
         return json.dumps({**self.document, "segments": self.segments}).encode()
 
 
+class DicomSegEncoder:
+    """``format=dicom-seg``: every frame's mask in one DICOM SEG over the source instance."""
+
+    media_type = "application/dicom"
+
+    def __init__(self, image: DecodedImage, job: Job, service: Service) -> None:
+        from pydicom.dataset import Dataset
+
+        from app.codecs.dicom_seg import check_source
+
+        if not isinstance(image.source, Dataset):
+            raise UnsupportedOutputError("format=dicom-seg needs a DICOM input")
+        check_source(image.source)  # 422 before any inference (e.g. no plane positions)
+        self.source, self.card = image.source, service.model.card
+        self.masks: list[np.ndarray] = []
+
+    def add(self, index: int, prediction: Prediction) -> None:
+        self.masks.append(prediction.mask)
+
+    def finish(self) -> bytes:
+        from app.codecs.dicom_seg import encode_seg
+
+        card = self.card
+        return encode_seg(self.source, self.masks, card.classes, card.name, card.version)
+
+
 ENCODERS: dict[OutputFormat, EncoderFactory] = {
     OutputFormat.png: PngEncoder,
     OutputFormat.probability: ProbabilityEncoder,
     OutputFormat.rle: RleEncoder,
 }
+if importlib.util.find_spec("highdicom") is not None:  # the `dicom` extra is installed
+    ENCODERS[OutputFormat.dicom_seg] = DicomSegEncoder
 
 
 def check_output(image: DecodedImage, output: OutputFormat) -> EncoderFactory:

@@ -1,0 +1,340 @@
+"""DICOM Part 10 in: bytes -> model-ready frames, limits checked before pixels are decoded.
+
+Pipeline of one request (pydicom 3 with the pylibjpeg plugins)::
+
+    bytes ─▶ dcmread (header + still-encoded pixel bytes) ─▶ checks: Pixel Data present,
+      transfer syntax decodable, Rows x Columns x NumberOfFrames <= max_pixels
+      ─▶ per frame: decode ─▶ gray: modality LUT (HU for CT) ─▶ window ─▶ MONOCHROME1 inverted
+                           └▶ colour: YBR -> RGB, palette expanded, > 8 bits scaled ─▶ uint8
+
+Intensity policy (API.md, "normalization"): a grayscale frame becomes 0-255 uint8
+through the model card's ``window`` (``{"center": c, "width": w}`` in modality
+units, the DICOM linear VOI function of PS3.3 C.11.2.1.2.1) when the card has one,
+otherwise through the frame's own robust range: its 0.5th and 99.5th percentiles map
+to 0 and 255 (clipped), a constant frame maps to 0. The file's own Window Center /
+Width are display hints of the acquiring site, not the model's training window, so
+they are ignored. MONOCHROME1 (bright = low values) is inverted after windowing, as a
+viewer shows it. Colour frames stay RGB uint8 (16-bit colour is scaled, 65535 -> 255).
+
+No patient data leaves this module: messages name only standard things (transfer
+syntax and SOP class names, sizes), never attribute values, and nothing is logged.
+pydicom's and highdicom's value-quoting warnings are switched off below for the
+same reason.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom import config as pydicom_config
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
+from pydicom.pixels.utils import iter_pixels
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from app.codecs.errors import (
+    CorruptImageError,
+    DicomNoPixelDataError,
+    DicomTransferSyntaxError,
+    UnsupportedFormatError,
+)
+from app.codecs.images import DecodedImage, Format, check_pixels
+
+LABEL = "DICOM"
+_PIXEL_DATA_TAG, _PIXEL_DATA_TAG_BE = b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10"  # (7FE0,0010)
+ROBUST_PERCENTILES = (0.5, 99.5)
+PERSON_NAME_WARNING = r"The string .* is unlikely to represent"  # highdicom, quotes the name
+_GRAY = {"MONOCHROME1", "MONOCHROME2"}
+# Decoders return these as RGB (pydicom's as_rgb=True converts YBR_FULL(_422); JPEG 2000
+# reverses RCT/ICT itself).
+_COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR"}
+_VRS = {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
+    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Window:
+    """A VOI window in modality units (HU for CT): centre c and width w >= 1."""
+
+    center: float
+    width: float
+
+
+def window_from_card(extra: Mapping[str, Any] | None) -> Window | None:
+    """The card's optional ``window`` (a ModelCard's ``model_extra``), validated.
+
+    Raises ValueError naming the field when it is not ``{"center": c, "width": w >= 1}``.
+    """
+    spec = (extra or {}).get("window")
+    if spec is None:
+        return None
+    try:
+        window = Window(float(spec["center"]), float(spec["width"]))
+    except (TypeError, KeyError, ValueError):
+        raise ValueError(
+            f'field \'window\' must be {{"center": c, "width": w}} (numbers), got {spec!r}'
+        ) from None
+    if not (math.isfinite(window.center) and math.isfinite(window.width) and window.width >= 1):
+        raise ValueError(f"field 'window' needs a finite center and a width >= 1, got {spec!r}")
+    return window
+
+
+def quiet_value_warnings() -> None:
+    """Switch off the library warnings that quote attribute values (run at import).
+
+    pydicom quotes an invalid value in its validation warnings, and highdicom quotes
+    the patient's name when it has no "^": in a service log that is patient data.
+    Values are passed through as they are, so neither check is needed here.
+    """
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
+    warnings.filterwarnings("ignore", message=PERSON_NAME_WARNING, category=UserWarning)
+
+
+quiet_value_warnings()
+
+
+# -- recognition ------------------------------------------------------------------------
+
+
+def is_dicom(head: bytes) -> bool:
+    """DICOM Part 10 (``DICM`` at offset 128), or a bare dataset without preamble.
+
+    A bare dataset must open with an element of group 0002 or 0008 (the first groups
+    of every image) in either byte order, followed by a valid explicit VR or, for
+    implicit VR little endian, a plausible value length: about 1 in 10^9 random heads
+    pass, and no PNG/JPEG/TIFF/GIF/PDF/ZIP signature does.
+    """
+    if head[128:132] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    if head[:2] in (b"\x02\x00", b"\x08\x00"):  # little endian
+        return head[4:6] in _VRS or int.from_bytes(head[4:8], "little") <= 1024
+    return head[:2] in (b"\x00\x02", b"\x00\x08") and head[4:6] in _VRS  # explicit big endian
+
+
+# -- reading ----------------------------------------------------------------------------
+
+
+def read_dataset(data: bytes) -> Dataset:
+    """Parse the whole file without decoding pixels (the pixel bytes stay encoded).
+
+    Raises CorruptImageError for bytes pydicom cannot parse, DicomNoPixelDataError
+    for an object without an image.
+    """
+    preamble = data[128:132] == b"DICM"
+    try:
+        ds = dcmread(BytesIO(data), force=not preamble)
+        # Touch the elements used below: pydicom converts values lazily, and a
+        # malformed one must fail here, not in the middle of decoding.
+        _ = ds.get("PixelData"), ds.get("Rows"), ds.get("Columns"), ds.get("NumberOfFrames")
+    except Exception:  # hostile bytes make pydicom's parser raise anything (struct, EOF, ...)
+        raise CorruptImageError(
+            f"{LABEL} data is corrupt or truncated: the header could not be parsed"
+        ) from None
+    if len(ds) == 0:
+        raise CorruptImageError(f"{LABEL} data is corrupt or truncated: no data elements")
+    if "PixelData" not in ds:
+        # pydicom drops an element cut short by the end of the file: Pixel Data's tag
+        # in the bytes means a truncated image (400), not an object without one (415).
+        # An image SOP class without it (or no SOP class at all) was cut short before.
+        sop_class = _sop_class(ds)
+        if _PIXEL_DATA_TAG in data or _PIXEL_DATA_TAG_BE in data:
+            raise CorruptImageError(f"{LABEL} data is truncated inside the Pixel Data")
+        if sop_class == "unknown" or "Image Storage" in sop_class:
+            raise CorruptImageError(
+                f"{LABEL} data is truncated or corrupt: no Pixel Data (SOP class {sop_class})"
+            )
+        raise DicomNoPixelDataError(
+            f"the {LABEL} object holds no image (no Pixel Data; SOP class {sop_class}); "
+            "send an image instance such as CT, MR, X-ray or secondary capture"
+        )
+    return ds
+
+
+def standard_name(uid: object) -> str | None:
+    """The DICOM standard's name of a UID ("CT Image Storage"), None for any other UID."""
+    text = str(uid or "")
+    name = str(UID(text).name) if text else ""
+    return name if name and name != text else None
+
+
+def _sop_class(ds: Dataset) -> str:
+    """The SOP class's standard name (never a private UID)."""
+    return standard_name(ds.get("SOPClassUID")) or "unknown"
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    """The transfer syntax, inferred from the encoding for files without one in their meta."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return UID(meta.TransferSyntaxUID)
+    if ds["PixelData"].is_undefined_length:  # encapsulated = compressed, codec unknown
+        raise DicomTransferSyntaxError(
+            f"{LABEL}: compressed Pixel Data without a Transfer Syntax UID; send a Part 10 "
+            "file with its file meta information"
+        )
+    implicit, little = ds.original_encoding
+    uid = (
+        ImplicitVRLittleEndian
+        if implicit
+        else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    )
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = uid
+    return uid
+
+
+def _check_decodable(uid: UID) -> None:
+    name = standard_name(uid) or "a private transfer syntax"
+    try:
+        available = get_decoder(uid).is_available
+    except NotImplementedError:
+        available = False
+    if not available:
+        raise DicomTransferSyntaxError(
+            f"{LABEL} transfer syntax {name} cannot be decoded; send uncompressed (little/big "
+            "endian), RLE, JPEG (baseline, extended, lossless), JPEG-LS or JPEG 2000"
+        )
+
+
+def _geometry(ds: Dataset, max_pixels: int) -> tuple[int, int, int]:
+    """(rows, columns, frames) from the header, checked against max_pixels."""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (AttributeError, TypeError, ValueError):
+        raise CorruptImageError(
+            f"{LABEL}: Rows, Columns or Number of Frames is missing or not a number"
+        ) from None
+    if rows < 1 or columns < 1 or frames < 1:
+        raise CorruptImageError(f"{LABEL}: {columns} x {rows} px x {frames} frame(s) is empty")
+    check_pixels(columns, rows, frames, max_pixels, LABEL)
+    return rows, columns, frames
+
+
+# -- intensities ------------------------------------------------------------------------
+
+
+def modality_values(ds: Dataset, stored: np.ndarray) -> npt.NDArray[np.float64]:
+    """One gray frame's stored values -> modality values (rescale slope/intercept or LUT).
+
+    stored: H x W as decoded. Returns H x W float64 (e.g. Hounsfield units for CT).
+    """
+    return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+
+
+def to_uint8(values: npt.NDArray[np.floating], window: Window | None) -> npt.NDArray[np.uint8]:
+    """H x W modality values -> H x W uint8 by the window, or by the robust range.
+
+    Window: DICOM linear VOI, ``y = ((x - (c - 0.5)) / (w - 1) + 0.5) * 255`` clipped;
+    e.g. c = 40, w = 400 (soft tissue): -160 HU -> 0, 40 HU -> 128, 240 HU -> 255.
+    Robust: the 0.5th / 99.5th percentiles -> 0 / 255; a constant frame -> 0.
+    """
+    if window is not None:
+        low, span = window.center - 0.5 - (window.width - 1) / 2, window.width - 1
+    else:
+        low, high = (float(p) for p in np.percentile(values, ROBUST_PERCENTILES))
+        span = high - low
+    if span <= 0:  # width 1 is a threshold; a constant frame has no range
+        return np.where(values > low, 255, 0).astype(np.uint8)
+    scaled = (values - low) * (255.0 / span)
+    np.rint(np.clip(scaled, 0, 255, out=scaled), out=scaled)
+    result: npt.NDArray[np.uint8] = scaled.astype(np.uint8)
+    return result
+
+
+def _colour_to_uint8(ds: Dataset, pixels: np.ndarray) -> npt.NDArray[np.uint8]:
+    """H x W x 3 RGB of any depth -> uint8 (palette expanded, 16-bit scaled 65535 -> 255)."""
+    rgb = pixels
+    if str(ds.PhotometricInterpretation) == "PALETTE COLOR":
+        rgb = apply_color_lut(pixels, ds)
+        bits = 8 * rgb.dtype.itemsize
+    else:
+        bits = int(ds.get("BitsStored") or 8 * rgb.dtype.itemsize)
+    if rgb.dtype == np.uint8 and bits <= 8:
+        return np.asarray(rgb, dtype=np.uint8)
+    scaled = rgb.astype(np.float64) * (255.0 / (2**bits - 1))
+    np.rint(np.clip(scaled, 0, 255, out=scaled), out=scaled)
+    result: npt.NDArray[np.uint8] = scaled.astype(np.uint8)
+    return result
+
+
+def _decoded_frames(ds: Dataset) -> Iterator[np.ndarray]:
+    """Frames as decoded (gray H x W stored values, colour H x W x 3 RGB), one at a time."""
+    try:
+        yield from iter_pixels(ds, as_rgb=True)
+    except Exception:  # plugins raise their own types (RuntimeError, ValueError, ...)
+        name = standard_name(_transfer_syntax(ds)) or "private transfer syntax"
+        raise CorruptImageError(
+            f"{LABEL} pixel data ({name}) is corrupt or truncated: it could not be decoded"
+        ) from None
+
+
+def modality_frames(ds: Dataset) -> list[npt.NDArray[np.float64]]:
+    """Every gray frame's modality values (H x W float64); for tests and tools.
+
+    ds: a dataset from read_dataset, pixel data still present.
+    """
+    _check_photometric(ds)
+    return [modality_values(ds, frame) for frame in _decoded_frames(ds)]
+
+
+def _check_photometric(ds: Dataset) -> str:
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if photometric not in _GRAY | _COLOUR:
+        raise UnsupportedFormatError(
+            f"{LABEL}: photometric interpretation {photometric or '(none)'} is not supported; "
+            "send MONOCHROME1/2, RGB, YBR_FULL(_422) or PALETTE COLOR"
+        )
+    return photometric
+
+
+# -- the registry entry -------------------------------------------------------------------
+
+
+def decode_dicom(data: bytes, max_pixels: int, window: Window | None = None) -> DecodedImage:
+    """DICOM bytes -> DecodedImage(format "dicom", frames, width, height, source=dataset).
+
+    frames: one per DICOM frame, H x W uint8 (gray, after the intensity policy above)
+    or H x W x 3 uint8 (RGB). source: the pydicom Dataset with its Pixel Data removed,
+    for DICOM SEG. max_pixels: Rows x Columns x NumberOfFrames limit, checked before any
+    pixel is decoded. Raises CorruptImageError (400), DicomNoPixelDataError,
+    DicomTransferSyntaxError, UnsupportedFormatError (415), ImageTooLargeError (413).
+    """
+    ds = read_dataset(data)
+    rows, columns, _ = _geometry(ds, max_pixels)
+    _check_decodable(_transfer_syntax(ds))
+    photometric = _check_photometric(ds)
+    frames: list[np.ndarray] = []
+    for decoded in _decoded_frames(ds):
+        if photometric in _GRAY:
+            gray = to_uint8(modality_values(ds, decoded), window)
+            frames.append(255 - gray if photometric == "MONOCHROME1" else gray)
+        else:
+            frames.append(_colour_to_uint8(ds, decoded))
+    del ds.PixelData  # SEG needs the attributes, not the (possibly large) encoded pixels
+    return DecodedImage("dicom", frames, columns, rows, source=ds)
+
+
+def dicom_format(window: Window | None = None) -> Format:
+    """The registry entry for ``app.codecs.images.register``, with the model's window."""
+
+    def decode(data: bytes, max_pixels: int) -> DecodedImage:
+        return decode_dicom(data, max_pixels, window)
+
+    return Format("dicom", LABEL, is_dicom, decode, priority=0)
