@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXTRAS ?= cpu,service,dicom,training,test
 
-.PHONY: venv test lint typecheck unit bench run clean
+.PHONY: venv test lint typecheck unit bench run clean docker-smoke
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ run: venv
 		$(PY) -m bench.nets --out build/demo.onnx --base 16 && \
 		UNET_MODEL_PATH=build/demo.onnx $(UVICORN); \
 	fi
+
+# Build the CPU image with podman (no Docker engine needed; see
+# ../shared/tools/container-smoke/README.md, run its make-base-image.sh once),
+# run it read-only as its non-root user, wait for the HEALTHCHECK, segment one
+# PNG, stop it with SIGTERM and print the image size. Not part of `test`.
+docker-smoke:
+	deploy/docker-smoke.sh
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

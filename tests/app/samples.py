@@ -9,8 +9,6 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from app.codecs.images import formats
-
 
 def noise(height: int, width: int, channels: int = 0, dtype: type = np.uint8, seed: int = 0):
     """Random pixels, H x W (channels 0) or H x W x C."""
@@ -88,12 +86,22 @@ def truncated(data: bytes, keep: float = 0.6) -> bytes:
     return data[: int(len(data) * keep)]
 
 
+def dicom_without_pixels() -> bytes:
+    """An RT Plan (no Pixel Data): a DICOM that holds no image."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("rtplan.dcm", download=False)
+    if path is None:
+        raise RuntimeError("pydicom's bundled rtplan.dcm is missing")
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def bad_corpus() -> dict[str, tuple[bytes, int]]:
     """name -> (body, expected status) for bytes that must never give a 5xx."""
     image = noise(64, 80)
     rng = np.random.default_rng(1)
     tiff_body = tiff(image)
-    no_dicom = next(f for f in formats() if f.name == "dicom").decode is None
     return {
         "empty": (b"", 400),
         "random": (rng.bytes(4096), 400),
@@ -108,8 +116,9 @@ def bad_corpus() -> dict[str, tuple[bytes, int]]:
         "gif": (encode(image, "GIF"), 415),
         "bmp": (encode(image, "BMP"), 415),
         "webp": (encode(noise(64, 80, 3), "WEBP"), 415),
-        # 415 while no DICOM decoder is registered, then a corrupt DICOM: 400.
-        "dicom, no data": (b"\x00" * 128 + b"DICM" + b"\x00" * 64, 415 if no_dicom else 400),
+        # A DICOM preamble and magic with nothing after: corrupt DICOM, 400.
+        "dicom, no data": (b"\x00" * 128 + b"DICM" + b"\x00" * 64, 400),
+        "dicom, no pixel data": (dicom_without_pixels(), 415),
         "png bomb": (png_bomb(), 413),
         "tiff declaring 100000^2": (tiff_declaring(100_000, 100_000), 413),
         "jpeg declaring 65000^2": (jpeg_declaring(65_000, 65_000), 413),
