@@ -100,8 +100,8 @@ def torch_runner(model: UNet, device: torch.device | str = "cpu") -> RunFn:
     return run
 
 
-def predictor_masks(predictor: Predictor) -> MaskFn:
-    return lambda sample: predictor.predict(sample.image).mask
+def predictor_masks(predictor: Predictor, tta: bool = False) -> MaskFn:
+    return lambda sample: predictor.predict(sample.image, tta=tta).mask
 
 
 def open_model(
@@ -170,6 +170,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-size", type=int, default=572)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (checkpoints, ORT provider)")
+    parser.add_argument(
+        "--tta", action="store_true", help="average over the four flips, as /segment?tta=true"
+    )
     parser.add_argument("--json", type=Path, help="where to write the metrics JSON")
 
 
@@ -210,7 +213,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     samples = load_samples(args.data, names=names, **options)
     results: dict[str, Any] = {"split": args.split, "images": [s.name for s in samples]}
     if predictor is not None:
-        results["model"] = evaluate_masks(predictor_masks(predictor), samples, classes, objects)
+        results["tta"] = bool(getattr(args, "tta", False))
+        results["model"] = evaluate_masks(
+            predictor_masks(predictor, results["tta"]), samples, classes, objects
+        )
         print(
             format_table(
                 f"{card['name'] if card else ''} {card['version'] if card else ''} "

@@ -1,0 +1,55 @@
+"""The shipped default model reproduces, through the service's tiler, the metrics its card records.
+
+Reads ../shared/data/isbi2012 (skips with the reason when absent). The card
+embedded in model/unet.onnx names its validation slices and the metrics the
+training run measured on them; a change that breaks the pipeline or the model
+(normalisation, tiling, export, thresholds) moves these numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.inference import Predictor, load_model
+from training.data import load_samples
+from training.evaluate import evaluate_masks, predictor_masks
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = REPO / "model" / "unet.onnx"
+ISBI = REPO.parent / "shared" / "data" / "isbi2012" / "train"
+
+pytestmark = [
+    pytest.mark.data,
+    pytest.mark.skipif(not MODEL.is_file(), reason=f"no shipped model at {MODEL}"),
+    pytest.mark.skipif(
+        not (ISBI / "image").is_dir(),
+        reason=f"ISBI 2012 data not found at {ISBI} (see ../shared/data/isbi2012/README.md)",
+    ),
+]
+
+
+def test_shipped_model_reproduces_its_validation_metrics() -> None:
+    model = load_model(MODEL, "cpu")
+    card = model.card.model_extra or {}
+    recorded = card["validation"]
+    names = card["training"]["split"]["val"]
+    labels = card["labels"]
+    samples = load_samples(
+        ISBI,
+        names=names,
+        label_mode=labels["mode"],
+        foreground_value=labels["foreground_value"],
+        num_classes=len(model.card.classes),
+    )
+    assert len(samples) == 5
+    predictor = Predictor(model.engine.run, model.card)
+    metrics = evaluate_masks(
+        predictor_masks(predictor), samples, model.card.classes, labels["objects"]
+    )
+    for key in ("pixel_error", "rand_error", "mean_dice", "mean_iou"):
+        assert metrics[key] == pytest.approx(recorded[key], abs=1e-3), key
+    # And it is a real model: far better than chance on membranes.
+    assert metrics["dice"]["membrane"] > 0.75
+    assert metrics["pixel_error"] < 0.12
