@@ -24,10 +24,12 @@ RunFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.floating]]
 
 # BT.601 luma weights (R, G, B).
 LUMA = (0.299, 0.587, 0.114)
-# Measured with `python -m bench.inference` (see README, Performance): on a CPU the
-# largest paper tile with batch 1 keeps MLAS busiest; on a GPU a batch of large
-# tiles fills the device.
-CPU_TILE_SIZE, CPU_BATCH_SIZE = 572, 1
+# CPU: measured with `python -m bench.inference` (README, Performance; 2-core Xeon,
+# base-32 valid net, 2048 px): tiles up to 764 px (run as 700) with batch 1 took
+# 7.3 s at 86 % of sgemm, against 10.3 s for 572 (run as 540) and 7.4-27.7 s for
+# the other sizes; larger batches only added memory. GPU: NOT measured (no GPU was
+# available); a batch of large tiles is the usual way to keep a GPU busy.
+CPU_TILE_SIZE, CPU_BATCH_SIZE = 764, 1
 GPU_TILE_SIZE, GPU_BATCH_SIZE = 1084, 4
 FLIPS = ((1, 1), (1, -1), (-1, 1), (-1, -1))  # identity, horizontal, vertical, both
 

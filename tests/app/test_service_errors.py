@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.deps import Service
+from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
 from app.main import create_app
 from tests.app.conftest import settings
 from tests.app.samples import bad_corpus, noise, png
@@ -160,7 +161,7 @@ def test_model_endpoint(client: TestClient) -> None:
     )
     assert info["normalization"] == {"scale": 1 / 255, "offset": 0.0}
     assert info["providers"] == ["CPUExecutionProvider"]
-    assert info["tiling"] == {"tile_size": 572, "batch_size": 1}
+    assert info["tiling"] == {"tile_size": CPU_TILE_SIZE, "batch_size": CPU_BATCH_SIZE}
     assert len(info["sha256"]) == 64
 
 
