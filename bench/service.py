@@ -56,31 +56,31 @@ def synthetic_png(size: int, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def median_seconds(fn: Any, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs, after one warm-up run."""
-    fn()
-    times = []
+WARMUPS = 3  # ORT needs a few runs at a new shape before its timings settle
+
+
+def interleaved_medians(fns: dict[str, Any], repeats: int) -> dict[str, float]:
+    """Median wall time of each ``fn()``, the functions run in turn so they share the
+    machine's moments (noise hits both alike), after WARMUPS runs of each."""
+    for fn in fns.values():
+        for _ in range(WARMUPS):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def direct_seconds(
-    args: argparse.Namespace, model: Path, images: dict[int, bytes]
-) -> dict[int, float]:
-    """Median Predictor.predict time per image size, with the service's tiling."""
+def direct_predictor(args: argparse.Namespace, model: Path) -> Predictor:
+    """A Predictor with the service's tiling, in this process."""
     loaded = load_model(model, args.providers, args.threads)
     on_gpu = loaded.engine.providers[0] != CPU
     settings = Settings(model_path=model, tile_size=args.tile, batch_size=args.batch)
     tile, batch = settings.tiling(on_gpu)
-    predictor = Predictor(loaded.engine.run, loaded.card, tile_size=tile, batch_size=batch)
-    result = {}
-    for size, data in images.items():
-        frame = decode(data, 1 << 40).frames[0]
-        result[size] = median_seconds(lambda f=frame: predictor.predict(f), args.repeats)
-    return result
+    return Predictor(loaded.engine.run, loaded.card, tile_size=tile, batch_size=batch)
 
 
 def free_port() -> int:
@@ -176,22 +176,29 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     spec = UNetSpec(depth=args.depth, base=args.base)
     model = save_model(workdir / "unet.onnx", spec, card=default_card(spec, name="bench-unet"))
     images = {size: synthetic_png(size) for size in args.sizes}
-    print(f"model: depth {spec.depth}, base {spec.base}; images {args.sizes}; measuring direct...")
-    direct = direct_seconds(args, model, images)
+    print(f"model: depth {spec.depth}, base {spec.base}; images {args.sizes}")
     process, url = start_server(args, model, workdir / "uvicorn.log")
     try:
+        predictor = direct_predictor(args, model)
         rows = []
         with httpx.Client(base_url=url, timeout=600) as client:
             for size, data in images.items():
+                frame = decode(data, 1 << 40).frames[0]
                 for output in ("png", "rle"):
-                    e2e = median_seconds(lambda d=data, o=output: post(client, d, o), args.repeats)
+                    timed = interleaved_medians(
+                        {
+                            "direct": lambda f=frame: predictor.predict(f),
+                            "e2e": lambda d=data, o=output: post(client, d, o),
+                        },
+                        args.repeats,
+                    )
                     rows.append(
                         {
                             "size": size,
                             "format": output,
-                            "direct_s": direct[size],
-                            "e2e_s": e2e,
-                            "ratio": e2e / direct[size],
+                            "direct_s": timed["direct"],
+                            "e2e_s": timed["e2e"],
+                            "ratio": timed["e2e"] / timed["direct"],
                         }
                     )
         small = images[min(images)]
@@ -209,7 +216,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=4, help="poolings (paper: 4)")
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 2048], help="image sides, px")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
-    p.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=96,
+        help="requests per concurrency level (enough that start and tail do not dominate)",
+    )
     p.add_argument("--providers", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: per core)")
     p.add_argument("--tile", type=int, help="tile size (default: the service's)")
