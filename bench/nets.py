@@ -32,6 +32,10 @@ class UNetSpec:
     out_channels: int = 1
     padding: Literal["valid", "same"] = "valid"
 
+    # The geometry repeats app.inference.tiling.unet_geometry on purpose: this module
+    # must import with numpy + onnx alone (the image's model-builder stage runs it,
+    # and app.inference pulls in onnxruntime). tests/inference/test_tiling.py pins
+    # the two together.
     @property
     def halo(self) -> int:
         return 2 * (3 * 2**self.depth - 2) if self.padding == "valid" else 0

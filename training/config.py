@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.inference.tiling import Geometry
+from app.inference.tiling import Geometry, unet_geometry
 
 Padding = Literal["valid", "same"]
 
@@ -66,36 +66,25 @@ class UNetConfig:
     def activation(self) -> Literal["sigmoid", "softmax"]:
         return "sigmoid" if self.num_classes == 2 else "softmax"
 
+    def geometry(self) -> Geometry:
+        """Halo and accepted sizes (paper: halo 92, 16k + 12 >= 188), see unet_geometry."""
+        return unet_geometry(self.depth, self.padding)
+
     @property
     def halo(self) -> int:
-        """Pixels lost per side: 2 (3 * 2^depth - 2) for valid (92 at depth 4), 0 for same."""
-        return 2 * (3 * 2**self.depth - 2) if self.padding == "valid" else 0
+        return self.geometry().halo
 
     @property
     def size_multiple(self) -> int:
-        return 2**self.depth
+        return self.geometry().size_multiple
 
     @property
     def size_offset(self) -> int:
-        # Valid: every pooling must see an even size, and each level loses 4 px,
-        # so s = 2^depth k - 4 (mod 2^depth): 16k + 12 at depth 4.
-        return (-4) % self.size_multiple if self.padding == "valid" else 0
+        return self.geometry().size_offset
 
     @property
     def min_size(self) -> int:
-        if self.padding == "same":
-            return self.size_multiple
-        smallest = 2 * self.halo + (self.size_offset - 2 * self.halo) % self.size_multiple
-        return smallest if smallest > 2 * self.halo else smallest + self.size_multiple
-
-    def geometry(self) -> Geometry:
-        return Geometry(
-            padding=self.padding,
-            halo=self.halo,
-            size_multiple=self.size_multiple,
-            size_offset=self.size_offset,
-            min_size=self.min_size,
-        )
+        return self.geometry().min_size
 
     def widths(self) -> list[int]:
         """Channels per level, top to bottleneck: 64, 128, 256, 512, 1024 for the paper."""

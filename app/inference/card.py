@@ -20,7 +20,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.inference.errors import ModelCardError
-from app.inference.tiling import Geometry
+from app.inference.tiling import Geometry, unet_geometry
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +133,9 @@ def _probe(run: RunFn, channels: int, size: int) -> tuple[int, int, int] | None:
     return (int(out.shape[1]), int(out.shape[2]), int(out.shape[3])) if out.ndim == 4 else None
 
 
-def _candidate_geometries() -> list[tuple[str, int, int, int, int]]:
-    """(padding, halo, multiple, offset, min_size) of U-Nets with 2 convs per level, depth 1-6."""
-    found = []
-    for depth in range(1, 7):
-        m = 2**depth
-        found.append(("same", 0, m, 0, m))
-    for depth in range(1, 7):
-        m, halo = 2**depth, 2 * (3 * 2**depth - 2)
-        offset = -4 % m
-        smallest = 2 * halo + (offset - 2 * halo) % m
-        found.append(("valid", halo, m, offset, smallest if smallest > 2 * halo else smallest + m))
-    return found
+def _candidate_geometries() -> list[Geometry]:
+    """U-Nets with two convolutions per level, depth 1-6, same first (cheapest probes)."""
+    return [unet_geometry(d, p) for p in ("same", "valid") for d in range(1, 7)]
 
 
 def infer_card(
@@ -152,7 +143,14 @@ def infer_card(
 ) -> dict[str, Any]:
     """A card for a model that has none: channels from the graph, geometry by probing."""
     channels = in_channels or 1
-    for padding, halo, m, offset, min_size in _candidate_geometries():
+    for g in _candidate_geometries():
+        padding, halo, m, offset, min_size = (
+            g.padding,
+            g.halo,
+            g.size_multiple,
+            g.size_offset,
+            g.min_size,
+        )
         # Two sizes, so that a net accepting anything (fully convolutional) is seen as such.
         sizes = [min_size, min_size + m] if padding == "valid" else [8 * m, 9 * m]
         probes = [_probe(run, channels, s) for s in sizes]

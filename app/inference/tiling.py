@@ -108,6 +108,26 @@ class Geometry:
         return input_size - 2 * self.halo
 
 
+def unet_geometry(depth: int, padding: Literal["valid", "same"], context: int = 96) -> Geometry:
+    """The geometry of a U-Net with two 3x3 convolutions per level and ``depth`` 2x2 poolings.
+
+    Valid: each level loses 4 px and every pooling must see an even size, so
+    halo = 2 (3 * 2^depth - 2) and sizes are 2^depth k + (-4 mod 2^depth), the
+    smallest one whose output is >= 1 px (depth 4, the paper's: halo 92, 16k + 12,
+    min 188). Same: halo 0, sizes multiples of 2^depth.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    m = 2**depth
+    if padding == "same":
+        return Geometry("same", 0, m, 0, m, context)
+    halo = 2 * (3 * m - 2)
+    offset = -4 % m
+    smallest = 2 * halo + (offset - 2 * halo) % m
+    min_size = smallest if smallest > 2 * halo else smallest + m
+    return Geometry("valid", halo, m, offset, min_size, context)
+
+
 @dataclass(frozen=True)
 class AxisTile:
     """One tile's extent along one axis, in image coordinates.

@@ -15,7 +15,12 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 
 def ort_predict(path: Path) -> Predict:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ort_session_predict(str(path))
+
+
+def ort_session_predict(model: str | bytes) -> Predict:
+    """A predict callable over an ONNX file path or serialized model."""
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 
     def predict(batch: np.ndarray) -> np.ndarray:
         return session.run(None, {"image": batch})[0]

@@ -16,6 +16,7 @@ from app.inference.tiling import (
     predict_tiled,
     predict_whole,
     reflect_indices,
+    unet_geometry,
 )
 from tests.inference.conftest import ort_predict
 
@@ -311,3 +312,32 @@ def test_same_padding_deviation(same_model, context: int, within: float | None) 
     else:
         # Too little context: the tiles' zero padding shows at the seams.
         assert deviation > 1e-4
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 6])
+def test_unet_geometry_matches_real_networks(depth: int, padding: str) -> None:
+    """The formula against bench.nets' own copy and an actual ONNX network's output size."""
+    from bench.nets import UNetSpec, build_onnx, random_weights
+    from tests.inference.conftest import ort_session_predict
+
+    g = unet_geometry(depth, padding)  # type: ignore[arg-type]
+    spec = UNetSpec(depth=depth, base=1, padding=padding)  # type: ignore[arg-type]
+    assert (g.halo, g.size_multiple, g.size_offset, g.min_size) == (
+        spec.halo,
+        spec.size_multiple,
+        spec.size_offset,
+        spec.min_size,
+    )
+    predict = ort_session_predict(build_onnx(spec, random_weights(spec)).SerializeToString())
+    for size in (g.min_size, g.min_size + g.size_multiple):
+        out = predict(np.zeros((1, 1, size, size), dtype=np.float32))
+        assert out.shape[2:] == (g.output_size(size),) * 2
+    if padding == "valid":  # one below the minimum yields no output at all
+        assert g.output_size(g.min_size - g.size_multiple) < 1
+
+
+def test_paper_geometry() -> None:
+    assert unet_geometry(4, "valid") == PAPER
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        unet_geometry(0, "valid")
