@@ -4,10 +4,10 @@ Runs in the single inference thread (app/api/deps.py, Admission), so only one
 decoded image and one probability map are alive at a time. Frames are
 predicted and encoded one by one.
 
-Output encoders are a small registry keyed by OutputFormat. DICOM SEG hooks
-in with ``ENCODERS[OutputFormat.dicom_seg] = factory`` where ``factory(image,
-job, service)`` returns an Encoder; ``image.source`` holds the pydicom
-dataset the SEG references. Until then dicom-seg answers 415.
+Output encoders are a small registry keyed by OutputFormat: ``factory(image,
+job, service)`` returns an Encoder. DICOM SEG (DicomSegEncoder, over the
+pydicom dataset in ``image.source``) is registered when the `dicom` extra is
+installed; without it ``format=dicom-seg`` answers 415.
 """
 
 from __future__ import annotations

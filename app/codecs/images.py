@@ -6,14 +6,12 @@ it, a ``decode(data, max_pixels)``. Formats are tried by ascending
 ``priority``; a recognised format without a decoder is refused with
 UnsupportedFormatError naming the ones that are decoded.
 
-DICOM hook: the ``dicom`` entry (priority 0, before TIFF, because a DICOM
-preamble may itself start with a TIFF header) recognises ``DICM`` at offset
-128 and has no decoder yet. ``app/codecs/dicom.py`` plugs one in with::
-
-    register(Format("dicom", "DICOM", is_dicom, decode_dicom, priority=0))
-
-``decode_dicom`` returns a DecodedImage with ``format="dicom"`` and the
-pydicom dataset in ``source`` (for DICOM SEG, which references it).
+DICOM: the ``dicom`` entry (priority 0, before TIFF, because a DICOM
+preamble may itself start with a TIFF header) is registered here without a
+decoder, so DICOM is recognised (415) even without the `dicom` extra;
+importing ``app.codecs`` replaces it with ``app.codecs.dicom.dicom_format()``
+when pydicom is installed, whose DecodedImage carries the pydicom dataset in
+``source`` (for DICOM SEG, which references it).
 
 Pixels stay on their stored grid (EXIF orientation is not applied) and in
 their stored depth: 16-bit PNG/TIFF stay uint16.
