@@ -22,7 +22,7 @@ lint: venv
 	$(PY) -m ruff format --check app training bench tests
 
 typecheck: venv
-	$(PY) -m mypy app
+	$(PY) -m mypy app training
 
 unit: venv
 	$(PY) -m pytest

@@ -87,7 +87,7 @@ def to_onnx(model: UNet, card: dict[str, Any] | None = None, fp16: bool = False)
         torch.onnx.export(
             wrapper,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # a file object works; the stub says paths
             dynamo=False,
             opset_version=OPSET,
             input_names=["image"],

@@ -215,8 +215,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> UNetOutput:
         """x: N x C x H x W float -> UNetOutput (paper: 1 x 572^2 -> K x 388^2 logits)."""
-        # The tracer records shapes as constants; the check would only add TracerWarnings.
-        if not torch.jit.is_tracing():
+        # The exporter records shapes as constants; the check would only add TracerWarnings.
+        if not torch.onnx.is_in_onnx_export():
             self.check_input_size(x.shape[-2], x.shape[-1])
         # Contracting path: 64 x 568^2, then 128 x 280^2, 256 x 136^2, 512 x 64^2, 1024 x 28^2
         x = self.inc(x)
