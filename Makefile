@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXTRAS ?= cpu,service,dicom,training,test
 
-.PHONY: venv test lint typecheck unit bench run clean model docker-smoke
+.PHONY: venv system-deps test lint typecheck unit bench run clean model docker-smoke
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +17,28 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Debian's packages for the PACS end-to-end tests (tests/deploy/test_orthanc_e2e.py): Orthanc
+# with its Python plugin, and dcmtk's storescu. Installed when missing and run as root (CI);
+# otherwise those tests skip, saying so (in CI, CI=true, they fail instead).
+SYSTEM_PACKAGES := orthanc orthanc-python dcmtk
+system-deps:
+	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages: $(SYSTEM_PACKAGES)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	else \
+		echo "NOTE: $(SYSTEM_PACKAGES) missing (sudo make system-deps): the PACS tests will skip"; \
+	fi
+
 lint: venv
-	$(PY) -m ruff check app training bench tests
-	$(PY) -m ruff format --check app training bench tests
+	$(PY) -m ruff check app training bench tests deploy
+	$(PY) -m ruff format --check app training bench tests deploy
 
 typecheck: venv
-	$(PY) -m mypy app training
+	$(PY) -m mypy app training deploy
 
-unit: venv
+unit: venv system-deps
 	$(PY) -m pytest
 
 test: lint typecheck unit

@@ -1,147 +1,432 @@
 """Orthanc Python plugin: every new image instance -> /segment?format=dicom-seg -> SEG stored back.
 
-Install (see README, "DICOM and PACS (Orthanc)"): Orthanc with its Python plugin,
-``"PythonScript": "/etc/orthanc/unet_forwarder.py"`` in orthanc.json, and the
-environment variables below. Standard library only: Orthanc's embedded Python
-has no third-party packages.
+Standard library only: Orthanc's embedded Python has no third-party packages.
+Set-up (README, "Behind Orthanc"): Orthanc's Python plugin loads this file
+(``PythonScript``), the configuration declares the metadata it keeps per
+instance, and names the service::
 
-    UNET_SERVICE_URL       e.g. http://unet:8000 (required)
-    UNET_API_KEY           sent as "Authorization: Bearer ..." when set
-    UNET_FORWARD_TIMEOUT   seconds for one request (default 300: a large
-                           multi-frame image on a CPU takes minutes)
-    UNET_FORWARD_RETRIES   attempts while the service answers 503 (default 5)
+    "UserMetadata": {"UnetSegmentation": 4201},
+    "UnetForwarder": {"ServiceUrl": "http://unet:8000"}
 
-The Orthanc callback only queues the instance ID; one worker thread does the HTTP
-work, so that storing images into Orthanc never waits on inference. SEG objects
-(including the ones this script stores) are never sent. Log lines name the Orthanc
-instance ID and the HTTP status only: never DICOM attribute values.
+Settings: the ``UnetForwarder`` section of Orthanc's configuration, each
+overridden by an environment variable of Orthanc's process:
+
+    ServiceUrl       UNET_SERVICE_URL       the service, e.g. http://unet:8000 (required)
+    ApiKey           UNET_API_KEY           sent as "Authorization: Bearer ..." when set
+    Timeout          UNET_FORWARD_TIMEOUT   seconds for one request (default 300)
+    Retries          UNET_FORWARD_RETRIES   attempts for an instance the service fails on
+                                            (HTTP 500, time-out) before it is given up (default 5)
+    MetadataName     UNET_METADATA_NAME     the user metadata kept on each source instance
+                                            (default UnetSegmentation; must be in UserMetadata)
+    StateProperty    UNET_STATE_PROPERTY    the Orthanc global property (>= 1024) holding the
+                                            last change processed (default 4201)
+    Backfill         UNET_BACKFILL          on the very first start, also segment the instances
+                                            Orthanc already has (default false)
+
+Why it cannot stall the PACS: it calls no Orthanc API from inside an Orthanc
+callback. The change callback only wakes the worker thread; the worker reads
+Orthanc's ``/changes`` feed, fetches each new instance, posts it to the
+service and stores the SEG, all from its own thread. (The stored-instance
+callback runs while Orthanc holds its own locks: a REST call made meanwhile
+from another Python thread, which holds the GIL while it waits for those locks,
+deadlocks the two.)
+
+Why nothing is lost or done twice: the worker advances through ``/changes`` in
+order and records the last sequence number it finished in a global property of
+Orthanc's own database, so instances stored while the service (or Orthanc) was
+down are segmented once both are back. Each source instance gets the metadata
+``UnetSegmentation`` = ``seg <SEG id>``, ``refused <status>`` or ``failed
+<reason>`` when its outcome is final; an instance that has it is never sent
+again. The service being unreachable, answering 503, 502, 504 or 401/403 is
+not final: the worker waits (its Retry-After, else 1 s doubling to 10 s) and tries the same instance
+again, keeping the order. 400/413/415/422 (not an image, unsupported, ...) is
+final and logged as a warning; 500 or a time-out is retried ``Retries`` times,
+then recorded as failed and logged as an error.
+
+Logs go through Orthanc's log (orthanc.LogInfo/LogWarning/LogError) and name
+Orthanc instance ids and HTTP statuses only: never DICOM attribute values.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
-import queue
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from email.message import Message
+from typing import Any, Protocol
 
 log = logging.getLogger("unet_forwarder")
 
-# (url, body, headers, timeout seconds) -> (status, response headers, response body)
-HttpPost = Callable[[str, bytes, Mapping[str, str], float], tuple[int, Mapping[str, str], bytes]]
-
-SEGMENTATION_STORAGE = b"1.2.840.10008.5.1.4.1.1.66.4"
-# Answers that mean "this instance cannot be segmented": log and move on, no retry.
-NOT_SEGMENTABLE = {400, 413, 415, 422}
-MAX_RETRY_AFTER_S = 60.0
-
-
-class ForwardError(Exception):
-    """The service could not be reached or failed (401, 5xx, network): worth an alert."""
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+# Answers that mean "this instance cannot be segmented": final, no retry.
+NOT_SEGMENTABLE = frozenset({400, 413, 415, 422})
+# Answers that mean "the service is not there right now": wait and try the same instance again.
+UNAVAILABLE = frozenset({401, 403, 502, 503, 504})
+MAX_BACKOFF_S = 10.0  # waits double from 1 s up to this while the service is away
+MAX_RETRY_AFTER_S = 60.0  # the longest Retry-After of the service that is honoured
+UNKNOWN_RESOURCE = 17  # Orthanc's error code for a resource that does not exist
+CHANGES_PAGE = 100
 
 
-def urllib_post(
-    url: str, body: bytes, headers: Mapping[str, str], timeout: float
-) -> tuple[int, Mapping[str, str], bytes]:
-    """The default HttpPost, on urllib; HTTP error statuses are returned, not raised."""
-    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+# -- one request to the service -------------------------------------------------------------
 
 
-def is_segmentation(instance: bytes) -> bool:
-    """A DICOM SEG (its SOP class UID is in the file meta, within the first bytes)."""
-    return SEGMENTATION_STORAGE in instance[:4096]
+@dataclass(frozen=True)
+class Answer:
+    """What the service made of one instance.
 
-
-def forward(
-    instance_bytes: bytes,
-    service_url: str,
-    http_post: HttpPost = urllib_post,
-    *,
-    api_key: str | None = None,
-    timeout: float = 300.0,
-    retries: int = 5,
-    sleep: Callable[[float], None] = time.sleep,
-) -> bytes | None:
-    """POST one DICOM instance to ``/segment?format=dicom-seg``; the SEG bytes, or None.
-
-    None: the instance is a SEG itself or the service refused it (400/413/415/422:
-    no image, unsupported syntax, multi-frame without plane positions). 503 is retried
-    after its Retry-After (capped at 60 s) up to ``retries`` attempts in all. Raises
-    ForwardError for anything else (401, 5xx, unreachable, timeout).
+    kind: ``seg`` (``seg`` holds the SEG bytes), ``refused`` (final: not an image,
+    unsupported...), ``unavailable`` (try again later, ``retry_after`` seconds or
+    None), ``failed`` (the service failed on it: retry a few times).
     """
-    if is_segmentation(instance_bytes):
-        return None
+
+    kind: str
+    detail: str
+    seg: bytes = b""
+    retry_after: float | None = None
+
+
+def post_instance(
+    instance: bytes, service_url: str, *, api_key: str | None = None, timeout: float = 300.0
+) -> Answer:
+    """POST one DICOM instance to ``/segment?format=dicom-seg`` and classify the answer."""
     url = service_url.rstrip("/") + "/segment?format=dicom-seg"
     headers = {"Content-Type": "application/dicom", "Accept": "application/dicom"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    for attempt in range(1, max(1, retries) + 1):
-        try:
-            status, answer_headers, body = http_post(url, instance_bytes, headers, timeout)
-        except OSError as exc:  # refused, reset, DNS, timeout (socket.timeout is OSError)
-            raise ForwardError(f"{url} unreachable: {type(exc).__name__}") from None
-        if status == 200:
-            return body
-        if status in NOT_SEGMENTABLE:
-            log.info("not segmented: HTTP %d %s", status, body[:300].decode("utf-8", "replace"))
-            return None
-        if status != 503:
-            raise ForwardError(f"{url} answered HTTP {status}")
-        if attempt < retries:
-            wait = _retry_after(answer_headers)
-            log.info("service busy (503), retrying in %.0f s", wait)
-            sleep(wait)
-    raise ForwardError(f"{url} still busy (503) after {retries} attempts")
-
-
-def _retry_after(headers: Mapping[str, str]) -> float:
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), "1")
+    request = urllib.request.Request(url, data=instance, headers=headers, method="POST")
     try:
-        return min(MAX_RETRY_AFTER_S, max(1.0, float(value)))
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Answer("seg", "HTTP 200", seg=response.read())
+    except urllib.error.HTTPError as exc:
+        status, answer_headers, body = exc.code, exc.headers, exc.read()
+    except TimeoutError:
+        return Answer("failed", f"no answer within {timeout:g} s")
+    except OSError as exc:  # refused, reset, DNS, a time-out while connecting
+        reason = getattr(exc, "reason", exc)
+        return Answer("unavailable", f"{url} unreachable ({type(reason).__name__})")
+    if status in NOT_SEGMENTABLE:
+        return Answer("refused", f"HTTP {status}: {_service_detail(body)}")
+    if status in UNAVAILABLE:
+        return Answer("unavailable", f"HTTP {status}", retry_after=_retry_after(answer_headers))
+    return Answer("failed", f"HTTP {status}")
+
+
+def _service_detail(body: bytes) -> str:
+    """The service's ``detail`` (its messages carry no DICOM values), cut to one short line."""
+    try:
+        detail = str(json.loads(body)["detail"])
+    except (ValueError, KeyError, TypeError):
+        detail = body.decode("utf-8", "replace")
+    return " ".join(detail.split())[:200]
+
+
+def _retry_after(headers: Message[str, str] | None) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return min(MAX_RETRY_AFTER_S, max(1.0, float(value))) if value is not None else None
     except ValueError:
-        return 1.0
+        return None
 
 
-def _install_orthanc_plugin() -> None:
-    """Inside Orthanc: queue each stored instance, forward from one worker thread."""
-    import orthanc  # type: ignore[import-not-found]  # provided by Orthanc's Python plugin
+# -- settings --------------------------------------------------------------------------------
 
-    service_url = os.environ["UNET_SERVICE_URL"]
-    api_key = os.environ.get("UNET_API_KEY") or None
-    timeout = float(os.environ.get("UNET_FORWARD_TIMEOUT", "300"))
-    retries = int(os.environ.get("UNET_FORWARD_RETRIES", "5"))
-    pending: queue.Queue[str] = queue.Queue()
 
-    def on_stored(dicom: object, instance_id: str) -> None:
-        pending.put(instance_id)  # never block Orthanc's storage on inference
+class SettingsError(ValueError):
+    """A missing or bad setting: the forwarder does not start, Orthanc does."""
 
-    def worker() -> None:
-        while True:
-            instance_id = pending.get()
+
+@dataclass(frozen=True)
+class Settings:
+    service_url: str
+    api_key: str | None = None
+    timeout: float = 300.0
+    retries: int = 5
+    metadata_name: str = "UnetSegmentation"
+    state_property: int = 4201
+    backfill: bool = False
+
+
+# setting -> (environment variable, type)
+_SETTINGS: dict[str, tuple[str, str, type]] = {
+    "ServiceUrl": ("service_url", "UNET_SERVICE_URL", str),
+    "ApiKey": ("api_key", "UNET_API_KEY", str),
+    "Timeout": ("timeout", "UNET_FORWARD_TIMEOUT", float),
+    "Retries": ("retries", "UNET_FORWARD_RETRIES", int),
+    "MetadataName": ("metadata_name", "UNET_METADATA_NAME", str),
+    "StateProperty": ("state_property", "UNET_STATE_PROPERTY", int),
+    "Backfill": ("backfill", "UNET_BACKFILL", bool),
+}
+
+
+def read_settings(configuration: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Settings from Orthanc's configuration (section ``UnetForwarder``) and the environment.
+
+    Raises SettingsError naming the setting and what is wrong.
+    """
+    section = configuration.get("UnetForwarder", {})
+    if not isinstance(section, dict):
+        raise SettingsError('"UnetForwarder" in the Orthanc configuration must be an object')
+    unknown = sorted(set(section) - set(_SETTINGS))
+    if unknown:
+        raise SettingsError(
+            f'unknown "UnetForwarder" setting(s) {unknown}; known: {list(_SETTINGS)}'
+        )
+    values: dict[str, Any] = {}
+    for key, (field, variable, kind) in _SETTINGS.items():
+        raw = environ.get(variable) or section.get(key)
+        if raw is None or raw == "":
+            continue
+        values[field] = _convert(raw, kind, f"{key} ({variable})")
+    if "service_url" not in values:
+        raise SettingsError(
+            'no service URL: set "ServiceUrl" in the "UnetForwarder" section of the Orthanc '
+            "configuration, or UNET_SERVICE_URL in Orthanc's environment"
+        )
+    settings = Settings(**values)
+    if not settings.service_url.startswith(("http://", "https://")):
+        raise SettingsError(
+            f"ServiceUrl must start with http:// or https://, got {settings.service_url[:100]!r}"
+        )
+    if settings.timeout <= 0 or settings.retries < 1:
+        raise SettingsError("Timeout must be > 0 and Retries >= 1")
+    if not 1024 <= settings.state_property <= 65535:
+        raise SettingsError(f"StateProperty must be in 1024..65535, got {settings.state_property}")
+    declared = configuration.get("UserMetadata", {})
+    if not isinstance(declared, dict) or settings.metadata_name not in declared:
+        raise SettingsError(
+            f'the metadata "{settings.metadata_name}" is not declared: add '
+            f'"UserMetadata": {{"{settings.metadata_name}": 4201}} to the Orthanc configuration '
+            "(any free index from 1024 to 65535)"
+        )
+    return settings
+
+
+def _convert(raw: object, kind: type, name: str) -> object:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in {"true", "1", "yes"}:
+            return True
+        if str(raw).lower() in {"false", "0", "no"}:
+            return False
+        raise SettingsError(f"{name} must be true or false, got {str(raw)[:100]!r}")
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name} must be a {kind.__name__}, got {str(raw)[:100]!r}") from None
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+class OrthancApi(Protocol):
+    """The part of Orthanc's Python API the worker uses (the ``orthanc`` module)."""
+
+    def RestApiGet(self, uri: str) -> bytes: ...  # noqa: N802 -- Orthanc's names
+    def RestApiPost(self, uri: str, body: bytes) -> bytes: ...  # noqa: N802
+    def RestApiPut(self, uri: str, body: bytes) -> bytes: ...  # noqa: N802
+    def GetGlobalProperty(self, key: int, default: str) -> str: ...  # noqa: N802
+    def SetGlobalProperty(self, key: int, value: str) -> None: ...  # noqa: N802
+
+
+class Forwarder:
+    """Follows Orthanc's /changes feed from its own thread; one instance at a time, in order."""
+
+    def __init__(
+        self,
+        api: OrthancApi,
+        settings: Settings,
+        post: Callable[[bytes], Answer] | None = None,
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.post = post or (
+            lambda data: post_instance(
+                data, settings.service_url, api_key=settings.api_key, timeout=settings.timeout
+            )
+        )
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="unet-forwarder", daemon=True)
+
+    # Orthanc's change callback: never calls Orthanc, never blocks.
+    def on_change(self, change_type: object, level: object, resource: str) -> None:
+        self.wake.set()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stopping.set()
+        self.wake.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    def _run(self) -> None:
+        log.info("forwarding new instances to %s", self.settings.service_url)
+        while not self.stopping.is_set():
             try:
-                data = orthanc.GetDicomForInstance(instance_id)
-                seg = forward(data, service_url, api_key=api_key, timeout=timeout, retries=retries)
-                if seg is not None:
-                    orthanc.RestApiPost("/instances", seg)
-                    log.info("instance %s: SEG stored", instance_id)
-            except ForwardError as exc:
-                log.error("instance %s: %s", instance_id, exc)
-            except Exception as exc:  # keep the worker alive whatever one instance does
-                log.error("instance %s: %s", instance_id, type(exc).__name__)
+                if not self.process_changes():
+                    self.wake.wait(5.0)  # the change callback wakes it sooner
+                    self.wake.clear()
+            except Exception as exc:  # keep the worker alive whatever happens
+                log.error("forwarder: %s, continuing in 5 s", _describe(exc))
+                self.stopping.wait(5.0)
 
-    threading.Thread(target=worker, name="unet-forwarder", daemon=True).start()
-    orthanc.RegisterOnStoredInstanceCallback(on_stored)
+    def process_changes(self) -> bool:
+        """Handle one page of changes; True when there may be more right away."""
+        since = self._last_done()
+        page = self._get_json(f"/changes?since={since}&limit={CHANGES_PAGE}")
+        for change in page.get("Changes", []):
+            new = change.get("ChangeType") == "NewInstance"
+            if new and not self.process_instance(str(change["ID"])):
+                return False  # stopping: the instance stays for the next start
+            self.api.SetGlobalProperty(self.settings.state_property, str(int(change["Seq"])))
+        return not page.get("Done", True)
+
+    def _last_done(self) -> int:
+        value = self.api.GetGlobalProperty(self.settings.state_property, "")
+        if value:
+            return int(value)
+        # First start: from now on, or from the beginning with Backfill.
+        start = 0 if self.settings.backfill else int(self._get_json("/changes?last").get("Last", 0))
+        self.api.SetGlobalProperty(self.settings.state_property, str(start))
+        log.info("first start: following changes after sequence %d", start)
+        return start
+
+    def process_instance(self, instance_id: str) -> bool:
+        """Segment one instance until its outcome is final; False if stopped first."""
+        metadata = self._metadata(instance_id)
+        if metadata is None or self.settings.metadata_name in metadata:
+            return True  # deleted meanwhile, or already done (a re-sent instance)
+        if metadata.get("SopClassUid") == SEGMENTATION_STORAGE:
+            return True  # a SEG (ours included): nothing to segment, no loop
+        data = self.api.RestApiGet(f"/instances/{instance_id}/file")
+        failures, wait = 0, 1.0
+        for attempt, answer in enumerate(self._attempts(data), start=1):
+            if answer.kind == "failed":
+                failures += 1
+            if answer.kind in ("seg", "refused") or failures >= self.settings.retries:
+                self._finish(instance_id, answer, attempt)
+                return True
+            delay = answer.retry_after or wait
+            # A warning on the first and every 10th try; the others at info (--verbose).
+            level = logging.WARNING if attempt % 10 == 1 else logging.INFO
+            log.log(
+                level,
+                "instance %s: %s; try %d, again in %.0f s",
+                instance_id,
+                answer.detail,
+                attempt,
+                delay,
+            )
+            if self.stopping.wait(delay):
+                return False
+            wait = min(MAX_BACKOFF_S, wait * 2)
+        return False
+
+    def _finish(self, instance_id: str, answer: Answer, attempts: int) -> None:
+        """Store the SEG, or record why there is none; the outcome goes on the instance."""
+        if answer.kind == "seg":
+            seg_id = json.loads(self.api.RestApiPost("/instances", answer.seg)).get("ID", "")
+            self._record(instance_id, f"seg {seg_id}")
+            log.info("instance %s: SEG stored as %s", instance_id, seg_id)
+        elif answer.kind == "refused":
+            self._record(instance_id, f"refused {answer.detail}")
+            log.warning(
+                "instance %s: not segmented, the service answered %s", instance_id, answer.detail
+            )
+        else:
+            self._record(instance_id, f"failed {answer.detail}")
+            log.error(
+                "instance %s: given up after %d attempts: %s", instance_id, attempts, answer.detail
+            )
+
+    def _attempts(self, data: bytes) -> Iterator[Answer]:
+        while not self.stopping.is_set():
+            yield self.post(data)
+
+    def _metadata(self, instance_id: str) -> dict[str, str] | None:
+        try:
+            return dict(self._get_json(f"/instances/{instance_id}/metadata?expand"))
+        except Exception as exc:  # orthanc.OrthancException(17, "Unknown resource"): deleted
+            if exc.args[:1] == (UNKNOWN_RESOURCE,):
+                return None
+            raise
+
+    def _record(self, instance_id: str, outcome: str) -> None:
+        name = self.settings.metadata_name
+        self.api.RestApiPut(f"/instances/{instance_id}/metadata/{name}", outcome.encode())
+
+    def _get_json(self, uri: str) -> dict[str, Any]:
+        value = json.loads(self.api.RestApiGet(uri))
+        if not isinstance(value, dict):
+            raise ValueError(f"GET {uri.split('?')[0]} did not answer a JSON object")
+        return value
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception without its arguments' values beyond the first short line."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# -- inside Orthanc --------------------------------------------------------------------------
+
+
+class OrthancLogHandler(logging.Handler):
+    """Python logging into Orthanc's own log (and so its log file, timestamps, verbosity)."""
+
+    def __init__(self, orthanc: Any) -> None:
+        super().__init__()
+        self.orthanc = orthanc
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = f"unet-forwarder: {record.getMessage()}"
+            if record.levelno >= logging.ERROR:
+                self.orthanc.LogError(message)
+            elif record.levelno >= logging.WARNING:
+                self.orthanc.LogWarning(message)
+            else:
+                self.orthanc.LogInfo(message)
+        except Exception:  # a log line must never break the forwarder
+            self.handleError(record)
+
+
+def install(orthanc: Any) -> Forwarder | None:
+    """Wire the forwarder into Orthanc; on a bad setting, one error line and no forwarder."""
+    log.handlers[:] = [OrthancLogHandler(orthanc)]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        settings = read_settings(json.loads(orthanc.GetConfiguration()), os.environ)
+    except SettingsError as exc:
+        log.error("not started: %s", exc)
+        return None
+    forwarder = Forwarder(orthanc, settings)
+
+    def on_change(change_type: object, level: object, resource: str) -> None:
+        if change_type == orthanc.ChangeType.ORTHANC_STARTED:
+            forwarder.start()
+        elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+            forwarder.stop()
+        elif change_type == orthanc.ChangeType.NEW_INSTANCE:
+            forwarder.on_change(change_type, level, resource)
+
+    orthanc.RegisterOnChangeCallback(on_change)
+    return forwarder
 
 
 # Inside Orthanc the module exists; anywhere else (tests) this file imports as plain Python.
 if importlib.util.find_spec("orthanc") is not None:
-    _install_orthanc_plugin()
+    import orthanc as _orthanc  # Orthanc's Python plugin (a built-in module there)
+
+    install(_orthanc)

@@ -106,11 +106,13 @@ class Server:
         return self.log.read_text(encoding="utf-8", errors="replace").splitlines()
 
 
-def start_server(env: dict[str, str], log: Path, timeout_s: float = STARTUP_TIMEOUT_S) -> Server:
-    """uvicorn app.main:app on 127.0.0.1, returned once /health/ready answers 200."""
-    port = free_port()
+def start_server(
+    env: dict[str, str], log: Path, timeout_s: float = STARTUP_TIMEOUT_S, port: int | None = None
+) -> Server:
+    """uvicorn app.main:app on 127.0.0.1 (``port``, else a free one), once /health/ready is 200."""
+    port = port or free_port()
     command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         process = subprocess.Popen(
             [*command, "--port", str(port)],
             cwd=REPO,

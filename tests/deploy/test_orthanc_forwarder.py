@@ -1,9 +1,14 @@
-"""The Orthanc forwarder's core against a real HTTP server on 127.0.0.1 (no Orthanc needed)."""
+"""The forwarder's request and settings logic against a real HTTP server on 127.0.0.1.
+
+The forwarder inside a real Orthanc: test_orthanc_e2e.py.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -11,6 +16,8 @@ from types import ModuleType
 from typing import ClassVar
 
 import pytest
+
+from tests.app.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SEG = b"\x00" * 128 + b"DICM" + b"fake SEG 1.2.840.10008.5.1.4.1.1.66.4"
@@ -24,6 +31,7 @@ def load_forwarder() -> ModuleType:
     if spec is None or spec.loader is None:
         pytest.fail("deploy/orthanc/unet_forwarder.py is missing")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)  # imports without Orthanc
     return module
 
@@ -36,9 +44,11 @@ class FakeService(BaseHTTPRequestHandler):
 
     script: ClassVar[list[tuple[int, dict[str, str], bytes]]] = []
     seen: ClassVar[list[dict[str, object]]] = []
+    delay: ClassVar[float] = 0.0
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(FakeService.delay)
         FakeService.seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
         status, headers, answer = FakeService.script.pop(0)
         self.send_response(status)
@@ -54,13 +64,14 @@ class FakeService(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def service() -> Iterator[str]:
-    FakeService.script, FakeService.seen = [], []
+    FakeService.script, FakeService.seen, FakeService.delay = [], [], 0.0
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeService)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/"
     finally:
+        FakeService.delay = 0.0
         server.shutdown()
         server.server_close()
         thread.join()
@@ -68,7 +79,8 @@ def service() -> Iterator[str]:
 
 def test_posts_the_instance_and_returns_the_seg(service: str) -> None:
     FakeService.script = [(200, {"Content-Type": "application/dicom"}, SEG)]
-    assert fwd.forward(CT, service, api_key="k1") == SEG
+    answer = fwd.post_instance(CT, service, api_key="k1")
+    assert (answer.kind, answer.seg) == ("seg", SEG)
     (request,) = FakeService.seen
     assert request["path"] == "/segment?format=dicom-seg"
     assert request["body"] == CT
@@ -78,43 +90,74 @@ def test_posts_the_instance_and_returns_the_seg(service: str) -> None:
     assert headers["Authorization"] == "Bearer k1"
 
 
-def test_503_is_retried_after_retry_after(service: str) -> None:
-    FakeService.script = [(503, {"Retry-After": "7"}, b"{}"), (200, {}, SEG)]
-    waits: list[float] = []
-    assert fwd.forward(CT, service, sleep=waits.append) == SEG
-    assert waits == [7.0]
-    assert len(FakeService.seen) == 2
-
-
 @pytest.mark.parametrize("status", [400, 413, 415, 422])
-def test_instances_the_service_refuses_are_skipped(service: str, status: int) -> None:
-    FakeService.script = [(status, {}, b'{"detail": "no image"}')]
-    assert fwd.forward(CT, service) is None
+def test_what_the_service_refuses_is_final_with_its_detail(service: str, status: int) -> None:
+    FakeService.script = [(status, {}, b'{"detail": "no  image\\nhere"}')]
+    answer = fwd.post_instance(CT, service)
+    assert (answer.kind, answer.detail) == ("refused", f"HTTP {status}: no image here")
 
 
-@pytest.mark.parametrize("status", [401, 500])
-def test_failures_raise(service: str, status: int) -> None:
-    FakeService.script = [(status, {}, b"{}")]
-    with pytest.raises(fwd.ForwardError, match=str(status)):
-        fwd.forward(CT, service)
+@pytest.mark.parametrize(
+    ("status", "retry_after", "wait"),
+    [(503, "7", 7.0), (503, "900", 60.0), (502, None, None), (401, None, None)],
+)
+def test_an_unavailable_service_is_tried_again(
+    service: str, status: int, retry_after: str | None, wait: float | None
+) -> None:
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    FakeService.script = [(status, headers, b"{}")]
+    answer = fwd.post_instance(CT, service)
+    assert (answer.kind, answer.retry_after) == ("unavailable", wait)
 
 
-def test_still_busy_after_the_retries_raises(service: str) -> None:
-    FakeService.script = [(503, {"Retry-After": "1"}, b"{}")] * 3
-    with pytest.raises(fwd.ForwardError, match="busy"):
-        fwd.forward(CT, service, retries=3, sleep=lambda _: None)
+def test_a_server_error_is_a_failure(service: str) -> None:
+    FakeService.script = [(500, {}, b"{}")]
+    assert fwd.post_instance(CT, service) == fwd.Answer("failed", "HTTP 500")
 
 
-def test_a_seg_is_never_sent_back(service: str) -> None:
-    assert fwd.forward(SEG, service) is None
-    assert FakeService.seen == []
+def test_unreachable_is_unavailable() -> None:
+    port = free_port()  # nothing listens there
+    answer = fwd.post_instance(CT, f"http://127.0.0.1:{port}")
+    assert answer.kind == "unavailable"
+    assert "ConnectionRefusedError" in answer.detail
 
 
-def test_unreachable_service_raises() -> None:
-    def refuse(
-        url: str, body: bytes, headers: object, timeout: float
-    ) -> tuple[int, dict[str, str], bytes]:
-        raise ConnectionRefusedError("refused")
+def test_no_answer_in_time_is_a_failure(service: str) -> None:
+    FakeService.script = [(200, {}, SEG)]
+    FakeService.delay = 1.0
+    answer = fwd.post_instance(CT, service, timeout=0.2)
+    assert answer.kind == "failed"
+    assert "0.2 s" in answer.detail
 
-    with pytest.raises(fwd.ForwardError, match="unreachable"):
-        fwd.forward(CT, "http://127.0.0.1:9", refuse)
+
+CONFIG = {"UserMetadata": {"UnetSegmentation": 4201}}
+
+
+def test_settings_from_the_configuration_and_the_environment() -> None:
+    config = {
+        **CONFIG,
+        "UnetForwarder": {"ServiceUrl": "http://unet:8000", "Timeout": 30, "Backfill": True},
+    }
+    settings = fwd.read_settings(config, {"UNET_API_KEY": "k", "UNET_FORWARD_TIMEOUT": "12.5"})
+    assert settings == fwd.Settings(
+        service_url="http://unet:8000", api_key="k", timeout=12.5, backfill=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "environ", "message"),
+    [
+        (CONFIG, {}, "no service URL"),
+        ({"UnetForwarder": {"ServiceUrl": "http://u"}}, {}, "not declared"),
+        ({**CONFIG, "UnetForwarder": {"ServiceUrl": "http://u", "Retries": 0}}, {}, "Retries"),
+        ({**CONFIG, "UnetForwarder": {"ServiceUrl": "http://u", "Timeot": 1}}, {}, "unknown"),
+        ({**CONFIG, "UnetForwarder": []}, {}, "must be an object"),
+        (CONFIG, {"UNET_SERVICE_URL": "http://u", "UNET_BACKFILL": "maybe"}, "true or false"),
+        (CONFIG, {"UNET_SERVICE_URL": "http://u", "UNET_STATE_PROPERTY": "7"}, "1024..65535"),
+    ],
+)
+def test_bad_settings_name_the_problem(
+    config: dict[str, object], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(fwd.SettingsError, match=message):
+        fwd.read_settings(config, environ)
