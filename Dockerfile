@@ -82,7 +82,7 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
 # before SIGKILL (compose stop_grace_period: 30s, Kubernetes
 # terminationGracePeriodSeconds: 30; plain `docker stop` needs -t 30).
 CMD ["python", "deploy/serve.py", "app.main:app", "--host", "0.0.0.0", "--port", "8000", \
-     "--timeout-graceful-shutdown", "20", "--no-server-header"]
+     "--http", "h11", "--timeout-graceful-shutdown", "20", "--no-server-header"]
 
 # ---------------------------------------------------------------------------
 # GPU: the same, on NVIDIA's CUDA + cuDNN runtime (Ubuntu 24.04, Python 3.12).
@@ -129,4 +129,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health/ready', timeout=4)"]
 CMD ["python", "deploy/serve.py", "app.main:app", "--host", "0.0.0.0", "--port", "8000", \
-     "--timeout-graceful-shutdown", "20", "--no-server-header"]
+     "--http", "h11", "--timeout-graceful-shutdown", "20", "--no-server-header"]

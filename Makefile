@@ -50,7 +50,10 @@ bench: venv
 # a random-weight demo model built on the spot (its masks mean nothing; it says so).
 HOST ?= 0.0.0.0
 PORT ?= 8000
-UVICORN := $(VENV)/bin/uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
+# deploy/serve.py is uvicorn's command line that exits 0 after a graceful SIGTERM; h11 bounds
+# the header block (16 KiB); ONNX Runtime sends no telemetry.
+UVICORN := ORT_DISABLE_TELEMETRY=1 $(PY) deploy/serve.py app.main:app --host $(HOST) --port $(PORT) \
+	--http h11 --timeout-graceful-shutdown 20 --no-access-log
 run: venv
 	@if [ -n "$$UNET_MODEL_PATH" ]; then \
 		echo "serving $$UNET_MODEL_PATH (UNET_MODEL_PATH) on http://$(HOST):$(PORT)"; \

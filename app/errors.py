@@ -55,6 +55,28 @@ class BodyTooLargeError(ServiceError):
     """The request body passed UNET_MAX_UPLOAD_BYTES while it was read (413)."""
 
 
+class TooMuchWorkError(ServiceError):
+    """The image would cost more network work than the service allows per request (413)."""
+
+
+class BodyTimeoutError(ServiceError):
+    """The request body stalled for UNET_BODY_TIMEOUT seconds (408); the connection closes."""
+
+    def response_headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
+class RequestCancelledError(ServiceError):
+    """The client went away: the work stopped at the next tile batch (logged as 499).
+
+    tiles_done / tiles_total: how far the frame being segmented had come.
+    """
+
+    def __init__(self, message: str, tiles_done: int = 0, tiles_total: int = 0) -> None:
+        super().__init__(message)
+        self.tiles_done, self.tiles_total = tiles_done, tiles_total
+
+
 class BadUploadError(ServiceError):
     """A multipart body without a usable ``file`` part (400)."""
 
@@ -67,14 +89,16 @@ class UnauthorizedError(ServiceError):
 
 
 class UnavailableError(ServiceError):
-    """Not ready, or too many requests waiting (503); ``retry_after`` in whole seconds."""
+    """Not ready, too many requests waiting, or shutting down (503); Retry-After in seconds."""
 
-    def __init__(self, message: str, retry_after: int) -> None:
+    def __init__(self, message: str, retry_after: int, close: bool = False) -> None:
         super().__init__(message)
         self.retry_after = max(1, retry_after)
+        self.close = close
 
     def response_headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+        headers = {"Retry-After": str(self.retry_after)}
+        return {**headers, "Connection": "close"} if self.close else headers
 
 
 class ErrorBody(BaseModel):
@@ -90,8 +114,10 @@ STATUS: list[tuple[type[Exception], int]] = [
     (CorruptImageError, 400),
     (BadUploadError, 400),
     (UnauthorizedError, 401),
+    (BodyTimeoutError, 408),
     (ImageTooLargeError, 413),
     (BodyTooLargeError, 413),
+    (TooMuchWorkError, 413),
     (UnsupportedFormatError, 415),
     (UnsupportedOutputError, 415),
     (BadParameterError, 422),
@@ -99,6 +125,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (ImageShapeError, 422),
     (DicomSegError, 422),
     (UnavailableError, 503),
+    (RequestCancelledError, 499),
     (CodecError, 400),
     (InferenceError, 500),
 ]
@@ -130,6 +157,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(status, detail if isinstance(detail, str) else str(detail), headers)
 
 
+QUOTE_CHARS = 100  # at most this much of a client's value goes back into a message
+
+
+def quote(value: object) -> str:
+    """``repr(value)``, cut to QUOTE_CHARS characters (a 60 KB query value is not echoed)."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text)} chars)"
+
+
 def _where(loc: tuple[int | str, ...]) -> str:
     # ("query", "threshold") -> "query parameter 'threshold'"
     if len(loc) >= 2 and loc[0] in ("query", "header", "path", "cookie"):
@@ -141,7 +177,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     problems = []
     for err in errors:
-        given = f" (got {err['input']!r})" if "input" in err and err["input"] is not None else ""
+        given = f" (got {quote(err['input'])})" if err.get("input") is not None else ""
         problems.append(f"{_where(tuple(err.get('loc', ())))}: {err.get('msg', 'invalid')}{given}")
     return error_response(422, "; ".join(problems) or "invalid request")
 

@@ -10,30 +10,35 @@ traceback starlette would hand to uvicorn is dropped (QuietStartupFailure).
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib.util
-import json
 import logging
 import os
-import sys
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import errors
 from app.api import router
-from app.api.deps import Admission, Service
-from app.api.middleware import RequestContext
+from app.api.admission import Admission
+from app.api.middleware import Cors, RequestContext
 from app.codecs.images import register
 from app.inference import InferenceError, Predictor, load_model
 from app.inference.card import ModelCard
 from app.inference.engine import CPU
+from app.logging import configure_logging
 from app.metrics import Metrics
+from app.service import Service, WorkLimit
 from app.settings import Settings, describe
 
 log = logging.getLogger("app")
@@ -41,49 +46,6 @@ log = logging.getLogger("app")
 
 class StartupError(Exception):
     """Start-up cannot go on; the message is the one log line."""
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the record's ``fields``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        document: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            **getattr(record, "fields", {}),
-        }
-        if record.exc_info:
-            document["exception"] = self.formatException(record.exc_info)
-        return json.dumps(document, default=str)
-
-
-class TextFormatter(logging.Formatter):
-    """``time level logger: message key=value ...``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = getattr(record, "fields", {})
-        return line + "".join(f" {k}={v}" for k, v in fields.items()) if fields else line
-
-
-def configure_logging(log_format: str, level: str = "info") -> None:
-    """``app.*`` loggers to stderr as text or JSON; uvicorn's access log off (ours replaces it)."""
-    logger = logging.getLogger("app")
-    handler = next((h for h in logger.handlers if getattr(h, "unet", False)), None)
-    if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.unet = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    text = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handler.setFormatter(JsonFormatter() if log_format == "json" else text)
-    logger.setLevel(level.upper())
-    logger.propagate = False
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    if log_format == "json":  # uvicorn's own lines from here on (shutdown, errors) too
-        for uvicorn_handler in logging.getLogger("uvicorn").handlers:
-            uvicorn_handler.setFormatter(JsonFormatter())
 
 
 def read_settings() -> Settings:
@@ -124,8 +86,39 @@ def start_service(settings: Settings, metrics: Metrics) -> Service:
     install_dicom(card)
     predictor.predict(np.zeros((card.min_size, card.min_size), dtype=np.uint8))  # warm-up
     metrics.model_info.labels(card.name, card.version, model.engine.providers[0]).set(1)
-    admission = Admission(settings.max_queue, metrics)
-    return Service(settings, model, predictor, admission, metrics, tiling=tiling)
+    return Service(
+        settings, model, predictor, metrics, WorkLimit(predictor, settings.max_image_pixels)
+    )
+
+
+def stop_reading_on_signals(service: Service) -> Callable[[], None]:
+    """On SIGTERM/SIGINT set ``service.stopping`` first, then run the handler already there.
+
+    That handler is uvicorn's (it stops accepting and waits for the requests in
+    flight); ``stopping`` makes bodies still being read answer 503 at once, so
+    that a client stalling its upload cannot hold the shutdown up. Returns the undo.
+    Outside the main thread (TestClient) signals cannot be handled: nothing to do.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        service.stopping.set()
+        before = previous[signal.Signals(signum)]
+        if callable(before):
+            before(signum, frame)
+        else:  # the default action (or ignore), as if we had never been here
+            signal.signal(signum, before)
+            signal.raise_signal(signum)
+
+    def undo() -> None:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    return undo
 
 
 class QuietStartupFailure:
@@ -176,40 +169,74 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             configure_logging(fmt.strip().lower())
             log.error("start-up failed: %s", exc)
             raise
-        app.state.service = service
+        admission = Admission(config.max_queue, metrics)
+        app.state.service, app.state.admission = service, admission
+        undo_signals = stop_reading_on_signals(service)
         service.ready = True
-        card = service.model.card
+        card, predictor = service.model.card, service.predictor
         log.info(
             "ready: model %s %s on %s, tiles %d x %d",
             card.name,
             card.version,
             service.model.engine.providers[0],
-            *service.tiling,
+            predictor.tile_size,
+            predictor.batch_size,
         )
         try:
             yield
         finally:
             service.ready = False
-            service.admission.close()
+            undo_signals()
+            admission.close()
 
-    app = FastAPI(
+    # /docs and /redoc with their assets served by the service itself (fastapi-offline):
+    # a hospital network cannot reach a CDN. No redirects: /segment/ is 404, not a 307
+    # whose Location is built from the client's Host header.
+    app = FastAPIOffline(
         title="U-Net segmentation service",
         version="0.1.0",
         summary="Exact overlap-tile U-Net inference: PNG / COCO RLE / probability maps",
         lifespan=lifespan,
+        redirect_slashes=False,
     )
     app.state.metrics = metrics
     errors.install(app)
     app.include_router(router)
+    app.openapi = model_openapi(app)  # type: ignore[method-assign]
 
     @app.get("/metrics", tags=["monitoring"], response_class=Response, summary="Prometheus")
     def prometheus() -> Response:
         """Prometheus text exposition of every ``unet_*`` collector."""
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(Cors)
     app.add_middleware(RequestContext, metrics=metrics)
     app.add_middleware(QuietStartupFailure)
     return app
+
+
+def model_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI schema as this app serves it: ``class`` bounded by the model's classes,
+    and API-key security declared only when UNET_API_KEYS is set (open otherwise)."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = copy.deepcopy(default())  # FastAPI caches the generic one
+        service: Service | None = getattr(app.state, "service", None)
+        if service is None:
+            return schema
+        highest = len(service.model.card.classes) - 1
+        for parameter in schema["paths"]["/segment"]["post"].get("parameters", []):
+            if parameter["name"] == "class":
+                parameter["schema"]["maximum"] = highest
+        if not service.settings.api_keys:
+            schema.get("components", {}).pop("securitySchemes", None)
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation.pop("security", None)
+        return schema
+
+    return openapi
 
 
 app = create_app()

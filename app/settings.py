@@ -51,12 +51,19 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         8, ge=0, description="requests that may wait for the model; beyond: 503 + Retry-After"
     )
+    max_frames: int = Field(1000, ge=1, description="largest number of pages/frames per request")
+    body_timeout: float = Field(
+        30.0, gt=0, description="seconds a request body may stall (no byte) before 408"
+    )
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated origins allowed by CORS; empty = no CORS"
+    )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
-            return tuple(key.strip() for key in value.split(",") if key.strip())
+            return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
     @field_validator("log_format", "log_level", "providers", mode="before")

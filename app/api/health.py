@@ -10,8 +10,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.api.deps import Service
 from app.api.schemas import HealthResponse, Status
+from app.service import Service
 
 router = APIRouter(prefix="/health", tags=["health"])
 

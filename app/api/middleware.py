@@ -9,6 +9,7 @@ content); and a JSON 500 for an unexpected exception instead of a bare one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ import uuid
 from time import perf_counter
 from typing import Any
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +26,9 @@ from app.metrics import Metrics
 
 log = logging.getLogger("app.requests")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+# Header lines per request; the header block's size is bounded by the HTTP server
+# (h11: 16 KiB, answered 400).
+MAX_HEADERS = 100
 
 
 def request_id(scope: Scope) -> str:
@@ -55,6 +60,10 @@ class RequestContext:
             return
         rid = request_id(scope)
         scope.setdefault("state", {})["request_id"] = rid
+        if len(scope.get("headers", [])) > MAX_HEADERS:
+            await _error(send, rid, 431, f"more than {MAX_HEADERS} header lines")
+            self._finish(scope, rid, {"status": 431, "bytes_in": 0, "bytes_out": 0}, 0.0)
+            return
         info: dict[str, Any] = {"status": 500, "bytes_in": 0, "bytes_out": 0, "started": False}
         start = perf_counter()
 
@@ -76,10 +85,14 @@ class RequestContext:
             await self.app(scope, counting_receive, tagged_send)
         except ClientDisconnect:
             info["status"] = 499  # nginx's "client closed request"; nothing can be sent
+        except asyncio.CancelledError:  # cut off by the server (shutdown past its grace period)
+            if not info["started"]:
+                await _error(tagged_send, rid, 503, "the service stopped; send the request again")
+            raise
         except Exception:
             log.exception("unexpected error (request %s)", rid)
             if not info["started"]:
-                await _internal_error(tagged_send, rid)
+                await _error(tagged_send, rid, 500, f"internal error; quote request id {rid}")
         finally:
             self.metrics.in_flight.dec()
             self._finish(scope, rid, info, perf_counter() - start)
@@ -102,13 +115,46 @@ class RequestContext:
         log.info("%s %s %s", scope["method"], endpoint, info["status"], extra={"fields": fields})
 
 
-async def _internal_error(send: Send, rid: str) -> None:
-    body = json.dumps({"detail": f"internal error; quote request id {rid} to the operator"})
+async def _error(send: Send, rid: str, status: int, detail: str) -> None:
+    """A JSON error response sent from the middleware itself (nothing else could answer)."""
     await send(
         {
             "type": "http.response.start",
-            "status": 500,
-            "headers": [(b"content-type", b"application/json")],
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"x-request-id", rid.encode())],
         }
     )
-    await send({"type": "http.response.body", "body": body.encode()})
+    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
+
+
+class Cors:
+    """CORS for the origins of UNET_CORS_ORIGINS (known once the lifespan has read the settings).
+
+    Unset: no CORS at all (a browser on another origin is refused by the browser,
+    a preflight gets 405). Set: starlette's CORSMiddleware with those origins.
+    """
+
+    EXPOSE = ("X-Request-ID", "Server-Timing", "Retry-After", "X-Object-Count")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.cors: ASGIApp | None = None
+        self.origins: tuple[str, ...] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        service = getattr(scope["app"].state, "service", None) if "app" in scope else None
+        origins = service.settings.cors_origins if service is not None else ()
+        if scope["type"] != "http" or not origins:
+            await self.app(scope, receive, send)
+            return
+        if self.cors is None or origins != self.origins:
+            self.origins = origins
+            self.cors = CORSMiddleware(
+                self.app,
+                allow_origins=list(origins),
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+                expose_headers=list(self.EXPOSE),
+                max_age=600,
+            )
+        await self.cors(scope, receive, send)

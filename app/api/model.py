@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import Authorized, ServiceDep
+from app.api.auth import Authorized
+from app.api.deps import ServiceDep
 from app.api.schemas import ModelInfo
 from app.errors import ErrorBody
 
@@ -23,8 +24,8 @@ router = APIRouter(tags=["model"])
 )
 def model_info(service: ServiceDep) -> ModelInfo:
     """Name, version, classes, geometry, normalisation, activation, providers and tiling."""
-    model = service.model
-    tile_size, batch_size = service.tiling
+    model, predictor = service.model, service.predictor
+    tile_size, batch_size = predictor.tile_size, predictor.batch_size
     return ModelInfo.model_validate(
         {
             **model.card.summary(),

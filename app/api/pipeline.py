@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Protocol
+from typing import IO, Protocol
 
 import numpy as np
 
-from app.api.deps import Service
 from app.api.schemas import MULTI_FRAME, OutputFormat
 from app.codecs.images import DecodedImage, decode
 from app.codecs.masks import encode_label_png, encode_probability_png, encode_rle
-from app.errors import FrameCountError, UnsupportedOutputError
+from app.errors import FrameCountError, RequestCancelledError, UnsupportedOutputError
 from app.inference import Prediction
+from app.service import Service
 
 
 @dataclass(frozen=True)
@@ -185,17 +186,31 @@ def check_output(image: DecodedImage, output: OutputFormat) -> EncoderFactory:
     return factory
 
 
-def run_job(body: bytes, job: Job, service: Service) -> Outcome:
-    """Decode, predict every frame, encode; the timings go into Server-Timing."""
+def run_job(
+    source: IO[bytes], job: Job, service: Service, cancelled: threading.Event | None = None
+) -> Outcome:
+    """Decode, predict every frame, encode; the timings go into Server-Timing.
+
+    cancelled: set when the client has gone; the work stops at the next tile
+    batch with RequestCancelledError.
+    """
+
+    def check(done: int = 0, total: int = 0) -> None:
+        if cancelled is not None and cancelled.is_set():
+            raise RequestCancelledError("the client closed the connection", done, total)
+
+    check()  # it may have gone while the request waited in the queue
     start = perf_counter()
-    image = decode(body, service.settings.max_image_pixels)
+    image = decode(source.read(), service.limits(job.tta))
     encoder = check_output(image, job.output)(image, job, service)
     decoded = perf_counter()
     outcome = Outcome(b"", encoder.media_type, image.format, image.width, image.height, 0)
     inference = encode = 0.0
     for index, frame in enumerate(image.frames):
         t0 = perf_counter()
-        prediction = service.predictor.predict(frame, threshold=job.threshold, tta=job.tta)
+        prediction = service.predictor.predict(
+            frame, threshold=job.threshold, tta=job.tta, progress=check
+        )
         t1 = perf_counter()
         encoder.add(index, prediction)
         outcome.frames, outcome.tiles = index + 1, outcome.tiles + prediction.tiles

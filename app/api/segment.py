@@ -1,8 +1,8 @@
 """``POST /segment``: an image in (multipart field ``file`` or raw body), a mask out.
 
-The body is read here, on the event loop, with the size limit enforced chunk
-by chunk (chunked uploads included); everything CPU-bound happens in the
-inference thread (app/api/pipeline.py via Admission).
+The body is read on the event loop under its limits (app/api/upload.py);
+everything CPU-bound happens in the inference thread (app/api/pipeline.py via
+Admission).
 """
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException
-from starlette.types import Message, Scope
 
-from app.api.deps import Authorized, Service, ServiceDep
+from app.api.auth import Authorized
+from app.api.deps import AdmissionDep, ServiceDep
 from app.api.pipeline import Job, Outcome, run_job
 from app.api.schemas import OutputFormat, RLEResponse
-from app.errors import BadParameterError, BadUploadError, BodyTooLargeError, ErrorBody
+from app.api.upload import received_image, watching_disconnect
+from app.errors import BadParameterError, ErrorBody, RequestCancelledError
+from app.service import Service
 
 router = APIRouter(tags=["segmentation"])
 
@@ -45,10 +44,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, text in {
         400: "empty body, not an image, truncated or corrupt image, bad multipart body",
         401: "API keys are configured and the request has none or a wrong one",
-        413: "body above UNET_MAX_UPLOAD_BYTES, or image above UNET_MAX_IMAGE_PIXELS",
+        408: "the body stalled for UNET_BODY_TIMEOUT seconds",
+        413: "body above UNET_MAX_UPLOAD_BYTES; image above UNET_MAX_IMAGE_PIXELS or "
+        "UNET_MAX_FRAMES, or costing more work than an image of that many pixels",
         415: "recognised but unsupported image format, or dicom-seg for a non-DICOM input",
         422: "bad query parameter, or a multi-frame input with a single-frame format",
-        503: "not ready, or overloaded (see Retry-After)",
+        503: "not ready, overloaded or shutting down (see Retry-After)",
     }.items()
 }
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -64,44 +65,6 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     **_ERRORS,
 }
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused (413) as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLargeError(
-            f"the body is {declared} bytes, the limit is {limit} (UNET_MAX_UPLOAD_BYTES)"
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLargeError(
-                f"the body passed {limit} bytes, the limit (UNET_MAX_UPLOAD_BYTES)"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def multipart_file(scope: Scope, body: bytes) -> bytes:
-    """The bytes of the multipart field ``file`` of an already-read body."""
-
-    async def replay() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        async with Request(scope, replay).form(max_files=1, max_fields=8) as form:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise BadUploadError(
-                    "the multipart body has no file field 'file': send it as "
-                    "`curl -F file=@image.png`, or send the image as the raw body"
-                )
-            return await upload.read()
-    except (MultiPartException, StarletteHTTPException) as exc:
-        detail = getattr(exc, "detail", None) or getattr(exc, "message", str(exc))
-        raise BadUploadError(f"malformed multipart body: {detail}") from None
 
 
 def _check_class(service: Service, class_index: int) -> None:
@@ -140,6 +103,7 @@ def _record(request: Request, service: Service, outcome: Outcome) -> None:
 async def segment(
     request: Request,
     service: ServiceDep,
+    admission: AdmissionDep,
     output: Annotated[
         OutputFormat, Query(alias="format", description="what comes back (see responses)")
     ] = OutputFormat.png,
@@ -169,11 +133,16 @@ async def segment(
     """Segment the image in the body; see the `format` parameter for what comes back."""
     _check_class(service, class_index)
     job = Job(output, threshold, class_index, tta)
-    with service.admission.reserve() as ticket:  # 503 before reading a body we cannot serve
-        body = await read_body(request, service.settings.max_upload_bytes)
-        if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-            body = await multipart_file(request.scope, body)
-        outcome = await ticket.run(lambda: run_job(body, job, service))
+    with admission.reserve() as ticket:  # 503 before reading a body we cannot serve
+        async with (
+            received_image(request, service.settings, service.stopping) as image,
+            watching_disconnect(request) as cancelled,
+        ):
+            try:
+                outcome = await ticket.run(lambda: run_job(image, job, service, cancelled))
+            except RequestCancelledError as exc:  # the log line says how far it had come
+                request.state.log = {"tiles_done": exc.tiles_done, "tiles_total": exc.tiles_total}
+                raise
     _record(request, service, outcome)
     timing = ", ".join(f"{stage};dur={s * 1000:.1f}" for stage, s in outcome.seconds.items())
     return Response(outcome.body, media_type=outcome.media_type, headers={"Server-Timing": timing})

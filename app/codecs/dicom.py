@@ -3,7 +3,7 @@
 Pipeline of one request (pydicom 3 with the pylibjpeg plugins)::
 
     bytes ─▶ dcmread (header + still-encoded pixel bytes) ─▶ checks: Pixel Data present,
-      transfer syntax decodable, Rows x Columns x NumberOfFrames <= max_pixels
+      transfer syntax decodable, Rows x Columns x NumberOfFrames (and the work) within the limits
       ─▶ per frame: decode ─▶ gray: modality LUT (HU for CT) ─▶ window ─▶ MONOCHROME1 inverted
                            └▶ colour: YBR -> RGB, palette expanded, > 8 bits scaled ─▶ uint8
 
@@ -47,7 +47,7 @@ from app.codecs.errors import (
     DicomTransferSyntaxError,
     UnsupportedFormatError,
 )
-from app.codecs.images import DecodedImage, Format, check_pixels
+from app.codecs.images import DecodedImage, Format, Limits
 
 LABEL = "DICOM"
 _PIXEL_DATA_TAG, _PIXEL_DATA_TAG_BE = b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10"  # (7FE0,0010)
@@ -212,8 +212,8 @@ def _check_decodable(uid: UID) -> None:
         )
 
 
-def _geometry(ds: Dataset, max_pixels: int) -> tuple[int, int, int]:
-    """(rows, columns, frames) from the header, checked against max_pixels."""
+def _geometry(ds: Dataset, limits: Limits) -> tuple[int, int, int]:
+    """(rows, columns, frames) from the header, checked against the limits."""
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames") or 1)
@@ -223,7 +223,7 @@ def _geometry(ds: Dataset, max_pixels: int) -> tuple[int, int, int]:
         ) from None
     if rows < 1 or columns < 1 or frames < 1:
         raise CorruptImageError(f"{LABEL}: {columns} x {rows} px x {frames} frame(s) is empty")
-    check_pixels(columns, rows, frames, max_pixels, LABEL)
+    limits.check(columns, rows, frames, LABEL)
     return rows, columns, frames
 
 
@@ -307,17 +307,17 @@ def _check_photometric(ds: Dataset) -> str:
 # -- the registry entry -------------------------------------------------------------------
 
 
-def decode_dicom(data: bytes, max_pixels: int, window: Window | None = None) -> DecodedImage:
+def decode_dicom(data: bytes, limits: Limits, window: Window | None = None) -> DecodedImage:
     """DICOM bytes -> DecodedImage(format "dicom", frames, width, height, source=dataset).
 
     frames: one per DICOM frame, H x W uint8 (gray, after the intensity policy above)
     or H x W x 3 uint8 (RGB). source: the pydicom Dataset with its Pixel Data removed,
-    for DICOM SEG. max_pixels: Rows x Columns x NumberOfFrames limit, checked before any
-    pixel is decoded. Raises CorruptImageError (400), DicomNoPixelDataError,
+    for DICOM SEG. limits: Rows x Columns x NumberOfFrames (and the work it costs), checked
+    before any pixel is decoded. Raises CorruptImageError (400), DicomNoPixelDataError,
     DicomTransferSyntaxError, UnsupportedFormatError (415), ImageTooLargeError (413).
     """
     ds = read_dataset(data)
-    rows, columns, _ = _geometry(ds, max_pixels)
+    rows, columns, _ = _geometry(ds, limits)
     _check_decodable(_transfer_syntax(ds))
     photometric = _check_photometric(ds)
     frames: list[np.ndarray] = []
@@ -334,7 +334,7 @@ def decode_dicom(data: bytes, max_pixels: int, window: Window | None = None) -> 
 def dicom_format(window: Window | None = None) -> Format:
     """The registry entry for ``app.codecs.images.register``, with the model's window."""
 
-    def decode(data: bytes, max_pixels: int) -> DecodedImage:
-        return decode_dicom(data, max_pixels, window)
+    def decode(data: bytes, limits: Limits) -> DecodedImage:
+        return decode_dicom(data, limits, window)
 
     return Format("dicom", LABEL, is_dicom, decode, priority=0)

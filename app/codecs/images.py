@@ -2,7 +2,7 @@
 
 A small registry (nnU-Net's reader/writer registry, reduced): each ``Format``
 has a ``matches(head)`` test on the first bytes and, when the service decodes
-it, a ``decode(data, max_pixels)``. Formats are tried by ascending
+it, a ``decode(data, limits)``. Formats are tried by ascending
 ``priority``; a recognised format without a decoder is refused with
 UnsupportedFormatError naming the ones that are decoded.
 
@@ -37,7 +37,7 @@ from app.codecs.errors import (
     UnsupportedFormatError,
 )
 
-# The service checks its own limit (max_pixels) from the header before any pixel
+# The service checks its own limits (Limits) from the header before any pixel
 # is decoded; Pillow's global bomb check would fire first, at its own threshold,
 # as a warning or a DecompressionBombError. A truncated file must raise, never
 # decode to a half-grey image.
@@ -76,7 +76,42 @@ class DecodedImage:
     source: object | None = field(default=None, repr=False)
 
 
-DecodeFn = Callable[[bytes, int], DecodedImage]
+WorkCheck = Callable[[int, int, int], None]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a decoder accepts, checked from the header before any pixel is decoded.
+
+    pixels: width x height x frames, inclusive (UNET_MAX_IMAGE_PIXELS).
+    frames: pages / frames, inclusive (UNET_MAX_FRAMES); None: no own limit.
+    work: ``work(width, height, frames)`` raises ImageTooLargeError when the
+        image would cost more to segment than the caller allows (thin strips,
+        thousands of tiny pages); the codecs know nothing of tiles.
+    """
+
+    pixels: int
+    frames: int | None = None
+    work: WorkCheck | None = None
+
+    def check(self, width: int, height: int, frames: int, label: str) -> None:
+        """ImageTooLargeError (413) naming the limit that ``width x height x frames`` passes."""
+        total = width * height * frames
+        if total > self.pixels:
+            raise ImageTooLargeError(
+                f"{label} image of {width} x {height} px x {frames} frame(s) = {total} pixels "
+                f"exceeds the limit of {self.pixels} (UNET_MAX_IMAGE_PIXELS)"
+            )
+        if self.frames is not None and frames > self.frames:
+            raise ImageTooLargeError(
+                f"{label} image has more than {self.frames} frames (UNET_MAX_FRAMES); "
+                "send fewer per request"
+            )
+        if self.work is not None:
+            self.work(width, height, frames)
+
+
+DecodeFn = Callable[[bytes, Limits], DecodedImage]
 
 
 @dataclass(frozen=True)
@@ -108,13 +143,15 @@ def supported() -> list[str]:
     return [f.label for f in formats() if f.decode is not None]
 
 
-def decode(data: bytes, max_pixels: int) -> DecodedImage:
+def decode(data: bytes, limits: Limits | int) -> DecodedImage:
     """Recognise ``data`` by magic number and decode it into frames.
 
-    max_pixels: the largest width x height x frames accepted (inclusive), checked
-    from the header before any pixel is decoded (ImageTooLargeError).
+    limits: checked from the header before any pixel is decoded (ImageTooLargeError);
+    an int is a pixel limit alone (width x height x frames, inclusive).
     Raises EmptyInputError, NotAnImageError, UnsupportedFormatError, CorruptImageError.
     """
+    if isinstance(limits, int):
+        limits = Limits(limits)
     if not data:
         raise EmptyInputError("the request body is empty: send the image bytes")
     head = data[:HEAD_BYTES]
@@ -124,21 +161,11 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
                 raise UnsupportedFormatError(
                     f"{fmt.label} images are not supported; send {', '.join(supported())}"
                 )
-            return fmt.decode(data, max_pixels)
+            return fmt.decode(data, limits)
     raise NotAnImageError(
         f"the body is not an image this service knows ({len(data)} bytes, no PNG/JPEG/TIFF/DICOM "
         f"signature); send {', '.join(supported())}"
     )
-
-
-def check_pixels(width: int, height: int, frames: int, max_pixels: int, label: str) -> None:
-    """ImageTooLargeError when width x height x frames exceeds max_pixels."""
-    total = width * height * frames
-    if total > max_pixels:
-        raise ImageTooLargeError(
-            f"{label} image of {width} x {height} px x {frames} frame(s) = {total} pixels exceeds "
-            f"the limit of {max_pixels} (UNET_MAX_IMAGE_PIXELS)"
-        )
 
 
 # -- Pillow decoders ------------------------------------------------------------------
@@ -195,17 +222,17 @@ def _open(data: bytes, pil_format: str, label: str) -> Image.Image:
         raise CorruptImageError(f"{label} header is corrupt or truncated: {exc}") from None
 
 
-def _page_count(im: Image.Image, max_pixels: int, label: str) -> int:
-    """Pages of a multi-page image, each checked to have the first page's size.
+def _page_count(im: Image.Image, limits: Limits, label: str) -> int:
+    """Pages of a multi-page image (TIFF pages, APNG frames), each of the first page's size.
 
-    Walks the page headers only (no pixels), stopping as soon as the pixel limit
-    is passed, so a file declaring millions of pages is refused quickly.
+    Walks the page headers only (no pixels), stopping as soon as a limit is
+    passed, so a file declaring millions of pages is refused quickly.
     """
     width, height = im.size
     pages = 0
     while True:
         pages += 1
-        check_pixels(width, height, pages, max_pixels, label)
+        limits.check(width, height, pages, label)
         try:
             im.seek(pages)
         except EOFError:
@@ -220,14 +247,14 @@ def _page_count(im: Image.Image, max_pixels: int, label: str) -> int:
 
 
 def _pillow_decoder(pil_format: str, label: str, name: str, multipage: bool) -> DecodeFn:
-    def decode_with_pillow(data: bytes, max_pixels: int) -> DecodedImage:
+    def decode_with_pillow(data: bytes, limits: Limits) -> DecodedImage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", UserWarning)
                 with _open(data, pil_format, label) as im:
                     width, height = im.size
-                    check_pixels(width, height, 1, max_pixels, label)
-                    pages = _page_count(im, max_pixels, label) if multipage else 1
+                    limits.check(width, height, 1, label)
+                    pages = _page_count(im, limits, label) if multipage else 1
                     frames = [_page(im, page, label) for page in range(pages)]
         except _PIL_ERRORS as exc:
             raise CorruptImageError(f"{label} data is corrupt or truncated: {exc}") from None
@@ -269,7 +296,8 @@ def _is_heif(head: bytes) -> bool:
 
 
 register(Format("dicom", "DICOM", is_dicom, None, priority=0))
-register(Format("png", "PNG", is_png, _pillow_decoder("PNG", "PNG", "png", False), priority=10))
+# PNG is multi-page too: an animated PNG (APNG) is every frame, under the multi-frame rules.
+register(Format("png", "PNG", is_png, _pillow_decoder("PNG", "PNG", "png", True), priority=10))
 register(Format("jpeg", "JPEG", is_jpeg, _pillow_decoder("JPEG", "JPEG", "jpeg", False), 20))
 register(Format("tiff", "TIFF", is_tiff, _pillow_decoder("TIFF", "TIFF", "tiff", True), 30))
 register(Format("gif", "GIF", lambda h: h[:6] in (b"GIF87a", b"GIF89a"), priority=90))

@@ -63,6 +63,9 @@ class Engine:
             raise ValueError(f"threads must be >= 0 (0 = one per core), got {threads}")
         self.requested = providers
         self.sha256 = file_sha256(self.path)
+        # Wherever the service starts (ORT_DISABLE_TELEMETRY=1 in the images does the same):
+        # no usage events, no device id written under ~/.cache.
+        ort.disable_telemetry_events()
         self._options = ort.SessionOptions()
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from app.inference.card import ModelCard
 from app.inference.errors import ImageShapeError
-from app.inference.tiling import ProgressFn, predict_tiled
+from app.inference.tiling import ProgressFn, plan_tiles, predict_tiled
 
 RunFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.floating]]
 
@@ -126,6 +126,12 @@ class Predictor:
         self._run = run
         self._activate = _sigmoid if card.activation == "sigmoid" else _softmax
         self.tiles_run = 0
+
+    def work(self, height: int, width: int, tta: bool = False) -> int:
+        """Network input pixels a frame of this size costs: tiles x tile area (x 4 with TTA)."""
+        plan = plan_tiles(height, width, self.geometry, self.tile_size)
+        th, tw = plan.tile_shape
+        return len(plan) * th * tw * (len(FLIPS) if tta else 1)
 
     def _predict(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         logits = np.asarray(self._run(batch), dtype=np.float32)

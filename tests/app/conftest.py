@@ -111,7 +111,8 @@ def start_server(
 ) -> Server:
     """uvicorn app.main:app on 127.0.0.1 (``port``, else a free one), once /health/ready is 200."""
     port = port or free_port()
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--http", "h11"]
+    command += ["--host", "127.0.0.1"]
     with log.open("ab") as out:
         process = subprocess.Popen(
             [*command, "--port", str(port)],

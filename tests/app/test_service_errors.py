@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.deps import Service
+from app.api.admission import Admission
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
 from app.main import create_app
+from app.service import Service
 from tests.app.conftest import settings
 from tests.app.samples import bad_corpus, noise, png
 
@@ -128,12 +129,12 @@ def test_not_ready_before_the_model_is_loaded(binary_model: Path) -> None:
 
 def test_overload_is_503_with_retry_after(binary_model: Path) -> None:
     with TestClient(create_app(settings(binary_model, max_queue=0))) as c:
-        service: Service = c.app.state.service  # type: ignore[attr-defined]
-        service.admission.admitted = 1  # as if one inference were running
+        admission: Admission = c.app.state.admission  # type: ignore[attr-defined]
+        admission.admitted = 1  # as if one inference were running
         try:
             response = c.post("/segment", content=IMAGE_PNG)
         finally:
-            service.admission.admitted = 0
+            admission.admitted = 0
         detail = assert_error(response, 503)
         assert "UNET_MAX_QUEUE" in detail
         assert int(response.headers["retry-after"]) >= 1
@@ -146,8 +147,8 @@ def test_refused_requests_give_their_slot_back(binary_model: Path) -> None:
         for body, status in [(IMAGE_PNG + b"\0", 413), (b"", 400), (b"GIF89a....", 415)] * 3:
             assert c.post("/segment", content=body).status_code == status
         assert c.post("/segment", content=IMAGE_PNG).status_code == 200
-        service: Service = c.app.state.service  # type: ignore[attr-defined]
-        assert service.admission.admitted == 0
+        admission: Admission = c.app.state.admission  # type: ignore[attr-defined]
+        assert admission.admitted == 0
 
 
 def test_model_endpoint(client: TestClient) -> None:
@@ -201,4 +202,4 @@ def test_an_unexpected_failure_is_a_json_500_and_the_service_goes_on(
         assert "simulated" not in detail  # internals stay in the log
         monkeypatch.undo()
         assert c.post("/segment", content=IMAGE_PNG).status_code == 200
-        assert service.admission.admitted == 0
+        assert c.app.state.admission.admitted == 0  # type: ignore[attr-defined]

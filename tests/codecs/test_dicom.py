@@ -45,7 +45,7 @@ from app.codecs.errors import (
 )
 from app.inference.predictor import check_frame
 
-BIG = 10**9
+BIG = images.Limits(10**9)
 # Uncompressed reference -> the same pixels in every other transfer syntax (all lossless).
 MR_VARIANTS = [
     "MR_small.dcm",  # explicit VR little endian
@@ -283,11 +283,11 @@ def test_declared_huge_image_is_refused_before_decoding() -> None:
     ds = pydicom.dcmread(sample("MR_small_RLE.dcm"))
     ds.Rows, ds.Columns, ds.NumberOfFrames = 60000, 60000, 100  # pixel data stays 64 x 64
     with pytest.raises(ImageTooLargeError, match="60000 x 60000"):
-        decode_dicom(to_bytes(ds), 64 * 64 * 100)
+        decode_dicom(to_bytes(ds), images.Limits(64 * 64 * 100))
     # The limit is inclusive: exactly Rows x Columns x frames passes.
-    assert len(decode_dicom(raw("rtdose.dcm"), 10 * 10 * 15).frames) == 15
+    assert len(decode_dicom(raw("rtdose.dcm"), images.Limits(10 * 10 * 15)).frames) == 15
     with pytest.raises(ImageTooLargeError):
-        decode_dicom(raw("rtdose.dcm"), 10 * 10 * 15 - 1)
+        decode_dicom(raw("rtdose.dcm"), images.Limits(10 * 10 * 15 - 1))
 
 
 def test_through_the_registry() -> None:
@@ -322,10 +322,10 @@ def _messages(exc: BaseException) -> str:
 
 def test_error_messages_carry_no_patient_data() -> None:
     base = phi_dataset()
-    cases: list[tuple[bytes, int]] = []
+    cases: list[tuple[bytes, images.Limits]] = []
     data = to_bytes(base)
     start = data.rfind(b"\xe0\x7f\x10\x00")
-    cases += [(data[: start // 2], BIG), (data[: start + 100], BIG), (data, 10)]
+    cases += [(data[: start // 2], BIG), (data[: start + 100], BIG), (data, images.Limits(10))]
     no_pixels = copy.deepcopy(base)
     del no_pixels.PixelData
     cases.append((to_bytes(no_pixels), BIG))

@@ -1,0 +1,155 @@
+"""The request body: read under limits of size, time and shutdown, spooled to disk, the image found.
+
+- Size: a declared Content-Length above UNET_MAX_UPLOAD_BYTES is refused before
+  reading; any body (chunked included) as soon as it passes the limit (413).
+- Time: a body that stalls UNET_BODY_TIMEOUT seconds without a byte is 408 and
+  the connection closes, which frees its admission slot.
+- Shutdown: a body still being read when SIGTERM comes is 503 (connection
+  closed), so a client stalling its upload cannot hold up a graceful stop.
+- Memory: the bytes go to a temporary file (TMPDIR) past SPOOL_BYTES, not to
+  RAM; nine concurrent 60 MiB uploads hold a few MiB, and nothing of them stays
+  in the process's heap once they are done.
+- A client that disconnects while its work runs sets ``cancelled``: the work
+  stops at its next tile batch (app/api/pipeline.py).
+
+Runs on the event loop; only the inference thread reads the spooled bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from typing import IO
+
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message, Receive
+
+from app.errors import BadUploadError, BodyTimeoutError, BodyTooLargeError, UnavailableError
+from app.settings import Settings
+
+SPOOL_BYTES = 1 << 20  # bodies above this go to a temporary file
+POLL_S = 0.25  # how often a waiting read looks at the shutdown flag
+CHUNK = 1 << 16
+SHUTDOWN_RETRY_S = 5
+
+
+async def _next_message(receive: Receive, timeout_s: float, stopping: threading.Event) -> Message:
+    """The next ASGI message of the body; 408 after ``timeout_s`` without one, 503 on shutdown."""
+    pending = asyncio.ensure_future(receive())
+    waited = 0.0
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=POLL_S)
+            if done:
+                return pending.result()
+            waited += POLL_S
+            if stopping.is_set():
+                raise UnavailableError(
+                    "the service is shutting down; send the request again",
+                    SHUTDOWN_RETRY_S,
+                    close=True,
+                )
+            if waited >= timeout_s:
+                raise BodyTimeoutError(
+                    f"the request body stalled: no byte for {timeout_s:g} s (UNET_BODY_TIMEOUT)"
+                )
+    finally:
+        if not pending.done():
+            pending.cancel()
+
+
+async def read_body(request: Request, settings: Settings, stopping: threading.Event) -> IO[bytes]:
+    """The whole body in a spooled temporary file (rewound); the caller closes it."""
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(
+            f"the body is {declared} bytes, the limit is {limit} (UNET_MAX_UPLOAD_BYTES)"
+        )
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 -- returned
+    try:
+        size, more = 0, True
+        while more:
+            message = await _next_message(request.receive, settings.body_timeout, stopping)
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError(
+                    f"the body passed {limit} bytes, the limit (UNET_MAX_UPLOAD_BYTES)"
+                )
+            spool.write(chunk)
+            more = message.get("more_body", False)
+        spool.seek(0)
+        return spool
+    except BaseException:
+        spool.close()
+        raise
+
+
+async def _chunks(spool: IO[bytes]) -> AsyncGenerator[bytes, None]:
+    while chunk := spool.read(CHUNK):
+        yield chunk
+
+
+@asynccontextmanager
+async def received_image(
+    request: Request, settings: Settings, stopping: threading.Event
+) -> AsyncIterator[IO[bytes]]:
+    """The image of the request as a file: the raw body, or the multipart field ``file``."""
+    spool = await read_body(request, settings, stopping)
+    try:
+        content_type = request.headers.get("content-type", "").lower()
+        if not content_type.startswith("multipart/form-data"):
+            yield spool
+            return
+        parser = MultiPartParser(
+            Headers(scope=request.scope), _chunks(spool), max_files=1, max_fields=8
+        )
+        try:
+            form = await parser.parse()
+        except (MultiPartException, StarletteHTTPException) as exc:
+            detail = getattr(exc, "detail", None) or getattr(exc, "message", str(exc))
+            raise BadUploadError(f"malformed multipart body: {detail}") from None
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise BadUploadError(
+                    "the multipart body has no file field 'file': send it as "
+                    "`curl -F file=@image.png`, or send the image as the raw body"
+                )
+            await upload.seek(0)
+            yield upload.file
+        finally:
+            await form.close()
+    finally:
+        spool.close()
+
+
+@asynccontextmanager
+async def watching_disconnect(request: Request) -> AsyncIterator[threading.Event]:
+    """An Event set when the client disconnects while the block runs (its body already read).
+
+    Also set when the block ends: if it ends early (the server cancelled the request
+    at the end of its graceful shutdown), work still running stops at its next batch.
+    """
+    cancelled = threading.Event()
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        cancelled.set()
+
+    task = asyncio.create_task(watch())
+    try:
+        yield cancelled
+    finally:
+        task.cancel()
+        cancelled.set()

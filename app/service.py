@@ -1,0 +1,85 @@
+"""Service: the loaded model and everything a request needs from it, built once per app.
+
+Made in the app's lifespan (app/main.py) and kept in ``app.state.service``;
+never a module global, so two apps with different models in one process do
+not interfere.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+
+from app.codecs.images import Limits
+from app.errors import TooMuchWorkError
+from app.inference import LoadedModel, Predictor
+from app.metrics import Metrics
+from app.settings import Settings
+
+# Tiles come in the network's sizes, so an image of the same pixel count as the square
+# but another shape costs a little more: 6 % for 128 x 512 against 256 x 256 with a
+# 20 px halo, 23 % for 256 x 262144 against 8192 x 8192. The allowance keeps such
+# images served; a 1 x 1,000,000 strip costs 2x the square of 8192 x 8192 and 10,000
+# pages of 1 x 1 px 2.8x: refused.
+SHAPE_ALLOWANCE = 1.25
+
+
+class WorkLimit:
+    """The most work one request may cost: what an image of ``max_pixels`` costs in square tiles.
+
+    Work is counted as network input pixels (tiles x tile area, x 4 with TTA,
+    x frames); the budget is the square image's, times SHAPE_ALLOWANCE. So a thin
+    strip (1 x 1,000,000 px: ~1,400 tiles) or thousands of 1 x 1 pages (one
+    whole tile each) is refused from its header, before any pixel is decoded,
+    while images of any reasonable shape up to the pixel limit pass.
+    """
+
+    def __init__(self, predictor: Predictor, max_pixels: int) -> None:
+        self.predictor = predictor
+        side = math.isqrt(max_pixels)
+        self.square = predictor.work(side, side)
+        self.budget = int(self.square * SHAPE_ALLOWANCE)
+        self._per_frame: dict[tuple[int, int, bool], int] = {}
+
+    def cost(self, width: int, height: int, frames: int, tta: bool) -> int:
+        key = (height, width, tta)
+        if key not in self._per_frame:  # the plan of a 1 x 67M strip takes ~0.1 s
+            self._per_frame[key] = self.predictor.work(height, width, tta=tta)
+        return self._per_frame[key] * frames
+
+    def check(self, width: int, height: int, frames: int, tta: bool) -> None:
+        """TooMuchWorkError (413) when the image costs more than the budget."""
+        cost = self.cost(width, height, frames, tta)
+        if cost > self.budget:
+            raise TooMuchWorkError(
+                f"segmenting {width} x {height} px x {frames} frame(s){' with tta' if tta else ''} "
+                f"would run the network over {cost} pixels, {cost / self.square:.1f} times what "
+                f"an image of UNET_MAX_IMAGE_PIXELS in square tiles costs ({self.square}; "
+                f"{SHAPE_ALLOWANCE:g}x is allowed); send smaller or squarer images, fewer "
+                "frames, or no tta"
+            )
+
+
+@dataclass
+class Service:
+    """Everything a request needs, made once in the lifespan."""
+
+    settings: Settings
+    model: LoadedModel
+    predictor: Predictor
+    metrics: Metrics
+    work: WorkLimit
+    ready: bool = False
+    # Set on SIGTERM: bodies still being read are refused (503) so that shutdown is not
+    # held up by a client that stalls its upload.
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def limits(self, tta: bool) -> Limits:
+        """What the decoders check from the header, for a request with or without TTA."""
+        settings = self.settings
+
+        def work(width: int, height: int, frames: int) -> None:
+            self.work.check(width, height, frames, tta)
+
+        return Limits(settings.max_image_pixels, settings.max_frames, work)
