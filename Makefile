@@ -34,6 +34,7 @@ system-deps:
 lint: venv
 	$(PY) -m ruff check app training bench tests deploy
 	$(PY) -m ruff format --check app training bench tests deploy
+	$(VENV)/bin/lint-imports  # the layer rules of pyproject.toml [tool.importlinter]
 
 typecheck: venv
 	$(PY) -m mypy app training deploy

@@ -22,9 +22,12 @@ from app.codecs.errors import (
     CorruptImageError,
     DicomSegError,
     EmptyInputError,
+    FrameCountError,
     ImageTooLargeError,
     NotAnImageError,
+    OptionError,
     UnsupportedFormatError,
+    UnsupportedOutputError,
 )
 from app.inference.errors import ImageShapeError, InferenceError
 
@@ -41,14 +44,6 @@ class ServiceError(Exception):
 
 class BadParameterError(ServiceError):
     """A query parameter out of the range that depends on the model (422)."""
-
-
-class FrameCountError(ServiceError):
-    """A multi-frame input asked for a single-frame output format (422)."""
-
-
-class UnsupportedOutputError(ServiceError):
-    """An output format the input cannot have, e.g. dicom-seg for a PNG (415)."""
 
 
 class BodyTooLargeError(ServiceError):
@@ -122,6 +117,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (UnsupportedOutputError, 415),
     (BadParameterError, 422),
     (FrameCountError, 422),
+    (OptionError, 422),
     (ImageShapeError, 422),
     (DicomSegError, 422),
     (UnavailableError, 503),

@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import FrameType
 from typing import Any
 
@@ -32,7 +32,8 @@ from app import errors
 from app.api import router
 from app.api.admission import Admission
 from app.api.middleware import Cors, RequestContext
-from app.codecs.images import register
+from app.codecs.images import Decoders, default_decoders
+from app.codecs.outputs import Outputs, default_outputs
 from app.inference import InferenceError, Predictor, load_model
 from app.inference.card import ModelCard
 from app.inference.engine import CPU
@@ -55,22 +56,25 @@ def read_settings() -> Settings:
         raise StartupError(describe(exc)) from None
 
 
-def install_dicom(card: ModelCard) -> None:
-    """Give the registry's DICOM entry its decoder, with the card's window (`dicom` extra)."""
+def input_formats(card: ModelCard) -> Decoders:
+    """This app's input registry: DICOM decoded with the card's window (`dicom` extra)."""
     if importlib.util.find_spec("pydicom") is None:
-        return  # DICOM stays recognised and answers 415
+        return default_decoders()  # DICOM stays recognised and answers 415
     import app.codecs.dicom_seg  # noqa: F401  # highdicom's import (~0.4 s) at start, not in a request
-    from app.codecs.dicom import dicom_format, window_from_card
+    from app.codecs.dicom_pixels import window_from_card
 
     try:
         window = window_from_card(card.model_extra)
     except ValueError as exc:
         raise StartupError(f"model card of {card.name}: {exc}") from None
-    register(dicom_format(window))
+    return default_decoders(window)
 
 
-def start_service(settings: Settings, metrics: Metrics) -> Service:
-    """Load the model, build the predictor, run one warm-up inference (blocking)."""
+def start_service(settings: Settings, metrics: Metrics, outputs: Outputs | None = None) -> Service:
+    """Load the model, build the predictor and the registries, warm up (blocking).
+
+    outputs: the output formats; by default the installation's (default_outputs).
+    """
     try:
         model = load_model(settings.model_path, settings.providers, settings.threads)
     except InferenceError as exc:
@@ -83,12 +87,11 @@ def start_service(settings: Settings, metrics: Metrics) -> Service:
     except ValueError as exc:
         raise StartupError(f"invalid tiling (UNET_TILE_SIZE / UNET_BATCH_SIZE): {exc}") from None
     card = model.card
-    install_dicom(card)
+    inputs = input_formats(card)
     predictor.predict(np.zeros((card.min_size, card.min_size), dtype=np.uint8))  # warm-up
     metrics.model_info.labels(card.name, card.version, model.engine.providers[0]).set(1)
-    return Service(
-        settings, model, predictor, metrics, WorkLimit(predictor, settings.max_image_pixels)
-    )
+    work = WorkLimit(predictor, settings.max_image_pixels)
+    return Service(settings, model, predictor, metrics, work, inputs, outputs or default_outputs())
 
 
 def stop_reading_on_signals(service: Service) -> Callable[[], None]:
@@ -153,9 +156,10 @@ class QuietStartupFailure:
             raise
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The ASGI app. ``settings`` None: read ``UNET_*`` in the lifespan (at start, not import)."""
-    metrics = Metrics()
+def make_lifespan(
+    settings: Settings | None, outputs: Outputs | None, metrics: Metrics
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start-up and shutdown: settings, logging, the Service and the admission queue."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -163,7 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             config = config if config is not None else read_settings()
             configure_logging(config.log_format, config.log_level)
-            service = await asyncio.to_thread(start_service, config, metrics)
+            service = await asyncio.to_thread(start_service, config, metrics, outputs)
         except StartupError as exc:
             fmt = config.log_format if config else os.environ.get("UNET_LOG_FORMAT", "")
             configure_logging(fmt.strip().lower())
@@ -189,6 +193,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             undo_signals()
             admission.close()
 
+    return lifespan
+
+
+def create_app(settings: Settings | None = None, outputs: Outputs | None = None) -> FastAPI:
+    """The ASGI app. ``settings`` None: read ``UNET_*`` in the lifespan (at start, not import).
+
+    outputs: the output formats served (default: the installation's, default_outputs).
+    """
+    metrics = Metrics()
     # /docs and /redoc with their assets served by the service itself (fastapi-offline):
     # a hospital network cannot reach a CDN. No redirects: /segment/ is 404, not a 307
     # whose Location is built from the client's Host header.
@@ -196,7 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="U-Net segmentation service",
         version="0.1.0",
         summary="Exact overlap-tile U-Net inference: PNG / COCO RLE / probability maps",
-        lifespan=lifespan,
+        lifespan=make_lifespan(settings, outputs, metrics),
         redirect_slashes=False,
     )
     app.state.metrics = metrics
@@ -216,8 +229,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def model_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """The OpenAPI schema as this app serves it: ``class`` bounded by the model's classes,
-    and API-key security declared only when UNET_API_KEYS is set (open otherwise)."""
+    """The OpenAPI schema as this app serves it: ``format`` from its outputs registry,
+    ``class`` bounded by the model's classes, and API-key security declared only when
+    UNET_API_KEYS is set (open otherwise)."""
     default = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -229,6 +243,8 @@ def model_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         for parameter in schema["paths"]["/segment"]["post"].get("parameters", []):
             if parameter["name"] == "class":
                 parameter["schema"]["maximum"] = highest
+            if parameter["name"] == "format":
+                parameter["schema"]["enum"] = service.outputs.names()
         if not service.settings.api_keys:
             schema.get("components", {}).pop("securitySchemes", None)
             for operations in schema["paths"].values():

@@ -11,7 +11,8 @@ import math
 import threading
 from dataclasses import dataclass, field
 
-from app.codecs.images import Limits
+from app.codecs.images import Decoders, Limits
+from app.codecs.outputs import Outputs
 from app.errors import TooMuchWorkError
 from app.inference import LoadedModel, Predictor
 from app.metrics import Metrics
@@ -63,13 +64,19 @@ class WorkLimit:
 
 @dataclass
 class Service:
-    """Everything a request needs, made once in the lifespan."""
+    """Everything a request needs, made once in the lifespan.
+
+    inputs / outputs: this app's registries of input and output formats (the DICOM
+    decoder carries this model's window); never shared with another app.
+    """
 
     settings: Settings
     model: LoadedModel
     predictor: Predictor
     metrics: Metrics
     work: WorkLimit
+    inputs: Decoders
+    outputs: Outputs
     ready: bool = False
     # Set on SIGTERM: bodies still being read are refused (503) so that shutdown is not
     # held up by a client that stalls its upload.

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.inference.engine import AUTO, CHOICES
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, GPU_BATCH_SIZE, GPU_TILE_SIZE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +26,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNET_", extra="ignore", frozen=True)
 
     model_path: Path = Field(DEFAULT_MODEL, description="ONNX model file to serve")
-    providers: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
-        "auto", description="execution providers: auto (CUDA when usable, else CPU), cpu, ..."
+    providers: str = Field(
+        AUTO, description=f"execution providers, one of {', '.join(CHOICES)} (engine.PROVIDERS)"
     )
     threads: int = Field(0, ge=0, description="intra-op threads; 0 = one per physical core")
     tile_size: int | None = Field(
@@ -70,6 +71,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("providers")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in CHOICES:
+            raise ValueError(f"Input should be {', '.join(map(repr, CHOICES))}")
+        return value
 
     def tiling(self, on_gpu: bool) -> tuple[int, int]:
         """(tile_size, batch_size): the configured ones, else the defaults for the device."""

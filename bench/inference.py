@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from app.inference.engine import CHOICES
 from bench.measure import Job, measure
 from bench.nets import UNetSpec, save_model
 
@@ -272,7 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base", type=int, default=32, help="channels of the top level (paper: 64)")
     p.add_argument("--quick", action="store_true", help="base 8, small images: a smoke check")
     p.add_argument("--json", type=Path, help="also save every number to this file")
-    p.add_argument("--providers", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    p.add_argument("--providers", default="auto", choices=list(CHOICES))
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: per core)")
     p.add_argument("--tile", type=int, help="tile size (default: predictor.py's, CPU or GPU)")
     p.add_argument("--batch", type=int, help="batch size (default: predictor.py's, CPU or GPU)")

@@ -28,9 +28,10 @@ import numpy as np
 
 from app.inference import load_model
 from app.inference.card import parse_card
-from app.inference.engine import Engine, ProviderChoice
+from app.inference.engine import Engine
+from app.inference.plan import TilePlan, plan_tiles
 from app.inference.predictor import Normalizer, Predictor
-from app.inference.tiling import TilePlan, plan_tiles, predict_whole, reference_padding
+from app.inference.tiler import predict_whole, reference_padding
 from bench.nets import UNetSpec, conv_flops, default_card, random_weights, torch_forward
 
 MIN_SECONDS, MAX_REPEATS = 2.0, 3  # repeat a configuration while its runs are this short
@@ -47,7 +48,7 @@ class Job:
     model: str  # the .onnx file (built from ``random_weights(spec, weights_seed)``)
     tile_size: int
     batch_size: int
-    providers: ProviderChoice = "auto"
+    providers: str = "auto"
     threads: int = 0  # ORT intra-op threads, 0 = one per physical core
     context: int = 96  # same-padding tiles: px discarded at inner borders
     seed: int = 0  # image seed

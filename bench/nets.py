@@ -32,7 +32,7 @@ class UNetSpec:
     out_channels: int = 1
     padding: Literal["valid", "same"] = "valid"
 
-    # The geometry repeats app.inference.tiling.unet_geometry on purpose: this module
+    # The geometry repeats app.inference.geometry.unet_geometry on purpose: this module
     # must import with numpy + onnx alone (the image's model-builder stage runs it,
     # and app.inference pulls in onnxruntime). tests/inference/test_tiling.py pins
     # the two together.

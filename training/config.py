@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.inference.tiling import Geometry, unet_geometry
+from app.inference.geometry import Geometry, unet_geometry
 
 Padding = Literal["valid", "same"]
 

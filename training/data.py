@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from app.inference.tiling import reflect_indices
+from app.inference.tiler import reflect_indices
 from training.augment import Augment
 from training.losses import Objects, border_weight_map
 

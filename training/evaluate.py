@@ -27,14 +27,13 @@ import torch
 from skimage.filters import threshold_otsu
 from skimage.metrics import adapted_rand_error
 
-from app.inference import Predictor, load_model
+from app.inference import Predictor, RunFn, load_model
 from app.inference.card import parse_card
 from training.checkpoint import card_of, load_checkpoint
 from training.data import Sample, load_samples
 from training.losses import Objects, object_labels
 from training.unet import UNet
 
-RunFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 MaskFn = Callable[[Sample], npt.NDArray[np.integer]]
 
 

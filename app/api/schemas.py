@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, Field
-
-
-class OutputFormat(StrEnum):
-    """What ``POST /segment`` answers with."""
-
-    png = "png"
-    rle = "rle"
-    probability = "probability"
-    dicom_seg = "dicom-seg"
-
-
-# Formats that carry several frames (the others answer 422 for a multi-frame input).
-MULTI_FRAME = {OutputFormat.rle, OutputFormat.dicom_seg}
 
 
 class ModelRef(BaseModel):

@@ -13,10 +13,12 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.api.auth import Authorized
 from app.api.deps import AdmissionDep, ServiceDep
-from app.api.pipeline import Job, Outcome, run_job
-from app.api.schemas import OutputFormat, RLEResponse
+from app.api.pipeline import Outcome, run_job
+from app.api.schemas import RLEResponse
 from app.api.upload import received_image, watching_disconnect
-from app.errors import BadParameterError, ErrorBody, RequestCancelledError
+from app.codecs.outputs import Options
+from app.codecs.outputs.base import either
+from app.errors import BadParameterError, ErrorBody, RequestCancelledError, quote
 from app.service import Service
 
 router = APIRouter(tags=["segmentation"])
@@ -67,12 +69,12 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _check_class(service: Service, class_index: int) -> None:
-    classes = service.model.card.classes
-    if class_index >= len(classes):
-        names = ", ".join(f"{i} = {name}" for i, name in enumerate(classes) if i)
+def _check_format(service: Service, output: str) -> None:
+    """422 for a ``format`` this app does not write, listing those it does (its registry)."""
+    if output not in service.outputs:
+        listed = either([repr(name) for name in service.outputs.names()])
         raise BadParameterError(
-            f"query parameter 'class' must be in 1..{len(classes) - 1} ({names}), got {class_index}"
+            f"query parameter 'format': Input should be {listed} (got {quote(output)})"
         )
 
 
@@ -105,8 +107,12 @@ async def segment(
     service: ServiceDep,
     admission: AdmissionDep,
     output: Annotated[
-        OutputFormat, Query(alias="format", description="what comes back (see responses)")
-    ] = OutputFormat.png,
+        str,
+        Query(
+            alias="format",
+            description="what comes back (see responses); the formats of this installation",
+        ),
+    ] = "png",
     threshold: Annotated[
         float,
         Query(
@@ -131,15 +137,17 @@ async def segment(
     ] = False,
 ) -> Response:
     """Segment the image in the body; see the `format` parameter for what comes back."""
-    _check_class(service, class_index)
-    job = Job(output, threshold, class_index, tta)
+    _check_format(service, output)
+    options = Options(threshold, class_index, tta)
     with admission.reserve() as ticket:  # 503 before reading a body we cannot serve
         async with (
             received_image(request, service.settings, service.stopping) as image,
             watching_disconnect(request) as cancelled,
         ):
             try:
-                outcome = await ticket.run(lambda: run_job(image, job, service, cancelled))
+                outcome = await ticket.run(
+                    lambda: run_job(image, output, options, service, cancelled)
+                )
             except RequestCancelledError as exc:  # the log line says how far it had come
                 request.state.log = {"tiles_done": exc.tiles_done, "tiles_total": exc.tiles_total}
                 raise

@@ -24,12 +24,9 @@ same reason.
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from io import BytesIO
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,58 +34,30 @@ from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import iter_pixels
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from app.codecs.dicom_pixels import (
+    Window,
+    colour_to_uint8,
+    modality_values,
+    to_uint8,
+)
 from app.codecs.errors import (
     CorruptImageError,
     DicomNoPixelDataError,
     DicomTransferSyntaxError,
     UnsupportedFormatError,
 )
-from app.codecs.images import DecodedImage, Format, Limits
+from app.codecs.images import DecodedImage, Format, Limits, is_dicom
 
 LABEL = "DICOM"
 _PIXEL_DATA_TAG, _PIXEL_DATA_TAG_BE = b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10"  # (7FE0,0010)
-ROBUST_PERCENTILES = (0.5, 99.5)
 PERSON_NAME_WARNING = r"The string .* is unlikely to represent"  # highdicom, quotes the name
 _GRAY = {"MONOCHROME1", "MONOCHROME2"}
 # Decoders return these as RGB (pydicom's as_rgb=True converts YBR_FULL(_422); JPEG 2000
 # reverses RCT/ICT itself).
 _COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR"}
-_VRS = {
-    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
-    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
-    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Window:
-    """A VOI window in modality units (HU for CT): centre c and width w >= 1."""
-
-    center: float
-    width: float
-
-
-def window_from_card(extra: Mapping[str, Any] | None) -> Window | None:
-    """The card's optional ``window`` (a ModelCard's ``model_extra``), validated.
-
-    Raises ValueError naming the field when it is not ``{"center": c, "width": w >= 1}``.
-    """
-    spec = (extra or {}).get("window")
-    if spec is None:
-        return None
-    try:
-        window = Window(float(spec["center"]), float(spec["width"]))
-    except (TypeError, KeyError, ValueError):
-        raise ValueError(
-            f'field \'window\' must be {{"center": c, "width": w}} (numbers), got {spec!r}'
-        ) from None
-    if not (math.isfinite(window.center) and math.isfinite(window.width) and window.width >= 1):
-        raise ValueError(f"field 'window' needs a finite center and a width >= 1, got {spec!r}")
-    return window
 
 
 def quiet_value_warnings() -> None:
@@ -104,26 +73,6 @@ def quiet_value_warnings() -> None:
 
 
 quiet_value_warnings()
-
-
-# -- recognition ------------------------------------------------------------------------
-
-
-def is_dicom(head: bytes) -> bool:
-    """DICOM Part 10 (``DICM`` at offset 128), or a bare dataset without preamble.
-
-    A bare dataset must open with an element of group 0002 or 0008 (the first groups
-    of every image) in either byte order, followed by a valid explicit VR or, for
-    implicit VR little endian, a plausible value length: about 1 in 10^9 random heads
-    pass, and no PNG/JPEG/TIFF/GIF/PDF/ZIP signature does.
-    """
-    if head[128:132] == b"DICM":
-        return True
-    if len(head) < 8:
-        return False
-    if head[:2] in (b"\x02\x00", b"\x08\x00"):  # little endian
-        return head[4:6] in _VRS or int.from_bytes(head[4:8], "little") <= 1024
-    return head[:2] in (b"\x00\x02", b"\x00\x08") and head[4:6] in _VRS  # explicit big endian
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -227,53 +176,6 @@ def _geometry(ds: Dataset, limits: Limits) -> tuple[int, int, int]:
     return rows, columns, frames
 
 
-# -- intensities ------------------------------------------------------------------------
-
-
-def modality_values(ds: Dataset, stored: np.ndarray) -> npt.NDArray[np.float64]:
-    """One gray frame's stored values -> modality values (rescale slope/intercept or LUT).
-
-    stored: H x W as decoded. Returns H x W float64 (e.g. Hounsfield units for CT).
-    """
-    return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-
-
-def to_uint8(values: npt.NDArray[np.floating], window: Window | None) -> npt.NDArray[np.uint8]:
-    """H x W modality values -> H x W uint8 by the window, or by the robust range.
-
-    Window: DICOM linear VOI, ``y = ((x - (c - 0.5)) / (w - 1) + 0.5) * 255`` clipped;
-    e.g. c = 40, w = 400 (soft tissue): -160 HU -> 0, 40 HU -> 128, 240 HU -> 255.
-    Robust: the 0.5th / 99.5th percentiles -> 0 / 255; a constant frame -> 0.
-    """
-    if window is not None:
-        low, span = window.center - 0.5 - (window.width - 1) / 2, window.width - 1
-    else:
-        low, high = (float(p) for p in np.percentile(values, ROBUST_PERCENTILES))
-        span = high - low
-    if span <= 0:  # width 1 is a threshold; a constant frame has no range
-        return np.where(values > low, 255, 0).astype(np.uint8)
-    scaled = (values - low) * (255.0 / span)
-    np.rint(np.clip(scaled, 0, 255, out=scaled), out=scaled)
-    result: npt.NDArray[np.uint8] = scaled.astype(np.uint8)
-    return result
-
-
-def _colour_to_uint8(ds: Dataset, pixels: np.ndarray) -> npt.NDArray[np.uint8]:
-    """H x W x 3 RGB of any depth -> uint8 (palette expanded, 16-bit scaled 65535 -> 255)."""
-    rgb = pixels
-    if str(ds.PhotometricInterpretation) == "PALETTE COLOR":
-        rgb = apply_color_lut(pixels, ds)
-        bits = 8 * rgb.dtype.itemsize
-    else:
-        bits = int(ds.get("BitsStored") or 8 * rgb.dtype.itemsize)
-    if rgb.dtype == np.uint8 and bits <= 8:
-        return np.asarray(rgb, dtype=np.uint8)
-    scaled = rgb.astype(np.float64) * (255.0 / (2**bits - 1))
-    np.rint(np.clip(scaled, 0, 255, out=scaled), out=scaled)
-    result: npt.NDArray[np.uint8] = scaled.astype(np.uint8)
-    return result
-
-
 def _decoded_frames(ds: Dataset) -> Iterator[np.ndarray]:
     """Frames as decoded (gray H x W stored values, colour H x W x 3 RGB), one at a time."""
     try:
@@ -326,7 +228,7 @@ def decode_dicom(data: bytes, limits: Limits, window: Window | None = None) -> D
             gray = to_uint8(modality_values(ds, decoded), window)
             frames.append(255 - gray if photometric == "MONOCHROME1" else gray)
         else:
-            frames.append(_colour_to_uint8(ds, decoded))
+            frames.append(colour_to_uint8(ds, decoded))
     del ds.PixelData  # SEG needs the attributes, not the (possibly large) encoded pixels
     return DecodedImage("dicom", frames, columns, rows, source=ds)
 

@@ -122,6 +122,27 @@ def check_source(source: Dataset) -> None:
         )
 
 
+def _segments(
+    classes: Sequence[str], model_name: str, model_version: str
+) -> list[hd.seg.SegmentDescription]:
+    """One segment per non-background class, the model as the algorithm that made it."""
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=_lo(model_name), family=codes.DCM.ArtificialIntelligence, version=_lo(model_version)
+    )
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=index,
+            segment_label=_lo(label),
+            segmented_property_category=CATEGORY,
+            segmented_property_type=PROPERTY_TYPE,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for index, label in enumerate(classes)
+        if index > 0
+    ]
+
+
 def encode_seg(
     source: Dataset,
     masks: Sequence[np.ndarray],
@@ -140,21 +161,7 @@ def encode_seg(
     check_source(source)
     pixels = _check_masks(source, masks, classes)
     source = _complete(source)
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=_lo(model_name), family=codes.DCM.ArtificialIntelligence, version=_lo(model_version)
-    )
-    segments = [
-        hd.seg.SegmentDescription(
-            segment_number=index,
-            segment_label=_lo(label),
-            segmented_property_category=CATEGORY,
-            segmented_property_type=PROPERTY_TYPE,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-        )
-        for index, label in enumerate(classes)
-        if index > 0
-    ]
+    segments = _segments(classes, model_name, model_version)
     try:
         seg = hd.seg.Segmentation(
             source_images=[source],

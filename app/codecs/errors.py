@@ -44,3 +44,19 @@ class DicomSegError(CodecError):
 
     The request itself is fine (422): the other output formats (``rle``) still work.
     """
+
+
+class OutputError(CodecError):
+    """An output format that cannot be made for this request (the options or the input)."""
+
+
+class UnsupportedOutputError(OutputError):
+    """An output format the input cannot have, e.g. dicom-seg for a PNG (415)."""
+
+
+class FrameCountError(OutputError):
+    """A multi-frame input asked for a single-frame output format (422)."""
+
+
+class OptionError(OutputError):
+    """An option out of the range the model allows, e.g. ``class`` (422)."""

@@ -1,266 +1,93 @@
-"""Bytes -> image frames, the format recognised by its magic number, limits checked first.
+"""Bytes -> image frames: the input registry, formats recognised by their magic numbers.
 
 A small registry (nnU-Net's reader/writer registry, reduced): each ``Format``
-has a ``matches(head)`` test on the first bytes and, when the service decodes
-it, a ``decode(data, limits)``. Formats are tried by ascending
-``priority``; a recognised format without a decoder is refused with
-UnsupportedFormatError naming the ones that are decoded.
+has a ``matches(head)`` test on the first bytes and, when it is decoded, a
+``decode(data, limits)`` (app/codecs/pillow.py, app/codecs/dicom.py). Formats
+are tried by ascending ``priority``; a recognised format without a decoder is
+refused with UnsupportedFormatError naming the ones that are decoded.
 
-DICOM: the ``dicom`` entry (priority 0, before TIFF, because a DICOM
-preamble may itself start with a TIFF header) is registered here without a
-decoder, so DICOM is recognised (415) even without the `dicom` extra;
-importing ``app.codecs`` replaces it with ``app.codecs.dicom.dicom_format()``
-when pydicom is installed, whose DecodedImage carries the pydicom dataset in
-``source`` (for DICOM SEG, which references it).
-
-Pixels stay on their stored grid (EXIF orientation is not applied) and in
-their stored depth: 16-bit PNG/TIFF stay uint16.
+A registry (``Decoders``) is built per app by ``default_decoders``, never
+changed afterwards: DICOM (priority 0, before TIFF, because a DICOM preamble
+may itself start with a TIFF header) is recognised everywhere (415 without
+the `dicom` extra) and decoded, with the model card's window, when pydicom is
+installed; its DecodedImage carries the pydicom dataset in ``source`` (for
+DICOM SEG, which references it).
 """
 
 from __future__ import annotations
 
-import io
-import struct
-import warnings
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import functools
+import importlib.util
+from collections.abc import Iterable
 
-import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from app.codecs.errors import EmptyInputError, NotAnImageError, UnsupportedFormatError
+from app.codecs.frames import DecodedImage, DecodeFn, Format, Limits, WorkCheck
+from app.codecs.pillow import pillow_decoder
 
-from app.codecs.errors import (
-    CorruptImageError,
-    EmptyInputError,
-    ImageTooLargeError,
-    NotAnImageError,
-    UnsupportedFormatError,
-)
-
-# The service checks its own limits (Limits) from the header before any pixel
-# is decoded; Pillow's global bomb check would fire first, at its own threshold,
-# as a warning or a DecompressionBombError. A truncated file must raise, never
-# decode to a half-grey image.
-Image.MAX_IMAGE_PIXELS = None
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-# Pillow's ways of saying "these bytes are broken" (zlib/struct errors leak from plugins;
-# UserWarning is how its TIFF reader reports a corrupt directory, made an error below).
-_PIL_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    IndexError,
-    zlib.error,
-    struct.error,
-    UserWarning,
-)
+__all__ = [
+    "BASE_FORMATS",
+    "DecodeFn",
+    "DecodedImage",
+    "Decoders",
+    "Format",
+    "Limits",
+    "WorkCheck",
+    "decode",
+    "default_decoders",
+    "is_dicom",
+]
 _JP2 = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 HEAD_BYTES = 132  # enough for every signature, DICOM's "DICM" at 128 included
 
 
-@dataclass(frozen=True)
-class DecodedImage:
-    """An image as frames of H x W or H x W x C (C in 1..4) uint8/uint16 pixels.
+class Decoders:
+    """An input-format registry: the formats recognised, tried by ascending priority.
 
-    format: the registry name (``png``, ``jpeg``, ``tiff``, ``dicom``).
-    frames: one array per page/frame, all ``height`` x ``width``.
-    source: the format's own decoded object when a writer needs it (DICOM dataset).
+    Built per app from its model card (the DICOM decoder carries the card's window),
+    never a module global that start-up mutates; ``with_format`` returns a new one.
     """
 
-    format: str
-    frames: list[np.ndarray]
-    width: int
-    height: int
-    source: object | None = field(default=None, repr=False)
+    def __init__(self, formats: Iterable[Format]) -> None:
+        self._formats: dict[str, Format] = {}
+        for fmt in formats:
+            self._formats[fmt.name] = fmt
 
+    def with_format(self, fmt: Format) -> Decoders:
+        """A registry with ``fmt`` added, or replacing the format of the same name."""
+        return Decoders([*(f for f in self._formats.values() if f.name != fmt.name), fmt])
 
-WorkCheck = Callable[[int, int, int], None]
+    def formats(self) -> list[Format]:
+        """The formats in the order they are tried."""
+        return sorted(self._formats.values(), key=lambda f: f.priority)
 
+    def supported(self) -> list[str]:
+        """Labels of the formats that are decoded, in the order tried (``DICOM, PNG, ...``)."""
+        return [f.label for f in self.formats() if f.decode is not None]
 
-@dataclass(frozen=True)
-class Limits:
-    """What a decoder accepts, checked from the header before any pixel is decoded.
+    def decode(self, data: bytes, limits: Limits | int) -> DecodedImage:
+        """Recognise ``data`` by magic number and decode it into frames.
 
-    pixels: width x height x frames, inclusive (UNET_MAX_IMAGE_PIXELS).
-    frames: pages / frames, inclusive (UNET_MAX_FRAMES); None: no own limit.
-    work: ``work(width, height, frames)`` raises ImageTooLargeError when the
-        image would cost more to segment than the caller allows (thin strips,
-        thousands of tiny pages); the codecs know nothing of tiles.
-    """
-
-    pixels: int
-    frames: int | None = None
-    work: WorkCheck | None = None
-
-    def check(self, width: int, height: int, frames: int, label: str) -> None:
-        """ImageTooLargeError (413) naming the limit that ``width x height x frames`` passes."""
-        total = width * height * frames
-        if total > self.pixels:
-            raise ImageTooLargeError(
-                f"{label} image of {width} x {height} px x {frames} frame(s) = {total} pixels "
-                f"exceeds the limit of {self.pixels} (UNET_MAX_IMAGE_PIXELS)"
-            )
-        if self.frames is not None and frames > self.frames:
-            raise ImageTooLargeError(
-                f"{label} image has more than {self.frames} frames (UNET_MAX_FRAMES); "
-                "send fewer per request"
-            )
-        if self.work is not None:
-            self.work(width, height, frames)
-
-
-DecodeFn = Callable[[bytes, Limits], DecodedImage]
-
-
-@dataclass(frozen=True)
-class Format:
-    """name: registry key; label: for messages; matches(head): the magic-number test."""
-
-    name: str
-    label: str
-    matches: Callable[[bytes], bool]
-    decode: DecodeFn | None = None
-    priority: int = 50
-
-
-_FORMATS: dict[str, Format] = {}
-
-
-def register(fmt: Format) -> None:
-    """Add a format, or replace the one with the same name (e.g. give DICOM a decoder)."""
-    _FORMATS[fmt.name] = fmt
-
-
-def formats() -> list[Format]:
-    """Registered formats in the order they are tried."""
-    return sorted(_FORMATS.values(), key=lambda f: f.priority)
-
-
-def supported() -> list[str]:
-    """Labels of the formats that are decoded, e.g. ``["PNG", "JPEG", "TIFF"]``."""
-    return [f.label for f in formats() if f.decode is not None]
-
-
-def decode(data: bytes, limits: Limits | int) -> DecodedImage:
-    """Recognise ``data`` by magic number and decode it into frames.
-
-    limits: checked from the header before any pixel is decoded (ImageTooLargeError);
-    an int is a pixel limit alone (width x height x frames, inclusive).
-    Raises EmptyInputError, NotAnImageError, UnsupportedFormatError, CorruptImageError.
-    """
-    if isinstance(limits, int):
-        limits = Limits(limits)
-    if not data:
-        raise EmptyInputError("the request body is empty: send the image bytes")
-    head = data[:HEAD_BYTES]
-    for fmt in formats():
-        if fmt.matches(head):
-            if fmt.decode is None:
-                raise UnsupportedFormatError(
-                    f"{fmt.label} images are not supported; send {', '.join(supported())}"
-                )
-            return fmt.decode(data, limits)
-    raise NotAnImageError(
-        f"the body is not an image this service knows ({len(data)} bytes, no PNG/JPEG/TIFF/DICOM "
-        f"signature); send {', '.join(supported())}"
-    )
-
-
-# -- Pillow decoders ------------------------------------------------------------------
-
-# Modes whose pixels numpy gives as they are; the others are converted first.
-_NATIVE = {"L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I;16N"}
-_CONVERT = {
-    "1": "L",
-    "P": "RGB",
-    "PA": "RGBA",
-    "CMYK": "RGB",
-    "YCbCr": "RGB",
-    "RGBX": "RGB",
-    "La": "LA",
-    "RGBa": "RGBA",
-}
-
-
-def _pixels(im: Image.Image, label: str) -> np.ndarray:
-    """H x W (x C) uint8/uint16 pixels of the current frame (palette expanded, alpha kept)."""
-    mode = im.mode
-    if mode == "P" and "transparency" in im.info:
-        mode, im = "RGBA", im.convert("RGBA")
-    elif mode in _CONVERT:
-        mode, im = _CONVERT[mode], im.convert(_CONVERT[mode])
-    if mode == "I":  # 32-bit integer: accepted when the values fit 16 bits (old 16-bit PNGs)
-        wide = np.asarray(im)
-        if wide.size and (wide.min() < 0 or wide.max() > 65535):
-            raise UnsupportedFormatError(f"{label}: 32-bit integer pixels; send 8 or 16 bits")
-        return wide.astype(np.uint16)
-    if mode not in _NATIVE:
-        raise UnsupportedFormatError(
-            f"{label}: pixel mode {mode!r} is not supported; send 8- or 16-bit gray, RGB or RGBA"
+        limits: checked from the header before any pixel is decoded (ImageTooLargeError);
+        an int is a pixel limit alone (width x height x frames, inclusive).
+        Raises EmptyInputError, NotAnImageError, UnsupportedFormatError, CorruptImageError.
+        """
+        if isinstance(limits, int):
+            limits = Limits(limits)
+        if not data:
+            raise EmptyInputError("the request body is empty: send the image bytes")
+        head = data[:HEAD_BYTES]
+        for fmt in self.formats():
+            if fmt.matches(head):
+                if fmt.decode is None:
+                    raise UnsupportedFormatError(
+                        f"{fmt.label} images are not supported; send {', '.join(self.supported())}"
+                    )
+                return fmt.decode(data, limits)
+        listed = "/".join(f.label for f in self._formats.values() if f.decode is not None)
+        raise NotAnImageError(
+            f"the body is not an image this service knows ({len(data)} bytes, no {listed} "
+            f"signature); send {', '.join(self.supported())}"
         )
-    pixels = np.asarray(im)
-    # I;16B arrives big-endian: make it native uint16 (no copy when it already is).
-    return pixels.astype(np.uint16, copy=False) if pixels.itemsize == 2 else pixels
-
-
-def _page(im: Image.Image, page: int, label: str) -> np.ndarray:
-    im.seek(page)
-    im.load()
-    return _pixels(im, label)
-
-
-def _open(data: bytes, pil_format: str, label: str) -> Image.Image:
-    try:
-        return Image.open(io.BytesIO(data), formats=[pil_format])
-    except UnidentifiedImageError:
-        raise CorruptImageError(
-            f"{label} signature, but the header is corrupt or truncated ({len(data)} bytes)"
-        ) from None
-    except _PIL_ERRORS as exc:
-        raise CorruptImageError(f"{label} header is corrupt or truncated: {exc}") from None
-
-
-def _page_count(im: Image.Image, limits: Limits, label: str) -> int:
-    """Pages of a multi-page image (TIFF pages, APNG frames), each of the first page's size.
-
-    Walks the page headers only (no pixels), stopping as soon as a limit is
-    passed, so a file declaring millions of pages is refused quickly.
-    """
-    width, height = im.size
-    pages = 0
-    while True:
-        pages += 1
-        limits.check(width, height, pages, label)
-        try:
-            im.seek(pages)
-        except EOFError:
-            break
-        if im.size != (width, height):
-            raise UnsupportedFormatError(
-                f"{label}: page {pages} is {im.size[0]} x {im.size[1]} px, page 0 is "
-                f"{width} x {height}; pages of one request must share a size"
-            )
-    im.seek(0)
-    return pages
-
-
-def _pillow_decoder(pil_format: str, label: str, name: str, multipage: bool) -> DecodeFn:
-    def decode_with_pillow(data: bytes, limits: Limits) -> DecodedImage:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", UserWarning)
-                with _open(data, pil_format, label) as im:
-                    width, height = im.size
-                    limits.check(width, height, 1, label)
-                    pages = _page_count(im, limits, label) if multipage else 1
-                    frames = [_page(im, page, label) for page in range(pages)]
-        except _PIL_ERRORS as exc:
-            raise CorruptImageError(f"{label} data is corrupt or truncated: {exc}") from None
-        return DecodedImage(name, frames, width, height)
-
-    return decode_with_pillow
 
 
 def is_png(head: bytes) -> bool:
@@ -275,9 +102,28 @@ def is_tiff(head: bytes) -> bool:
     return head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
+_VRS = {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
+    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+}  # fmt: skip
+
+
 def is_dicom(head: bytes) -> bool:
-    """DICOM Part 10: a 128-byte preamble, then ``DICM``."""
-    return head[128:132] == b"DICM"
+    """DICOM Part 10 (``DICM`` at offset 128), or a bare dataset without preamble.
+
+    A bare dataset must open with an element of group 0002 or 0008 (the first groups
+    of every image) in either byte order, followed by a valid explicit VR or, for
+    implicit VR little endian, a plausible value length: about 1 in 10^9 random heads
+    pass, and no PNG/JPEG/TIFF/GIF/PDF/ZIP signature does.
+    """
+    if head[128:132] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    if head[:2] in (b"\x02\x00", b"\x08\x00"):  # little endian
+        return head[4:6] in _VRS or int.from_bytes(head[4:8], "little") <= 1024
+    return head[:2] in (b"\x00\x02", b"\x00\x08") and head[4:6] in _VRS  # explicit big endian
 
 
 def _is_webp(head: bytes) -> bool:
@@ -295,14 +141,40 @@ def _is_heif(head: bytes) -> bool:
     return head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"avif", b"avis")
 
 
-register(Format("dicom", "DICOM", is_dicom, None, priority=0))
-# PNG is multi-page too: an animated PNG (APNG) is every frame, under the multi-frame rules.
-register(Format("png", "PNG", is_png, _pillow_decoder("PNG", "PNG", "png", True), priority=10))
-register(Format("jpeg", "JPEG", is_jpeg, _pillow_decoder("JPEG", "JPEG", "jpeg", False), 20))
-register(Format("tiff", "TIFF", is_tiff, _pillow_decoder("TIFF", "TIFF", "tiff", True), 30))
-register(Format("gif", "GIF", lambda h: h[:6] in (b"GIF87a", b"GIF89a"), priority=90))
-register(Format("bmp", "BMP", _is_bmp, priority=90))
-register(Format("webp", "WebP", _is_webp, priority=90))
-register(Format("heif", "HEIF/AVIF", _is_heif, priority=90))
-register(Format("jp2", "JPEG 2000", lambda h: h[:12] == _JP2, priority=90))
-register(Format("psd", "Photoshop", lambda h: h[:4] == b"8BPS", priority=90))
+# In the order messages list them; tried by priority (DICOM first: its preamble may
+# itself start with a TIFF header). DICOM is recognised without a decoder until the
+# `dicom` extra gives it one (default_decoders).
+BASE_FORMATS = (
+    Format("png", "PNG", is_png, pillow_decoder("PNG", "PNG", "png", True), priority=10),
+    Format("jpeg", "JPEG", is_jpeg, pillow_decoder("JPEG", "JPEG", "jpeg", False), 20),
+    Format("tiff", "TIFF", is_tiff, pillow_decoder("TIFF", "TIFF", "tiff", True), 30),
+    Format("dicom", "DICOM", is_dicom, None, priority=0),
+    Format("gif", "GIF", lambda h: h[:6] in (b"GIF87a", b"GIF89a"), priority=90),
+    Format("bmp", "BMP", _is_bmp, priority=90),
+    Format("webp", "WebP", _is_webp, priority=90),
+    Format("heif", "HEIF/AVIF", _is_heif, priority=90),
+    Format("jp2", "JPEG 2000", lambda h: h[:12] == _JP2, priority=90),
+    Format("psd", "Photoshop", lambda h: h[:4] == b"8BPS", priority=90),
+)
+
+
+def default_decoders(window: object | None = None) -> Decoders:
+    """The formats this installation reads: DICOM decoded (with ``window``, a
+    ``app.codecs.dicom.Window``) when the `dicom` extra (pydicom) is installed."""
+    decoders = Decoders(BASE_FORMATS)
+    if importlib.util.find_spec("pydicom") is None:
+        return decoders
+    from app.codecs.dicom import dicom_format
+    from app.codecs.dicom_pixels import Window
+
+    return decoders.with_format(dicom_format(window if isinstance(window, Window) else None))
+
+
+@functools.cache
+def _plain() -> Decoders:
+    return default_decoders()
+
+
+def decode(data: bytes, limits: Limits | int, decoders: Decoders | None = None) -> DecodedImage:
+    """``decoders.decode(data, limits)``; by default the installation's formats, no card window."""
+    return (decoders or _plain()).decode(data, limits)

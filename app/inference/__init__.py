@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.inference.card import ModelCard, load_card
-from app.inference.engine import Engine, ProviderChoice
+from app.inference.engine import AUTO, Engine
 from app.inference.errors import (
     ImageShapeError,
     InferenceError,
@@ -14,8 +14,10 @@ from app.inference.errors import (
     ModelLoadError,
     ProviderError,
 )
+from app.inference.geometry import Geometry
+from app.inference.plan import plan_tiles
 from app.inference.predictor import Prediction, Predictor
-from app.inference.tiling import Geometry, plan_tiles, predict_tiled, predict_whole
+from app.inference.tiler import RunFn, predict_tiled, predict_whole
 
 __all__ = [
     "Engine",
@@ -29,6 +31,7 @@ __all__ = [
     "Prediction",
     "Predictor",
     "ProviderError",
+    "RunFn",
     "load_model",
     "plan_tiles",
     "predict_tiled",
@@ -42,9 +45,7 @@ class LoadedModel:
     card: ModelCard
 
 
-def load_model(
-    path: str | Path, providers: ProviderChoice = "auto", threads: int = 0
-) -> LoadedModel:
+def load_model(path: str | Path, providers: str = AUTO, threads: int = 0) -> LoadedModel:
     """Open an ONNX model, read and verify its card (one probe inference)."""
     engine = Engine(path, providers=providers, threads=threads)
     card = load_card(

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Self
 
 import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.inference.errors import ModelCardError
-from app.inference.tiling import Geometry, unet_geometry
+from app.inference.geometry import Geometry, unet_geometry
+from app.inference.tiler import RunFn
 
 log = logging.getLogger(__name__)
 
-RunFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.floating]]
 METADATA_KEY = "unet"
 
 
@@ -83,14 +81,13 @@ class ModelCard(BaseModel):
         """K, the logits channels: 1 for sigmoid, one per class for softmax."""
         return 1 if self.activation == "sigmoid" else len(self.classes)
 
-    def geometry(self, context: int = 96) -> Geometry:
+    def geometry(self) -> Geometry:
         return Geometry(
             padding=self.padding,
             halo=self.halo,
             size_multiple=self.size_multiple,
             size_offset=self.size_offset,
             min_size=self.min_size,
-            context=context,
         )
 
     def summary(self) -> dict[str, Any]:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,13 +28,37 @@ from app.inference.errors import ModelLoadError, ProviderError
 
 log = logging.getLogger(__name__)
 
-ProviderChoice = Literal["auto", "cpu", "cuda", "tensorrt"]
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
-_CHAINS: dict[str, list[str]] = {
-    "cpu": [CPU],
-    "cuda": [CUDA, CPU],
-    "tensorrt": [TENSORRT, CUDA, CPU],
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Provider:
+    """An entry of the provider table: what a ``UNET_PROVIDERS`` value asks ONNX Runtime for.
+
+    chain: ONNX Runtime providers, preferred first (the rest take what it cannot).
+    options: per ONNX Runtime provider, its provider options (device id, cuDNN
+        algorithm search, TensorRT cache directories, ...); none set yet.
+    """
+
+    name: str
+    chain: tuple[str, ...]
+    options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def session_providers(self) -> list[tuple[str, dict[str, str]]]:
+        return [(p, dict(self.options.get(p, {}))) for p in self.chain]
+
+
+# The one list of providers: the settings, the messages and the sessions read it.
+PROVIDERS: dict[str, Provider] = {
+    p.name: p
+    for p in (
+        Provider("cpu", (CPU,)),
+        Provider("cuda", (CUDA, CPU)),
+        Provider("tensorrt", (TENSORRT, CUDA, CPU)),
+    )
 }
+CHOICES = (AUTO, *PROVIDERS)
 
 
 def file_sha256(path: Path) -> str:
@@ -55,7 +81,7 @@ class Engine:
     threads: intra-op threads (0 = ONNX Runtime's choice: one per physical core).
     """
 
-    def __init__(self, path: str | Path, providers: ProviderChoice = "auto", threads: int = 0):
+    def __init__(self, path: str | Path, providers: str = AUTO, threads: int = 0):
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"model file not found: {self.path}")
@@ -89,7 +115,8 @@ class Engine:
         self.output_names: list[str] = [o.name for o in outputs]
         self.output_shape: list[int | str | None] = list(outputs[0].shape)
 
-    def _session_on(self, chain: list[str]) -> ort.InferenceSession:
+    def _session_on(self, provider: Provider) -> ort.InferenceSession:
+        chain = provider.session_providers()
         try:
             return ort.InferenceSession(str(self.path), sess_options=self._options, providers=chain)
         except Exception as exc:  # ORT's pybind exceptions derive from Exception only
@@ -99,10 +126,10 @@ class Engine:
 
     def _open(self, choice: str) -> ort.InferenceSession:
         available = ort.get_available_providers()
-        if choice == "auto":
+        if choice == AUTO:
             if CUDA in available:
                 try:
-                    session = self._session_on(_CHAINS["cuda"])
+                    session = self._session_on(PROVIDERS["cuda"])
                     if session.get_providers()[0] == CUDA:
                         return session
                     reason = "ONNX Runtime could not start CUDA (driver or libraries missing)"
@@ -111,18 +138,16 @@ class Engine:
             else:
                 reason = "this ONNX Runtime build has no CUDA provider"
             log.info("providers=auto: %s; using %s", reason, CPU)
-            return self._session_on(_CHAINS["cpu"])
-        if choice not in _CHAINS:
-            raise ProviderError(
-                f"unknown provider {choice!r}: use one of auto, cpu, cuda, tensorrt"
-            )
-        wanted = _CHAINS[choice][0]
+            return self._session_on(PROVIDERS["cpu"])
+        if choice not in PROVIDERS:
+            raise ProviderError(f"unknown provider {choice!r}: use one of {', '.join(CHOICES)}")
+        wanted = PROVIDERS[choice].chain[0]
         if wanted not in available:
             raise ProviderError(
                 f"provider {choice!r} asked for, but this ONNX Runtime build offers only "
                 f"{', '.join(available)} (install the `gpu` extra, onnxruntime-gpu, on a CUDA host)"
             )
-        session = self._session_on(_CHAINS[choice])
+        session = self._session_on(PROVIDERS[choice])
         if session.get_providers()[0] != wanted:
             raise ProviderError(
                 f"provider {choice!r} asked for, but ONNX Runtime could not start it "
@@ -159,7 +184,3 @@ class Engine:
             [self.output_names[0]], {self.input_name: batch}
         )[0]
         return out
-
-    def run_all(self, batch: npt.NDArray[np.float32]) -> list[Any]:
-        """Every output of the model (e.g. logits, then image-level scores)."""
-        return list(self._session.run(None, {self.input_name: batch}))

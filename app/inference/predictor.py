@@ -10,7 +10,6 @@ the only whole-image float array is the probability map.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +17,9 @@ import numpy.typing as npt
 
 from app.inference.card import ModelCard
 from app.inference.errors import ImageShapeError
-from app.inference.tiling import ProgressFn, plan_tiles, predict_tiled
-
-RunFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.floating]]
+from app.inference.plan import DEFAULT_CONTEXT, plan_tiles
+from app.inference.sinks import ArraySink, FlipMean
+from app.inference.tiler import ProgressFn, RunFn, run_tiles
 
 # BT.601 luma weights (R, G, B).
 LUMA = (0.299, 0.587, 0.114)
@@ -112,10 +111,11 @@ class Predictor:
         *,
         tile_size: int = CPU_TILE_SIZE,
         batch_size: int = CPU_BATCH_SIZE,
-        context: int = 96,
+        context: int = DEFAULT_CONTEXT,
     ):
         self.card = card
-        self.geometry = card.geometry(context)
+        self.geometry = card.geometry()
+        self.context = context
         if self.geometry.valid_size_at_most(tile_size) is None:
             raise ValueError(
                 f"tile_size {tile_size} is below the model's minimum input {card.min_size}"
@@ -125,11 +125,10 @@ class Predictor:
         self.tile_size, self.batch_size = tile_size, batch_size
         self._run = run
         self._activate = _sigmoid if card.activation == "sigmoid" else _softmax
-        self.tiles_run = 0
 
     def work(self, height: int, width: int, tta: bool = False) -> int:
         """Network input pixels a frame of this size costs: tiles x tile area (x 4 with TTA)."""
-        plan = plan_tiles(height, width, self.geometry, self.tile_size)
+        plan = plan_tiles(height, width, self.geometry, self.tile_size, self.context)
         th, tw = plan.tile_shape
         return len(plan) * th * tw * (len(FLIPS) if tta else 1)
 
@@ -151,33 +150,27 @@ class Predictor:
         height, width = image.shape[:2]
         probs = np.zeros((self.card.out_channels, height, width), dtype=np.float32)
         flips = FLIPS if tta else FLIPS[:1]
-        finished, current = 0, 0
-
-        def count(done: int, total: int) -> None:
-            nonlocal current
-            current = done
-            if progress is not None:
-                progress(finished + done, total * len(flips))
-
+        mean = FlipMean(probs, flips)
+        finished = 0
         for fy, fx in flips:
-            predict_tiled(
+
+            def count(done: int, total: int, before: int = finished) -> None:
+                if progress is not None:
+                    progress(before + done, total * len(flips))
+
+            finished += run_tiles(
                 image[::fy, ::fx],
                 self._predict,
                 self.geometry,
+                mean.view(fy, fx) if tta else ArraySink(height, width, probs),
                 channels=self.card.in_channels,
                 tile_size=self.tile_size,
                 batch_size=self.batch_size,
                 prepare=prepare,
-                out=probs[:, ::fy, ::fx],
-                accumulate=tta,
                 progress=count,
+                context=self.context,
             )
-            finished += current
-        tiles = finished
-        if tta:
-            probs *= np.float32(1 / len(flips))
-        self.tiles_run += tiles
-        return probs, tiles
+        return (mean.finish() if tta else probs), finished
 
     def mask(self, probs: npt.NDArray[np.float32], threshold: float = 0.5) -> npt.NDArray[np.uint8]:
         """H x W class indices: p >= threshold for binary models, argmax for K >= 3."""
@@ -190,19 +183,6 @@ class Predictor:
             mask = probs.argmax(axis=0).astype(np.uint8)
         return mask
 
-    def class_probability(
-        self, probs: npt.NDArray[np.float32], class_index: int
-    ) -> npt.NDArray[np.float32]:
-        """H x W probability of one non-background class (1 .. len(classes) - 1)."""
-        if not 1 <= class_index < len(self.card.classes):
-            raise ValueError(
-                f"class must be in 1..{len(self.card.classes) - 1} "
-                f"({', '.join(self.card.classes[1:])}), got {class_index}"
-            )
-        channel = 0 if self.card.activation == "sigmoid" else class_index
-        result: npt.NDArray[np.float32] = probs[channel]
-        return result
-
     def predict(
         self,
         frame: np.ndarray,
@@ -211,7 +191,5 @@ class Predictor:
         tta: bool = False,
         progress: ProgressFn | None = None,
     ) -> Prediction:
-        if not 0 < threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         probs, tiles = self.probabilities(frame, tta=tta, progress=progress)
         return Prediction(probs, self.mask(probs, threshold), tiles)

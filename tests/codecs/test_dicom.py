@@ -22,16 +22,12 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from app.codecs import images
 from app.codecs.dicom import (
     PERSON_NAME_WARNING,
-    Window,
     decode_dicom,
-    dicom_format,
-    is_dicom,
     modality_frames,
     quiet_value_warnings,
     read_dataset,
-    to_uint8,
-    window_from_card,
 )
+from app.codecs.dicom_pixels import Window, to_uint8, window_from_card
 from app.codecs.dicom_seg import check_source, encode_seg
 from app.codecs.errors import (
     CodecError,
@@ -43,6 +39,7 @@ from app.codecs.errors import (
     NotAnImageError,
     UnsupportedFormatError,
 )
+from app.codecs.images import is_dicom
 from app.inference.predictor import check_frame
 
 BIG = images.Limits(10**9)
@@ -214,11 +211,7 @@ def test_recognition() -> None:
 def test_a_tiff_like_preamble_is_still_dicom() -> None:
     data = bytearray(raw("CT_small.dcm"))
     data[:8] = b"II*\x00\x08\x00\x00\x00"  # a dual-personality DICOM/TIFF preamble
-    images.register(dicom_format())
-    try:
-        assert images.decode(bytes(data), BIG).format == "dicom"
-    finally:
-        images.register(images.Format("dicom", "DICOM", images.is_dicom, None, priority=0))
+    assert images.decode(bytes(data), BIG).format == "dicom"
 
 
 def test_no_preamble_dataset_decodes_with_an_inferred_transfer_syntax() -> None:
@@ -291,15 +284,18 @@ def test_declared_huge_image_is_refused_before_decoding() -> None:
 
 
 def test_through_the_registry() -> None:
-    images.register(dicom_format(Window(40, 400)))
-    try:
-        decoded = images.decode(raw("CT_small.dcm"), BIG)
-        assert decoded.format == "dicom"
-        assert decoded.source is not None
-        with pytest.raises(NotAnImageError):
-            images.decode(b"\x00\x01" * 100, BIG)
-    finally:
-        images.register(images.Format("dicom", "DICOM", images.is_dicom, None, priority=0))
+    decoders = images.default_decoders(Window(40, 400))
+    decoded = decoders.decode(raw("CT_small.dcm"), BIG)
+    assert decoded.format == "dicom"
+    assert decoded.source is not None
+    np.testing.assert_array_equal(
+        decoded.frames[0], decode_dicom(raw("CT_small.dcm"), BIG, Window(40, 400)).frames[0]
+    )
+    with pytest.raises(NotAnImageError):
+        decoders.decode(b"\x00\x01" * 100, BIG)
+    # A registry is built, never changed: the plain one still has no window.
+    plain = images.decode(raw("CT_small.dcm"), BIG).frames[0]
+    np.testing.assert_array_equal(plain, decode_dicom(raw("CT_small.dcm"), BIG).frames[0])
 
 
 # -- no patient data in messages ---------------------------------------------------------

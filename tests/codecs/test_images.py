@@ -17,7 +17,7 @@ from app.codecs.errors import (
     NotAnImageError,
     UnsupportedFormatError,
 )
-from app.codecs.images import DecodedImage, Format, decode, register
+from app.codecs.images import DecodedImage, Format, decode
 from tests.app.samples import (
     bad_corpus,
     encode,
@@ -176,15 +176,14 @@ def test_the_whole_bad_corpus_raises_only_codec_errors(name: str, data: bytes) -
 def test_dicom_is_recognised_before_tiff_and_pluggable() -> None:
     # A DICOM whose 128-byte preamble starts with a TIFF header is DICOM.
     dicom = b"II*\x00" + b"\x00" * 124 + b"DICM" + b"\x00" * 16
-    original = next(f for f in images.formats() if f.name == "dicom")
 
-    def fake_dicom(data: bytes, max_pixels: int) -> DecodedImage:
+    def fake_dicom(data: bytes, limits: images.Limits) -> DecodedImage:
         return DecodedImage("dicom", [np.zeros((2, 3), np.uint8)], 3, 2, source="dataset")
 
-    register(Format("dicom", "DICOM", images.is_dicom, fake_dicom, priority=0))
-    try:
-        image = decode(dicom, BIG)
-        assert (image.format, image.source) == ("dicom", "dataset")
-        assert "DICOM" in images.supported()
-    finally:
-        register(original)
+    decoders = images.Decoders(images.BASE_FORMATS)
+    assert "DICOM" not in decoders.supported()  # recognised, not decoded
+    with_fake = decoders.with_format(Format("dicom", "DICOM", images.is_dicom, fake_dicom, 0))
+    image = with_fake.decode(dicom, BIG)
+    assert (image.format, image.source) == ("dicom", "dataset")
+    assert with_fake.supported() == ["DICOM", "PNG", "JPEG", "TIFF"]
+    assert "DICOM" not in decoders.supported()  # the original is unchanged

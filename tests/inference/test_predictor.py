@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from app.inference import ImageShapeError, Predictor, load_model
-from app.inference.tiling import plan_tiles, predict_whole
+from app.inference.plan import plan_tiles
+from app.inference.tiler import predict_whole
 from tests.inference.conftest import ort_predict
 
 
@@ -53,15 +54,6 @@ def test_softmax_three_classes_is_argmax(softmax3_model: Path) -> None:
     p = predictor(softmax3_model, tile_size=200)
     result = p.predict(gray(90, 130), threshold=0.9)  # ignored for K >= 3
     assert np.array_equal(result.mask, result.probabilities.argmax(axis=0))
-    assert np.array_equal(p.class_probability(result.probabilities, 2), result.probabilities[2])
-
-
-def test_class_probability_range(valid_model: Path) -> None:
-    p = predictor(valid_model)
-    probs, _ = p.probabilities(gray(10, 10))
-    assert np.array_equal(p.class_probability(probs, 1), probs[0])
-    with pytest.raises(ValueError, match=r"class must be in 1\.\.1 \(foreground\), got 2"):
-        p.class_probability(probs, 2)
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0, -1, 2])

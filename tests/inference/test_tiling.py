@@ -9,19 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.inference.tiling import (
-    Geometry,
-    plan_axis,
-    plan_tiles,
-    predict_tiled,
-    predict_whole,
-    reflect_indices,
-    unet_geometry,
-)
+from app.inference.geometry import Geometry, unet_geometry
+from app.inference.plan import DEFAULT_CONTEXT, plan_axis, plan_tiles
+from app.inference.sinks import ArraySink
+from app.inference.tiler import predict_tiled, predict_whole, reflect_indices, run_tiles
 from tests.inference.conftest import ort_predict
 
 PAPER = Geometry("valid", halo=92, size_multiple=16, size_offset=12, min_size=188)
-SAME16 = Geometry("same", halo=0, size_multiple=16, size_offset=0, min_size=16, context=96)
+SAME16 = Geometry("same", halo=0, size_multiple=16, size_offset=0, min_size=16)
 
 
 def rand_image(h: int, w: int, c: int = 1, seed: int = 0) -> np.ndarray:
@@ -31,8 +26,10 @@ def rand_image(h: int, w: int, c: int = 1, seed: int = 0) -> np.ndarray:
 # -- the plan -----------------------------------------------------------------------------
 
 
-def check_axis_plan(length: int, g: Geometry, tile_size: int) -> None:
-    tiles = plan_axis(length, g, tile_size)
+def check_axis_plan(
+    length: int, g: Geometry, tile_size: int, context: int = DEFAULT_CONTEXT
+) -> None:
+    tiles = plan_axis(length, g, tile_size, context)
     assert tiles[0].keep_start == 0
     assert tiles[-1].keep_stop == length
     for a, b in itertools.pairwise(tiles):
@@ -55,8 +52,8 @@ def check_axis_plan(length: int, g: Geometry, tile_size: int) -> None:
         else:
             inner_lo = t.start > 0
             inner_hi = t.start + t.size < g.valid_size_at_least(length)
-            assert not inner_lo or t.keep_start - t.start >= g.context
-            assert not inner_hi or t.start + t.size - t.keep_stop >= g.context
+            assert not inner_lo or t.keep_start - t.start >= context
+            assert not inner_hi or t.start + t.size - t.keep_stop >= context
             assert t.start % g.size_multiple == 0
 
 
@@ -69,8 +66,7 @@ def test_valid_axis_plan_properties(length: int, tile: int) -> None:
 @settings(max_examples=300, deadline=None)
 @given(length=st.integers(1, 40_000), tile=st.integers(208, 1600), ctx=st.integers(0, 96))
 def test_same_axis_plan_properties(length: int, tile: int, ctx: int) -> None:
-    g = Geometry("same", 0, 16, 0, 16, context=ctx)
-    check_axis_plan(length, g, tile)
+    check_axis_plan(length, SAME16, tile, ctx)
 
 
 def test_worked_example_of_the_docstring() -> None:
@@ -207,24 +203,18 @@ def test_shifted_crop_reads_the_reflection_past_the_border() -> None:
 def test_accumulate_into_a_flipped_view() -> None:
     image = rand_image(230, 300)
     out = np.ones((1, 230, 300), dtype=np.float32)
-    predict_tiled(
-        image[::-1],
-        crop_times_two(92),
-        PAPER,
-        channels=1,
-        tile_size=252,
-        out=out[:, ::-1],
-        accumulate=True,
-    )
+    sink = ArraySink(230, 300, out[:, ::-1], accumulate=True)
+    run_tiles(image[::-1], crop_times_two(92), PAPER, sink, channels=1, tile_size=252)
     assert np.array_equal(out[0], image[:, :, 0] * np.float32(2) + 1)
 
 
 def test_progress_reports_every_batch() -> None:
     calls: list[tuple[int, int]] = []
-    predict_tiled(
+    run_tiles(
         rand_image(700, 900),
         crop_times_two(92),
         PAPER,
+        ArraySink(700, 900),
         channels=1,
         tile_size=252,
         batch_size=4,
@@ -300,10 +290,11 @@ def test_the_papers_unaligned_stepping_would_not_be_exact(valid_predict) -> None
 @pytest.mark.parametrize(("context", "within"), [(96, 1e-5), (48, None)])
 def test_same_padding_deviation(same_model, context: int, within: float | None) -> None:
     predict = ort_predict(same_model)
-    g = Geometry("same", 0, 16, 0, 16, context=context)
     image = rand_image(700, 900, seed=9)
-    tiled = predict_tiled(image, predict, g, channels=1, tile_size=320, batch_size=2)
-    whole = predict_whole(image, predict, g, channels=1)
+    tiled = predict_tiled(
+        image, predict, SAME16, channels=1, tile_size=320, batch_size=2, context=context
+    )
+    whole = predict_whole(image, predict, SAME16, channels=1)
     deviation = float(np.abs(sigmoid(tiled) - sigmoid(whole)).max())
     if within is not None:
         # 96 px of context covers this net's receptive field once tiles sit on its

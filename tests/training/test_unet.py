@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.inference.tiling import predict_tiled, predict_whole
+from app.inference.tiler import predict_tiled, predict_whole
 from training.config import UNetConfig
 from training.evaluate import torch_runner
 from training.unet import UNet, side_crops, skip_crops

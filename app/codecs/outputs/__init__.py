@@ -1,0 +1,24 @@
+"""Output formats: one module per format, one registry (``Outputs``) built per app.
+
+A new format is one module with an ``OUTPUT`` and one line below; the OpenAPI
+enum of ``format`` and every message naming formats come from the registry.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from app.codecs.outputs import png, probability, rle
+from app.codecs.outputs.base import Encoder, Model, Options, Output, Outputs
+
+__all__ = ["Encoder", "Model", "Options", "Output", "Outputs", "default_outputs"]
+
+
+def default_outputs() -> Outputs:
+    """The formats this installation writes, in the order messages list them."""
+    registry = Outputs([png.OUTPUT, rle.OUTPUT, probability.OUTPUT])
+    if importlib.util.find_spec("highdicom") is not None:  # the `dicom` extra
+        from app.codecs.outputs import dicom_seg
+
+        registry.add(dicom_seg.OUTPUT)
+    return registry

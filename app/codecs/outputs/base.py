@@ -1,0 +1,131 @@
+"""What every output format is: an Output (name, media type, which inputs and frames it
+carries, a factory) and the Encoder it makes; Outputs, the registry of them.
+
+An encoder is built from what it needs -- the decoded input's description, the
+model card and its file's SHA-256, the request's Options -- never from the HTTP
+service, so that HTTP, jobs and the command line share it. It receives each
+frame's Prediction with ``add`` and returns the answer's bytes with ``finish``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from app.codecs.errors import FrameCountError, OptionError, UnsupportedOutputError
+from app.codecs.images import DecodedImage
+from app.inference.card import ModelCard
+from app.inference.predictor import Prediction
+
+
+@dataclass(frozen=True)
+class Options:
+    """The request's options for its output, checked once against the model (``check``).
+
+    threshold: (0, 1), checked where it is applied (Predictor.mask); class_index:
+    1 .. len(classes) - 1, checked here for every format; tta: a flag.
+    """
+
+    threshold: float = 0.5
+    class_index: int = 1
+    tta: bool = False
+
+    def check(self, card: ModelCard) -> None:
+        """OptionError (422) when ``class_index`` names no class of this model."""
+        classes = card.classes
+        if not 1 <= self.class_index < len(classes):
+            names = ", ".join(f"{i} = {name}" for i, name in enumerate(classes) if i)
+            raise OptionError(
+                f"query parameter 'class' must be in 1..{len(classes) - 1} ({names}), "
+                f"got {self.class_index}"
+            )
+
+
+@dataclass(frozen=True)
+class Model:
+    """What an output may say about the model: its card and its file's SHA-256."""
+
+    card: ModelCard
+    sha256: str
+
+
+class Encoder(Protocol):
+    media_type: str
+
+    def add(self, index: int, prediction: Prediction) -> None:
+        """Frame ``index``'s prediction (frames come in order)."""
+
+    def finish(self) -> bytes:
+        """The answer's body."""
+
+
+EncoderFactory = Callable[[DecodedImage, Model, Options], Encoder]
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output format.
+
+    name: the ``format`` value; media_type: of the answer; multi_frame: carries
+    several frames (else a multi-frame input is refused); inputs: the input
+    formats it needs (None: any); make: the encoder factory, which may refuse
+    the options or the input (before any inference).
+    """
+
+    name: str
+    media_type: str
+    description: str
+    make: EncoderFactory
+    multi_frame: bool = False
+    inputs: frozenset[str] | None = None
+
+    def accepts(self, input_format: str) -> bool:
+        return self.inputs is None or input_format in self.inputs
+
+
+def either(names: list[str]) -> str:
+    """``png, rle or probability``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+class Outputs:
+    """The registry of output formats: the one list that the OpenAPI enum of ``format``,
+    the command line's choices and every "use format=..." message come from."""
+
+    def __init__(self, outputs: Iterable[Output] = ()) -> None:
+        self._outputs: dict[str, Output] = {}
+        for output in outputs:
+            self.add(output)
+
+    def add(self, output: Output) -> None:
+        if output.name in self._outputs:
+            raise ValueError(f"output format {output.name!r} is registered already")
+        self._outputs[output.name] = output
+
+    def __iter__(self) -> Iterator[Output]:
+        return iter(self._outputs.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._outputs
+
+    def names(self) -> list[str]:
+        return list(self._outputs)
+
+    def encoder(self, name: str, image: DecodedImage, model: Model, options: Options) -> Encoder:
+        """The encoder of format ``name`` for this input, or the 415/422 that says why not."""
+        output = self._outputs[name]
+        options.check(model.card)
+        if not output.accepts(image.format):
+            usable = [o.name for o in self if o.inputs is None]
+            raise UnsupportedOutputError(
+                f"format={name} needs a {either(sorted(f.upper() for f in output.inputs or ()))} "
+                f"input, this is {image.format.upper()}; use format={either(usable)}"
+            )
+        if len(image.frames) > 1 and not output.multi_frame:
+            usable = [o.name for o in self if o.multi_frame and o.accepts(image.format)]
+            raise FrameCountError(
+                f"the input has {len(image.frames)} frames and format={name} carries one; "
+                f"use format={either(usable)}"
+            )
+        return output.make(image, model, options)
