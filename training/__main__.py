@@ -1,10 +1,11 @@
-"""``python -m training {train,evaluate,export}``.
+"""``python -m training {train,evaluate,export,calibrate}``.
 
     python -m training train --data ../shared/data/isbi2012/train --out runs/isbi \\
         --classes background,membrane --foreground-value 0 --objects background
     python -m training train --out runs/isbi --resume --epochs 80
     python -m training export --checkpoint runs/isbi/best.pt --out runs/isbi/model.onnx
     python -m training evaluate --model runs/isbi/model.onnx --data ../shared/data/isbi2012/train
+    python -m training calibrate --model runs/isbi/model.onnx --data ../shared/data/isbi2012/train
 
 The train options are generated from training.config (one flag per field, e.g.
 ``--base-channels 32``, ``--batch-norm/--no-batch-norm``); ``--help`` lists them
@@ -20,7 +21,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from training import evaluate, export
+from training import calibrate, evaluate, export
 from training.config import TrainConfig, UNetConfig
 
 
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_arguments(commands.add_parser("evaluate", help="metrics on whole images"))
     export.add_arguments(commands.add_parser("export", help="checkpoint -> ONNX with model card"))
+    calibrate.add_arguments(
+        commands.add_parser("calibrate", help="threshold and objects recipe into the card")
+    )
     return parser
 
 
@@ -103,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"checkpoint: {summary['run_dir']}/best.pt")
         elif args.command == "evaluate":
             evaluate.main(args)
+        elif args.command == "calibrate":
+            calibrate.main(args)
         else:
             export.main(args)
     except (ValueError, FileNotFoundError, export.ExportParityError) as exc:

@@ -9,8 +9,10 @@ what the service runs); a checkpoint through the same ``Predictor`` with the
 torch network as its ``run``. Metrics, pooled over the split's pixels: Dice and
 IoU per class, pixel error (1 - accuracy); per image then averaged: the adapted
 Rand error (scikit-image) of the object instances (connected components of the
-card's ``objects`` region, e.g. ISBI's cells). A table goes to stdout, the JSON
-next to the model (``--json`` to choose).
+card's ``objects`` region, e.g. ISBI's cells) and of the objects the card's
+recipe finds (what ``format=objects`` returns: a watershed for ISBI). Masks use
+the card's calibrated threshold when it has one. A table goes to stdout, the
+JSON next to the model (``--json`` to choose).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from skimage.metrics import adapted_rand_error
 
 from app.inference import Predictor, RunFn, load_model
 from app.inference.card import parse_card
+from app.inference.objects import Recipe
 from training.checkpoint import card_of, load_checkpoint
 from training.data import Sample, load_samples
 from training.losses import Objects, object_labels
@@ -99,8 +102,26 @@ def torch_runner(model: UNet, device: torch.device | str = "cpu") -> RunFn:
     return run
 
 
-def predictor_masks(predictor: Predictor, tta: bool = False) -> MaskFn:
-    return lambda sample: predictor.predict(sample.image, tta=tta).mask
+def predictor_masks(predictor: Predictor, tta: bool = False, threshold: float = 0.5) -> MaskFn:
+    return lambda sample: predictor.predict(sample.image, tta=tta, threshold=threshold).mask
+
+
+def objects_rand_error(
+    predictor: Predictor, samples: list[Sample], threshold: float, objects: Objects
+) -> float:
+    """Mean adapted Rand error of the objects the card's recipe finds (what format=objects
+    returns), against the true instances of the ``objects`` region."""
+    from training.calibrate import object_rand_error
+
+    recipe = predictor.card.objects
+    rule = Recipe(recipe.method, recipe.boundary_class, recipe.seed_threshold, recipe.min_area)
+    classes = len(predictor.card.classes)
+    errors = []
+    for sample in samples:
+        prediction = predictor.predict(sample.image, threshold=threshold)
+        p, mask = prediction.probabilities, prediction.mask
+        errors.append(object_rand_error(p, mask, sample.label, rule, classes, objects))
+    return float(np.mean(errors))
 
 
 def open_model(
@@ -150,6 +171,11 @@ def format_table(title: str, metrics: dict[str, Any]) -> str:
         + ("n/a" if rand is None else f"{rand:.4f}")
         + f"   ({metrics['images']} images)"
     )
+    if "objects_rand_error" in metrics:
+        lines.append(
+            f"adapted Rand error of the objects (the card's recipe): "
+            f"{metrics['objects_rand_error']:.4f}"
+        )
     return "\n".join(lines)
 
 
@@ -173,6 +199,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tta", action="store_true", help="average over the four flips, as /segment?tta=true"
     )
     parser.add_argument("--json", type=Path, help="where to write the metrics JSON")
+    parser.add_argument(
+        "--threshold", type=float, help="foreground threshold (default: the card's, else 0.5)"
+    )
 
 
 def _names(card: dict[str, Any] | None, split: str, data: Path) -> list[str] | None:
@@ -213,8 +242,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"split": args.split, "images": [s.name for s in samples]}
     if predictor is not None:
         results["tta"] = bool(getattr(args, "tta", False))
+        threshold = args.threshold or (card or {}).get("threshold") or 0.5
+        results["threshold"] = threshold
         results["model"] = evaluate_masks(
-            predictor_masks(predictor, results["tta"]), samples, classes, objects
+            predictor_masks(predictor, results["tta"], threshold), samples, classes, objects
+        )
+        results["model"]["objects_rand_error"] = objects_rand_error(
+            predictor, samples, threshold, objects
         )
         print(
             format_table(

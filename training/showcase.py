@@ -1,15 +1,19 @@
-"""The model card's example figure: an input, the service's mask, and the overlay.
+"""The README's and model card's figure, drawn by the service itself (``format=overlay``).
 
-    curl -s --data-binary @IMAGE "http://localhost:8000/segment" -o mask.png
-    python -m training.showcase --image IMAGE --mask mask.png --out model/example.png
+    make run &    # or any running service
+    python -m training.showcase --image IMAGE --out model/example.png [--url http://localhost:8000]
 
-The mask is what ``POST /segment`` returned (class indices); the figure is
-derived from it, so what the card shows is what the service serves.
+Three panels: the input; ``/segment?format=overlay`` (the classes, tinted); and
+``/segment?format=overlay&objects=true`` (each object outlined: for the shipped
+membrane model, the cells its watershed finds), with the object count that
+``format=instances`` reports. What the figure shows is what the service serves.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import urllib.request
 from pathlib import Path
 
 import matplotlib
@@ -20,33 +24,35 @@ import numpy as np
 from PIL import Image
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
-    """H x W gray + H x W class indices -> H x W x 3 uint8, foreground tinted half-way."""
-    rgb = np.repeat(image[:, :, None], 3, axis=2).astype(np.float32)
-    tint = np.array(colour, dtype=np.float32)
-    rgb[mask > 0] = 0.5 * rgb[mask > 0] + 0.5 * tint
-    return rgb.astype(np.uint8)
+def segment(url: str, image: bytes, query: str) -> tuple[np.ndarray, dict[str, str]]:
+    request = urllib.request.Request(
+        f"{url.rstrip('/')}/segment?{query}", data=image, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=300) as answer:
+        return np.asarray(Image.open(io.BytesIO(answer.read()))), dict(answer.headers)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, required=True)
-    parser.add_argument("--mask", type=Path, required=True, help="PNG from /segment?format=png")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--url", default="http://localhost:8000")
     parser.add_argument("--title", default="")
     args = parser.parse_args()
-    image = np.asarray(Image.open(args.image).convert("L"))
-    mask = np.asarray(Image.open(args.mask))
-    if mask.shape != image.shape:
-        raise SystemExit(f"mask {mask.shape} and image {image.shape} differ in size")
+    data = args.image.read_bytes()
+    image = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+    classes, _ = segment(args.url, data, "format=overlay")
+    cells, _ = segment(args.url, data, "format=overlay&objects=true")
+    _, headers = segment(args.url, data, "format=instances")
+    count = headers.get("X-Object-Count") or headers.get("x-object-count")
     panels = [
         (image, "input", "gray"),
-        ((mask > 0).astype(np.uint8) * 255, "mask (membrane = white)", "gray"),
-        (overlay(image, mask, (255, 40, 40)), "overlay", None),
+        (classes, "format=overlay (membranes)", None),
+        (cells, f"format=overlay&objects=true ({count} cells)", None),
     ]
     figure, axes = plt.subplots(1, 3, figsize=(12, 4.3), constrained_layout=True)
-    for axis, (data, title, cmap) in zip(axes, panels, strict=True):
-        axis.imshow(data, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
+    for axis, (pixels, title, cmap) in zip(axes, panels, strict=True):
+        axis.imshow(pixels, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
         axis.set_title(title)
         axis.axis("off")
     if args.title:

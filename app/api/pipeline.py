@@ -33,6 +33,7 @@ class Outcome:
     frames: int
     tiles: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def run_job(
@@ -72,6 +73,7 @@ def run_job(
         inference, encode = inference + t1 - t0, encode + perf_counter() - t1
     t2 = perf_counter()
     outcome.body = encoder.finish()
+    outcome.media_type, outcome.headers = encoder.media_type, dict(encoder.headers)
     outcome.seconds = {
         "decode": decoded - start,
         "inference": inference,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -34,6 +34,27 @@ class RLEResponse(BaseModel):
     width: int
     model: ModelRef
     segments: list[Segment]
+
+
+class ObjectRow(BaseModel):
+    id: int = Field(description="1 .. N (over all frames for multi-frame input)")
+    class_index: int
+    label: str
+    area: int = Field(description="pixels")
+    bbox: list[int] = Field(description="[x, y, w, h] in px")
+    centroid: list[float] = Field(description="[x, y], pixel-corner coordinates")
+    score: float = Field(description="the object's mean probability of its class")
+    rle: RLE
+    frame: int | None = Field(None, description="0-based frame index (multi-frame inputs only)")
+
+
+class ObjectsResponse(BaseModel):
+    """``format=objects``: one row per object."""
+
+    height: int
+    width: int
+    model: ModelRef
+    objects: list[ObjectRow]
 
 
 class Status(BaseModel):
@@ -76,5 +97,7 @@ class ModelInfo(BaseModel):
     min_size: int
     normalization: Normalization
     activation: Literal["sigmoid", "softmax"]
+    threshold: float | None = Field(None, description="the card's calibrated default threshold")
+    objects: dict[str, Any] = Field(description="how pixels become objects (the card's recipe)")
     providers: list[str]
     tiling: Tiling

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request, Response
 from app.api.auth import Authorized
 from app.api.deps import AdmissionDep, ServiceDep
 from app.api.pipeline import Outcome, run_job
-from app.api.schemas import RLEResponse
+from app.api.schemas import ObjectsResponse, RLEResponse
 from app.api.upload import received_image, watching_disconnect
 from app.codecs.outputs import Options
 from app.codecs.outputs.base import either
@@ -22,6 +22,7 @@ from app.errors import BadParameterError, ErrorBody, RequestCancelledError, quot
 from app.service import Service
 
 router = APIRouter(tags=["segmentation"])
+DEFAULT_THRESHOLD = 0.5  # when neither the request nor the model card gives one
 
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff", "application/dicom")
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -56,17 +57,64 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "model": RLEResponse,
-        "description": "png: 8-bit class-index PNG; probability: 16-bit PNG, round(p * 65535); "
-        "rle: JSON (COCO RLE per class); dicom-seg: DICOM Segmentation",
-        "content": {"image/png": _BINARY, "application/dicom": _BINARY},
+        "model": RLEResponse | ObjectsResponse,
+        "description": "what `format` asks for (README, API): PNG images (class indices, "
+        "probability, overlay, instance ids), JSON (rle, objects), GeoJSON, DICOM SEG",
+        "content": {
+            "image/png": _BINARY,
+            "image/tiff": _BINARY,
+            "application/dicom": _BINARY,
+            "application/geo+json": {"schema": {"type": "object"}},
+        },
         "headers": {
             "X-Request-ID": {"description": "echoed from the request, else generated"},
             "Server-Timing": {"description": "decode, inference and encode durations, ms"},
+            "X-Object-Count": {"description": "format=instances: the number of objects"},
         },
     },
     **_ERRORS,
 }
+
+
+# The query parameters of /segment (API.md); the OpenAPI schema is made from these.
+FormatQuery = Annotated[
+    str,
+    Query(
+        alias="format",
+        description="what comes back (see responses); the formats of this installation",
+    ),
+]
+ThresholdQuery = Annotated[
+    float | None,
+    Query(
+        gt=0,
+        lt=1,
+        description="binary models (sigmoid K = 1, softmax K = 2): foreground where "
+        "p >= threshold; ignored (argmax) for K >= 3. Default: the model card's "
+        "calibrated threshold, else 0.5",
+    ),
+]
+ClassQuery = Annotated[
+    int,
+    Query(
+        alias="class",
+        ge=1,
+        description="which class's probability format=probability returns, 1 .. len(classes) - 1",
+    ),
+]
+TtaQuery = Annotated[
+    bool, Query(description="test-time augmentation: mean over identity and the three flips")
+]
+MinAreaQuery = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        description="object formats: drop objects below this many pixels (default: the card's)",
+    ),
+]
+ObjectsQuery = Annotated[
+    bool, Query(description="format=overlay: outline each object instead of filling each class")
+]
 
 
 def _check_format(service: Service, output: str) -> None:
@@ -106,39 +154,18 @@ async def segment(
     request: Request,
     service: ServiceDep,
     admission: AdmissionDep,
-    output: Annotated[
-        str,
-        Query(
-            alias="format",
-            description="what comes back (see responses); the formats of this installation",
-        ),
-    ] = "png",
-    threshold: Annotated[
-        float,
-        Query(
-            gt=0,
-            lt=1,
-            description="binary models (sigmoid K = 1, softmax K = 2): foreground where "
-            "p >= threshold; ignored (argmax) for K >= 3",
-        ),
-    ] = 0.5,
-    class_index: Annotated[
-        int,
-        Query(
-            alias="class",
-            ge=1,
-            description="which class's probability format=probability returns, "
-            "1 .. len(classes) - 1",
-        ),
-    ] = 1,
-    tta: Annotated[
-        bool,
-        Query(description="test-time augmentation: mean over identity and the three flips"),
-    ] = False,
+    output: FormatQuery = "png",
+    threshold: ThresholdQuery = None,
+    class_index: ClassQuery = 1,
+    tta: TtaQuery = False,
+    min_area: MinAreaQuery = None,
+    objects: ObjectsQuery = False,
 ) -> Response:
     """Segment the image in the body; see the `format` parameter for what comes back."""
     _check_format(service, output)
-    options = Options(threshold, class_index, tta)
+    card_threshold = service.model.card.threshold
+    chosen = threshold if threshold is not None else card_threshold or DEFAULT_THRESHOLD
+    options = Options(chosen, class_index, tta, min_area, objects)
     with admission.reserve() as ticket:  # 503 before reading a body we cannot serve
         async with (
             received_image(request, service.settings, service.stopping) as image,
@@ -153,4 +180,5 @@ async def segment(
                 raise
     _record(request, service, outcome)
     timing = ", ".join(f"{stage};dur={s * 1000:.1f}" for stage, s in outcome.seconds.items())
-    return Response(outcome.body, media_type=outcome.media_type, headers={"Server-Timing": timing})
+    headers = {**outcome.headers, "Server-Timing": timing}
+    return Response(outcome.body, media_type=outcome.media_type, headers=headers)

@@ -77,15 +77,62 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 def encode_label_png(labels: npt.NDArray[np.uint8], num_classes: int) -> bytes:
-    """H x W uint8 class indices -> 8-bit palette PNG of the same size.
+    """H x W uint8 class indices -> 8-bit grayscale PNG of the same size (no palette).
 
-    The pixel values are the class indices (``numpy.asarray(Image.open(...))``
-    gives them back exactly); the palette only makes the mask visible in a viewer.
+    Every common reader gives the class indices back: Pillow, OpenCV's
+    IMREAD_UNCHANGED, imageio, scikit-image, SimpleITK. (A palette PNG is expanded
+    to colours by all but Pillow.) For people, ``format=overlay`` draws the classes.
     """
     _check_labels(labels, num_classes)
-    image = Image.fromarray(np.ascontiguousarray(labels))  # mode "L"
-    image.putpalette(palette(num_classes))  # -> mode "P", same bytes
-    return _png_bytes(image)
+    return _png_bytes(Image.fromarray(np.ascontiguousarray(labels)))  # mode "L"
+
+
+def encode_instances(labels: npt.NDArray[np.integer]) -> tuple[bytes, str]:
+    """H x W object ids -> (bytes, media type): a 16-bit grayscale PNG while the ids fit,
+    a 32-bit grayscale TIFF above 65535 objects."""
+    if labels.size == 0 or int(labels.max()) <= 65535:
+        return _png_bytes(Image.fromarray(labels.astype(np.uint16))), "image/png"
+    buffer = io.BytesIO()
+    Image.fromarray(labels.astype(np.int32)).save(buffer, format="TIFF", compression="tiff_deflate")
+    return buffer.getvalue(), "image/tiff"
+
+
+def object_rles(labels: npt.NDArray[np.integer], count: int) -> list[dict[str, Any]]:
+    """COCO RLE of each object 1..count of an H x W id image, in one pass over it.
+
+    Runs of equal ids are found in the column-major order COCO uses; each object's
+    counts alternate gaps and runs and are compressed by pycocotools.
+    """
+    height, width = labels.shape
+    flat = np.asarray(labels, dtype=np.int64).T.ravel()
+    total = flat.size
+    cuts = np.union1d(np.flatnonzero(flat[1:] != flat[:-1]) + 1, np.arange(height, total, height))
+    starts, ends = np.r_[0, cuts], np.r_[cuts, total]
+    ids = flat[starts]
+    keep = ids > 0
+    starts, ends, ids = starts[keep], ends[keep], ids[keep]
+    order = np.lexsort((starts, ids))
+    starts, ends, ids = starts[order], ends[order], ids[order]
+    # Runs of one object split only by a column boundary are one run in column-major order.
+    joined = np.r_[False, (ids[1:] == ids[:-1]) & (starts[1:] == ends[:-1])]
+    group = np.cumsum(~joined) - 1
+    run_start = starts[~joined]
+    run_end = np.zeros(len(run_start), dtype=np.int64)
+    np.maximum.at(run_end, group, ends)
+    run_id = ids[~joined]
+    first = np.r_[True, run_id[1:] != run_id[:-1]]
+    previous_end = np.r_[0, run_end[:-1]]
+    gaps = np.where(first, run_start, run_start - previous_end)
+    pairs = np.stack([gaps, run_end - run_start], axis=1).ravel()
+    bounds = np.searchsorted(run_id, np.arange(1, count + 2)) * 2
+    last_end = np.zeros(count + 1, dtype=np.int64)
+    np.maximum.at(last_end, run_id, run_end)
+    rles = []
+    for i in range(1, count + 1):
+        counts = [*pairs[bounds[i - 1] : bounds[i]].tolist(), int(total - last_end[i])]
+        rle = coco_mask.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
+        rles.append({"size": [height, width], "counts": rle["counts"].decode("ascii")})
+    return rles
 
 
 def to_uint16(p: npt.NDArray[np.floating]) -> npt.NDArray[np.uint16]:

@@ -39,6 +39,16 @@ class Normalization(BaseModel):
         return scale, offset
 
 
+class ObjectsRecipe(BaseModel):
+    """The card's ``objects``: how pixels become objects (API.md, "Objects")."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    method: Literal["components", "watershed"] = "components"
+    boundary_class: int = Field(1, ge=0)
+    seed_threshold: float = Field(0.5, gt=0, lt=1)
+    min_area: int = Field(0, ge=0)
+
+
 class ModelCard(BaseModel):
     """The ``unet`` metadata document of ../shared/API.md ("The model file").
 
@@ -58,6 +68,10 @@ class ModelCard(BaseModel):
     min_size: int = Field(ge=1)
     normalization: Normalization = Normalization()
     activation: Literal["sigmoid", "softmax"]
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="the default threshold of a binary model, calibrated"
+    )
+    objects: ObjectsRecipe = ObjectsRecipe()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -73,6 +87,11 @@ class ModelCard(BaseModel):
                     f"normalization.{field} has {len(value)} values for "
                     f"in_channels={self.in_channels}"
                 )
+        if self.objects.boundary_class >= len(self.classes):
+            raise ValueError(
+                f"objects.boundary_class {self.objects.boundary_class} is not a class of "
+                f"{self.classes}"
+            )
         self.geometry()  # raises ValueError naming the inconsistent field
         return self
 

@@ -21,7 +21,7 @@ def test_a_toy_format_appears_in_the_schema_and_works_over_http(binary_model: Pa
     with TestClient(create_app(settings(binary_model), outputs=outputs)) as client:
         operation = client.get("/openapi.json").json()["paths"]["/segment"]["post"]
         (fmt,) = [p for p in operation["parameters"] if p["name"] == "format"]
-        assert fmt["schema"]["enum"] == ["png", "rle", "probability", "dicom-seg", "shape"]
+        assert fmt["schema"]["enum"] == [*default_outputs().names(), "shape"]
         answer = client.post("/segment?format=shape", content=tiff(noise(30, 20), noise(30, 20)))
         assert answer.status_code == 200
         assert answer.headers["content-type"].startswith("text/plain")

@@ -11,8 +11,8 @@ from PIL import Image
 from app.codecs.errors import FrameCountError, OptionError, UnsupportedOutputError
 from app.codecs.images import DecodedImage
 from app.codecs.outputs import Model, Options, Output, Outputs, default_outputs
-from app.codecs.outputs.probability import class_probability
 from app.inference import Prediction, load_model
+from app.inference.objects import class_probability
 from bench.nets import UNetSpec, default_card, save_model
 
 PROBS = np.random.default_rng(0).random((3, 4, 5), dtype=np.float32)
@@ -32,13 +32,14 @@ def softmax(tmp_path_factory: pytest.TempPathFactory) -> Model:
 
 
 def test_the_installations_formats_in_order() -> None:
-    assert default_outputs().names() == ["png", "rle", "probability", "dicom-seg"]
+    names = ["png", "rle", "probability", "overlay", "instances", "objects", "geojson"]
+    assert default_outputs().names() == [*names, "dicom-seg"]
 
 
-def test_class_probability_is_the_class_channel(softmax: Model) -> None:
-    assert np.array_equal(class_probability(PROBS, softmax.card, 2), PROBS[2])
-    sigmoid = softmax.card.model_copy(update={"activation": "sigmoid", "classes": ["b", "f"]})
-    assert np.array_equal(class_probability(PROBS[:1], sigmoid, 1), PROBS[0])
+def test_class_probability_is_the_class_channel() -> None:
+    assert np.array_equal(class_probability(PROBS, 2), PROBS[2])
+    assert np.array_equal(class_probability(PROBS[:1], 1), PROBS[0])  # sigmoid: p(class 1)
+    np.testing.assert_allclose(class_probability(PROBS[:1], 0), 1 - PROBS[0])
 
 
 @pytest.mark.parametrize("class_index", [0, 3, 7])
@@ -58,13 +59,16 @@ def test_probability_answers_the_chosen_class(softmax: Model) -> None:
 
 def test_refusals_name_the_formats_from_the_registry(softmax: Model) -> None:
     outputs = default_outputs()
-    with pytest.raises(UnsupportedOutputError, match=r"use format=png, rle or probability$"):
+    with pytest.raises(
+        UnsupportedOutputError, match=r"use format=png, rle, .*, objects or geojson$"
+    ):
         outputs.encoder("dicom-seg", image(), softmax, Options())
     with pytest.raises(
-        FrameCountError, match=r"2 frames and format=png carries one; use format=rle$"
+        FrameCountError,
+        match=r"2 frames and format=png carries one; use format=rle, objects or geojson$",
     ):
         outputs.encoder("png", image(2, "tiff"), softmax, Options())
-    with pytest.raises(FrameCountError, match=r"use format=rle or dicom-seg$"):
+    with pytest.raises(FrameCountError, match=r"use format=rle, objects, geojson or dicom-seg$"):
         outputs.encoder("probability", image(2, "dicom"), softmax, Options())
 
 
@@ -72,6 +76,7 @@ class Shape:
     """A toy format: the mask's shape as text."""
 
     media_type = "text/plain"
+    headers: dict[str, str] = {}  # noqa: RUF012 -- read only
 
     def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
         self.text = ""
@@ -89,7 +94,7 @@ TOY = Output("shape", "text/plain", "the mask's shape", Shape, multi_frame=True)
 def test_a_new_format_takes_part_in_every_message(softmax: Model) -> None:
     outputs = Outputs([*default_outputs(), TOY])
     assert outputs.names()[-1] == "shape"
-    with pytest.raises(FrameCountError, match=r"use format=rle or shape$"):
+    with pytest.raises(FrameCountError, match=r"use format=rle, objects, geojson or shape$"):
         outputs.encoder("png", image(2, "tiff"), softmax, Options())
     with pytest.raises(ValueError, match="registered already"):
         outputs.add(TOY)

@@ -14,7 +14,7 @@ import pytest
 
 from app.inference import Predictor, load_model
 from training.data import load_samples
-from training.evaluate import evaluate_masks, predictor_masks
+from training.evaluate import evaluate_masks, objects_rand_error, predictor_masks
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "model" / "unet.onnx"
@@ -53,3 +53,29 @@ def test_shipped_model_reproduces_its_validation_metrics() -> None:
     # And it is a real model: far better than chance on membranes.
     assert metrics["dice"]["membrane"] > 0.75
     assert metrics["pixel_error"] < 0.12
+
+
+def test_the_calibrated_card_beats_0_5_and_finds_the_cells() -> None:
+    """The card's calibrated threshold and objects recipe (python -m training calibrate)."""
+    model = load_model(MODEL, "cpu")
+    card = model.card.model_extra or {}
+    labels = card["labels"]
+    samples = load_samples(
+        ISBI,
+        names=card["training"]["split"]["val"],
+        label_mode=labels["mode"],
+        foreground_value=labels["foreground_value"],
+        num_classes=len(model.card.classes),
+    )
+    predictor = Predictor(model.engine.run, model.card)
+    threshold = model.card.threshold
+    assert threshold is not None
+    at = {
+        t: evaluate_masks(
+            predictor_masks(predictor, threshold=t), samples, model.card.classes, labels["objects"]
+        )
+        for t in (0.5, threshold)
+    }
+    assert at[threshold]["pixel_error"] < at[0.5]["pixel_error"]
+    assert model.card.objects.method == "watershed"
+    assert objects_rand_error(predictor, samples, threshold, labels["objects"]) <= 0.04

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from app.codecs.outputs import png, probability, rle
+from app.codecs.outputs import geojson, instances, objects, overlay, png, probability, rle
 from app.codecs.outputs.base import Encoder, Model, Options, Output, Outputs
 
 __all__ = ["Encoder", "Model", "Options", "Output", "Outputs", "default_outputs"]
@@ -16,7 +16,17 @@ __all__ = ["Encoder", "Model", "Options", "Output", "Outputs", "default_outputs"
 
 def default_outputs() -> Outputs:
     """The formats this installation writes, in the order messages list them."""
-    registry = Outputs([png.OUTPUT, rle.OUTPUT, probability.OUTPUT])
+    registry = Outputs(
+        [
+            png.OUTPUT,
+            rle.OUTPUT,
+            probability.OUTPUT,
+            overlay.OUTPUT,
+            instances.OUTPUT,
+            objects.OUTPUT,
+            geojson.OUTPUT,
+        ]
+    )
     if importlib.util.find_spec("highdicom") is not None:  # the `dicom` extra
         from app.codecs.outputs import dicom_seg
 

@@ -24,12 +24,15 @@ class Options:
     """The request's options for its output, checked once against the model (``check``).
 
     threshold: (0, 1), checked where it is applied (Predictor.mask); class_index:
-    1 .. len(classes) - 1, checked here for every format; tta: a flag.
+    1 .. len(classes) - 1, checked here for every format; tta: a flag; min_area:
+    >= 0 (the HTTP schema), overriding the card's recipe.
     """
 
     threshold: float = 0.5
     class_index: int = 1
     tta: bool = False
+    min_area: int | None = None  # object formats: None = the card's
+    outline_objects: bool = False  # overlay: outline each object instead of filling classes
 
     def check(self, card: ModelCard) -> None:
         """OptionError (422) when ``class_index`` names no class of this model."""
@@ -50,8 +53,19 @@ class Model:
     sha256: str
 
 
+def json_header(image: DecodedImage, model: Model) -> dict[str, object]:
+    """What every JSON answer starts with: the input's size and the model."""
+    card = model.card
+    return {
+        "height": image.height,
+        "width": image.width,
+        "model": {"name": card.name, "version": card.version, "sha256": model.sha256},
+    }
+
+
 class Encoder(Protocol):
     media_type: str
+    headers: dict[str, str]  # what the answer carries besides its body (X-Object-Count)
 
     def add(self, index: int, prediction: Prediction) -> None:
         """Frame ``index``'s prediction (frames come in order)."""

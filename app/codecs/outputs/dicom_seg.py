@@ -12,6 +12,7 @@ from app.inference.predictor import Prediction
 
 
 class DicomSegEncoder:
+    headers: dict[str, str] = {}  # noqa: RUF012 -- read only
     media_type = "application/dicom"
 
     def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:

@@ -9,6 +9,7 @@ from app.inference.predictor import Prediction
 
 
 class PngEncoder:
+    headers: dict[str, str] = {}  # noqa: RUF012 -- read only
     media_type = "image/png"
 
     def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:

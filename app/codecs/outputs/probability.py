@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
-import numpy.typing as npt
-
 from app.codecs.images import DecodedImage
 from app.codecs.masks import encode_probability_png
 from app.codecs.outputs.base import Model, Options, Output
-from app.inference.card import ModelCard
+from app.inference.objects import class_probability
 from app.inference.predictor import Prediction
 
 
-def class_probability(
-    probs: npt.NDArray[np.float32], card: ModelCard, class_index: int
-) -> npt.NDArray[np.float32]:
-    """H x W probability of one non-background class (sigmoid models: the only channel);
-    ``class_index`` checked by Options.check."""
-    channel = 0 if card.activation == "sigmoid" else class_index
-    result: npt.NDArray[np.float32] = probs[channel]
-    return result
-
-
 class ProbabilityEncoder:
+    headers: dict[str, str] = {}  # noqa: RUF012 -- read only
     media_type = "image/png"
 
     def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
@@ -30,7 +18,7 @@ class ProbabilityEncoder:
         self.body = b""
 
     def add(self, index: int, prediction: Prediction) -> None:
-        p = class_probability(prediction.probabilities, self.card, self.class_index)
+        p = class_probability(prediction.probabilities, self.class_index)
         self.body = encode_probability_png(p)
 
     def finish(self) -> bytes:

@@ -7,22 +7,18 @@ import json
 
 from app.codecs.images import DecodedImage
 from app.codecs.masks import encode_rle
-from app.codecs.outputs.base import Model, Options, Output
+from app.codecs.outputs.base import Model, Options, Output, json_header
 from app.inference.predictor import Prediction
 
 
 class RleEncoder:
+    headers: dict[str, str] = {}  # noqa: RUF012 -- read only
     media_type = "application/json"
 
     def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
-        card = model.card
         self.multi = len(image.frames) > 1
-        self.classes = card.classes
-        self.document: dict[str, object] = {
-            "height": image.height,
-            "width": image.width,
-            "model": {"name": card.name, "version": card.version, "sha256": model.sha256},
-        }
+        self.classes = model.card.classes
+        self.document = json_header(image, model)
         self.segments: list[dict[str, object]] = []
 
     def add(self, index: int, prediction: Prediction) -> None:

@@ -1,0 +1,29 @@
+"""What the object formats share: the objects of a frame by the card's recipe, and colours."""
+
+from __future__ import annotations
+
+import colorsys
+from dataclasses import replace
+
+from app.codecs.outputs.base import Model, Options
+from app.inference.objects import Objects, Recipe, find_objects
+from app.inference.predictor import Prediction
+
+
+def recipe(model: Model, options: Options) -> Recipe:
+    """The card's recipe, with the request's ``min_area`` when it gives one."""
+    card = model.card.objects
+    base = Recipe(card.method, card.boundary_class, card.seed_threshold, card.min_area)
+    return base if options.min_area is None else replace(base, min_area=options.min_area)
+
+
+def objects_of(prediction: Prediction, model: Model, options: Options) -> Objects:
+    return find_objects(
+        prediction.probabilities, prediction.mask, len(model.card.classes), recipe(model, options)
+    )
+
+
+def colour(index: int) -> tuple[int, int, int]:
+    """A bright colour per index, neighbours far apart (the golden angle in hue)."""
+    r, g, b = colorsys.hsv_to_rgb((index * 0.618033988749895) % 1.0, 0.85, 1.0)
+    return round(r * 255), round(g * 255), round(b * 255)

@@ -1,0 +1,178 @@
+"""Pixels -> objects, by the model card's ``objects`` recipe (pure numpy / scipy / scikit-image).
+
+- ``components`` (the default): each 4-connected component of each non-background
+  class's mask is one object of that class.
+- ``watershed``: for models that predict boundaries (the ISBI membranes), the
+  regions the boundaries separate are the objects: a watershed of p(boundary)
+  from the seeds p(boundary) < seed_threshold (their 4-connected components)
+  fills every pixel, so touching objects stay apart and a one-pixel gap in a
+  boundary does not merge two cells (the flooding runs on p quantised to 256
+  levels). An object's class is the most frequent non-boundary class among its
+  pixels.
+- ``min_area``: objects smaller than this many pixels are dropped (ids stay 1..N).
+
+Chunk-safe later (large images, DESIGN.md): ``components`` labels each chunk on
+its own and merges labels across chunk borders afterwards, as dask-image's
+``ndmeasure.label`` does -- pairs of labels that touch across a border (4-
+neighbours, same class) are the edges of a graph whose connected components
+are the global objects; ids are then made consecutive in one pass. The
+``watershed`` needs an overlap instead: each chunk is flooded with a margin
+wider than the largest object (dask's ``map_overlap``), the margins trimmed,
+and seeds that meet across a border merged the same way. Both work on the
+arrays this module returns (labels + classes), so the in-memory result here is
+the reference the chunked one must equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+from skimage.segmentation import watershed
+
+# 4-connectivity: pixels touching only at a corner are different objects.
+FOUR = ndimage.generate_binary_structure(2, 1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How pixels become objects (the card's ``objects``; API.md, "Objects")."""
+
+    method: Literal["components", "watershed"] = "components"
+    boundary_class: int = 1
+    seed_threshold: float = 0.5
+    min_area: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("components", "watershed"):
+            raise ValueError(f"objects method must be components or watershed, got {self.method!r}")
+        if not 0 < self.seed_threshold < 1:
+            raise ValueError(f"seed_threshold must be in (0, 1), got {self.seed_threshold}")
+        if self.min_area < 0:
+            raise ValueError(f"min_area must be >= 0, got {self.min_area}")
+
+
+@dataclass(frozen=True)
+class Objects:
+    """labels: H x W int32, 0 = no object, 1..count; classes[i]: class index of object i
+    (classes[0] unused)."""
+
+    labels: npt.NDArray[np.int32]
+    classes: npt.NDArray[np.int64]
+
+    @property
+    def count(self) -> int:
+        return len(self.classes) - 1
+
+
+def class_probability(
+    probabilities: npt.NDArray[np.float32], class_index: int
+) -> npt.NDArray[np.float32]:
+    """H x W p(class) from P x H x W probabilities (P = 1: sigmoid, p(class 1))."""
+    if probabilities.shape[0] == 1:
+        p: npt.NDArray[np.float32] = probabilities[0]
+        return p if class_index == 1 else np.subtract(1, p, dtype=np.float32)
+    result: npt.NDArray[np.float32] = probabilities[class_index]
+    return result
+
+
+def find_objects(
+    probabilities: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.uint8],
+    num_classes: int,
+    recipe: Recipe,
+) -> Objects:
+    """The objects of one frame: probabilities P x H x W, mask H x W class indices."""
+    if recipe.method == "watershed":
+        objects = _watershed(probabilities, mask, num_classes, recipe)
+    else:
+        objects = _components(mask, num_classes)
+    return _drop_small(objects, recipe.min_area) if recipe.min_area > 0 else objects
+
+
+def _components(mask: npt.NDArray[np.uint8], num_classes: int) -> Objects:
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    classes = [0]
+    for c in range(1, num_classes):
+        components, n = ndimage.label(mask == c, structure=FOUR)
+        if n:
+            labels[components > 0] = components[components > 0] + (len(classes) - 1)
+            classes += [c] * n
+    return Objects(labels, np.asarray(classes, dtype=np.int64))
+
+
+def _watershed(
+    probabilities: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.uint8],
+    num_classes: int,
+    recipe: Recipe,
+) -> Objects:
+    boundary = class_probability(probabilities, recipe.boundary_class)
+    seeds, n = ndimage.label(boundary < recipe.seed_threshold, structure=FOUR)
+    if n == 0:
+        return Objects(np.zeros(mask.shape, dtype=np.int32), np.zeros(1, dtype=np.int64))
+    # Flooded on 256 levels, like an 8-bit probability image: 2.4x faster than on float32
+    # (2048^2 EM: 1.2 s against 2.9 s), 0.5 % of the pixels differ, at ties.
+    levels = np.rint(boundary * 255).astype(np.uint8)
+    flooded = watershed(levels, markers=seeds, connectivity=1)  # type: ignore[no-untyped-call]
+    labels = flooded.astype(np.int32)
+    # Each object's class: its most frequent non-boundary class.
+    others = [c for c in range(num_classes) if c != recipe.boundary_class]
+    votes = np.zeros((n + 1, num_classes), dtype=np.int64)
+    np.add.at(votes, (labels.ravel(), mask.ravel().astype(np.int64)), 1)
+    votes[:, recipe.boundary_class] = -1
+    classes = votes.argmax(axis=1)
+    classes[votes[:, others].sum(axis=1) == 0] = others[0]
+    classes[0] = 0
+    return Objects(labels, classes.astype(np.int64))
+
+
+def _drop_small(objects: Objects, min_area: int) -> Objects:
+    areas = np.bincount(objects.labels.ravel(), minlength=objects.count + 1)
+    keep = areas >= min_area
+    keep[0] = True
+    new_ids = np.cumsum(keep) - 1  # kept objects renumbered 1..N in order
+    new_ids[~keep] = 0
+    labels = new_ids[objects.labels].astype(np.int32)
+    return Objects(labels, objects.classes[keep])
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """Per object (index 0 unused): area (px), bbox (x, y, w, h), centroid (x, y), score."""
+
+    area: npt.NDArray[np.int64]
+    bbox: npt.NDArray[np.int64]
+    centroid: npt.NDArray[np.float64]
+    score: npt.NDArray[np.float64]
+
+
+def measure(objects: Objects, probabilities: npt.NDArray[np.float32]) -> Measurements:
+    """Area, bounding box, centroid and score (mean probability of the object's class)."""
+    n = objects.count
+    flat = objects.labels.ravel()
+    area = np.bincount(flat, minlength=n + 1).astype(np.int64)
+    ys, xs = np.indices(objects.labels.shape)
+    safe = np.maximum(area, 1)
+    centroid = np.stack(
+        [
+            np.bincount(flat, weights=xs.ravel() + 0.5, minlength=n + 1) / safe,
+            np.bincount(flat, weights=ys.ravel() + 0.5, minlength=n + 1) / safe,
+        ],
+        axis=1,
+    )
+    bbox = np.zeros((n + 1, 4), dtype=np.int64)
+    for i, box in enumerate(ndimage.find_objects(objects.labels, max_label=n), start=1):
+        if box is not None:
+            rows, cols = box
+            bbox[i] = (cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+    score = np.zeros(n + 1)
+    for c in np.unique(objects.classes[1:]):
+        p = class_probability(probabilities, int(c)).ravel()
+        sums = np.bincount(flat, weights=p, minlength=n + 1)
+        mine = objects.classes == c
+        score[mine] = sums[mine] / safe[mine]
+    return Measurements(area, bbox, centroid, score)

@@ -1,0 +1,104 @@
+"""What objects cost against inference: a 4096 x 4096 EM mosaic through the shipped model.
+
+    python -m bench.objects                   # 8 x 8 ISBI 2012 slices, the shipped model
+    python -m bench.objects --side 2048 --json out.json
+
+The mosaic is made of ``../shared/data/isbi2012`` slices (train, then test), so
+the objects are real cells (~20,000 at 4096 px). Timed in one process, one run
+each after a warm-up: inference (probabilities + mask, the service's tiling),
+objects by the card's recipe (the watershed for the shipped model), then the
+encoders of ``format=objects`` and ``format=geojson`` (and ``instances``) on the
+prediction. Each is reported as a share of the inference time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from app.codecs.images import DecodedImage
+from app.codecs.outputs import Model, Options, default_outputs
+from app.codecs.outputs._objects import objects_of
+from app.inference import Predictor, load_model
+from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
+
+REPO = Path(__file__).resolve().parents[1]
+ISBI = REPO.parent / "shared" / "data" / "isbi2012"
+
+
+def mosaic(side: int) -> np.ndarray:
+    """side x side uint8 made of 512 x 512 ISBI slices, row by row."""
+    paths = sorted((ISBI / "train" / "image").glob("*")) + sorted(
+        (ISBI / "test" / "image").glob("*")
+    )
+    if not paths:
+        raise SystemExit(f"no ISBI 2012 slices under {ISBI}")
+    tiles = side // 512
+    rows = []
+    for r in range(tiles):
+        row = [
+            np.asarray(Image.open(paths[(r * tiles + c) % len(paths)]).convert("L"))
+            for c in range(tiles)
+        ]
+        rows.append(np.concatenate(row, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def timed(fn: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=REPO / "model" / "unet.onnx")
+    parser.add_argument("--side", type=int, default=4096, help="mosaic side, a multiple of 512")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    loaded = load_model(args.model, "cpu")
+    predictor = Predictor(
+        loaded.engine.run, loaded.card, tile_size=CPU_TILE_SIZE, batch_size=CPU_BATCH_SIZE
+    )
+    frame = mosaic(args.side)
+    predictor.predict(frame[:512, :512])  # warm-up
+    threshold = loaded.card.threshold or 0.5
+    prediction, inference_s = timed(lambda: predictor.predict(frame, threshold=threshold))
+    model, options = Model(loaded.card, loaded.engine.sha256), Options(threshold=threshold)
+    objects, objects_s = timed(lambda: objects_of(prediction, model, options))
+    image = DecodedImage("png", [frame], frame.shape[1], frame.shape[0])
+    outputs = default_outputs()
+    results: dict[str, Any] = {
+        "side": args.side,
+        "model": loaded.card.name,
+        "recipe": loaded.card.objects.model_dump(),
+        "objects": objects.count,
+        "inference_s": round(inference_s, 2),
+        "find_objects_s": round(objects_s, 2),
+    }
+    for name in ("instances", "objects", "geojson"):
+
+        def encode(name: str = name) -> bytes:
+            encoder = outputs.encoder(name, image, model, options)
+            encoder.add(0, prediction)
+            return encoder.finish()
+
+        body, seconds = timed(encode)
+        results[f"{name}_s"] = round(seconds, 2)  # objects found again inside: end to end
+        results[f"{name}_mb"] = round(len(body) / 1e6, 1)
+        results[f"{name}_share_of_inference"] = round(seconds / inference_s, 3)
+    print(json.dumps(results, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
