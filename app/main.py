@@ -18,6 +18,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
@@ -36,7 +37,7 @@ from app.codecs.images import Decoders, default_decoders
 from app.codecs.outputs import Outputs, default_outputs
 from app.inference import InferenceError, Predictor, load_model
 from app.inference.card import ModelCard
-from app.inference.engine import CPU
+from app.inference.providers import GPU, ProviderOptions
 from app.logging import configure_logging
 from app.metrics import Metrics
 from app.service import Service, WorkLimit
@@ -70,25 +71,58 @@ def input_formats(card: ModelCard) -> Decoders:
     return default_decoders(window)
 
 
+def provider_options(settings: Settings) -> ProviderOptions:
+    """The provider options of the settings; for TensorRT with the fixed tile batch as its
+    optimisation profile (the model's geometry read once on the CPU first)."""
+    options = ProviderOptions(
+        settings.device_id,
+        settings.cudnn_conv_algo_search,
+        settings.trt_cache_dir,
+        settings.trt_fp16,
+    )
+    if settings.providers != "tensorrt":
+        return options
+    if settings.trt_cache_dir is not None:
+        try:
+            settings.trt_cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"UNET_TRT_CACHE_DIR={settings.trt_cache_dir}: {exc}") from None
+    try:
+        card = load_model(settings.model_path, "cpu", settings.threads).card
+    except InferenceError as exc:
+        raise StartupError(f"cannot serve UNET_MODEL_PATH={settings.model_path}: {exc}") from None
+    tile, batch = settings.tiling(on_gpu=True)
+    side = card.geometry().valid_size_at_most(tile) or card.min_size
+    return replace(options, input_shape=(batch, card.in_channels, side, side))
+
+
 def start_service(settings: Settings, metrics: Metrics, outputs: Outputs | None = None) -> Service:
     """Load the model, build the predictor and the registries, warm up (blocking).
 
     outputs: the output formats; by default the installation's (default_outputs).
     """
     try:
-        model = load_model(settings.model_path, settings.providers, settings.threads)
+        model = load_model(
+            settings.model_path, settings.providers, settings.threads, provider_options(settings)
+        )
     except InferenceError as exc:
         raise StartupError(f"cannot serve UNET_MODEL_PATH={settings.model_path}: {exc}") from None
-    tiling = settings.tiling(on_gpu=model.engine.providers[0] != CPU)
+    on_gpu = model.engine.providers[0] in GPU
+    tiling = settings.tiling(on_gpu)
     try:
         predictor = Predictor(
-            model.engine.run, model.card, tile_size=tiling[0], batch_size=tiling[1]
+            model.engine.run,
+            model.card,
+            tile_size=tiling[0],
+            batch_size=tiling[1],
+            fixed_shape=on_gpu,  # one input shape: no per-shape cuDNN search or TRT engine
         )
     except ValueError as exc:
         raise StartupError(f"invalid tiling (UNET_TILE_SIZE / UNET_BATCH_SIZE): {exc}") from None
     card = model.card
     inputs = input_formats(card)
-    predictor.predict(np.zeros((card.min_size, card.min_size), dtype=np.uint8))  # warm-up
+    # Warm-up: on a GPU this is the one shape every request will run (fixed plan).
+    predictor.predict(np.zeros((card.min_size, card.min_size), dtype=np.uint8))
     metrics.model_info.labels(card.name, card.version, model.engine.providers[0]).set(1)
     work = WorkLimit(predictor, settings.max_image_pixels)
     return Service(settings, model, predictor, metrics, work, inputs, outputs or default_outputs())

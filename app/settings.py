@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.inference.engine import AUTO, CHOICES
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, GPU_BATCH_SIZE, GPU_TILE_SIZE
+from app.inference.providers import AUTO, CHOICES, AlgoSearch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "model" / "unet.onnx"
@@ -53,6 +53,14 @@ class Settings(BaseSettings):
         8, ge=0, description="requests that may wait for the model; beyond: 503 + Retry-After"
     )
     max_frames: int = Field(1000, ge=1, description="largest number of pages/frames per request")
+    device_id: int = Field(0, ge=0, description="GPU providers: the device's index")
+    cudnn_conv_algo_search: AlgoSearch = Field(
+        "EXHAUSTIVE", description="CUDA: cuDNN's algorithm search (once, at warm-up: fixed shapes)"
+    )
+    trt_cache_dir: Path | None = Field(
+        None, description="TensorRT: engine and timing caches (a volume); unset: no cache"
+    )
+    trt_fp16: bool = Field(True, description="TensorRT: build fp16 engines")
     body_timeout: float = Field(
         30.0, gt=0, description="seconds a request body may stall (no byte) before 408"
     )
@@ -71,6 +79,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("cudnn_conv_algo_search", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("providers")
     @classmethod

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from app.inference.engine import CHOICES
+from app.inference.providers import CHOICES
 from bench.measure import Job, measure
 from bench.nets import UNetSpec, save_model
 

@@ -38,7 +38,7 @@ from PIL import Image
 
 from app.codecs.images import decode
 from app.inference import Predictor, load_model
-from app.inference.engine import CPU
+from app.inference.providers import CPU
 from app.settings import Settings
 from bench.nets import UNetSpec, default_card, save_model
 

@@ -31,6 +31,10 @@ def model_info(service: ServiceDep) -> ModelInfo:
             **model.card.summary(),
             "sha256": model.engine.sha256,
             "providers": model.engine.providers,
-            "tiling": {"tile_size": tile_size, "batch_size": batch_size},
+            "tiling": {
+                "tile_size": tile_size,
+                "batch_size": batch_size,
+                "fixed_shape": predictor.fixed_shape,
+            },
         }
     )

@@ -80,6 +80,7 @@ class Normalization(BaseModel):
 class Tiling(BaseModel):
     tile_size: int = Field(description="largest input tile side, px")
     batch_size: int = Field(description="tiles per network run")
+    fixed_shape: bool = Field(description="one input shape for every image (GPU providers)")
 
 
 class ModelInfo(BaseModel):

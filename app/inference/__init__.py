@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.inference.card import ModelCard, load_card
-from app.inference.engine import AUTO, Engine
+from app.inference.engine import Engine
 from app.inference.errors import (
     ImageShapeError,
     InferenceError,
@@ -17,6 +17,7 @@ from app.inference.errors import (
 from app.inference.geometry import Geometry
 from app.inference.plan import plan_tiles
 from app.inference.predictor import Prediction, Predictor
+from app.inference.providers import AUTO, ProviderOptions
 from app.inference.tiler import RunFn, predict_tiled, predict_whole
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Prediction",
     "Predictor",
     "ProviderError",
+    "ProviderOptions",
     "RunFn",
     "load_model",
     "plan_tiles",
@@ -45,9 +47,14 @@ class LoadedModel:
     card: ModelCard
 
 
-def load_model(path: str | Path, providers: str = AUTO, threads: int = 0) -> LoadedModel:
+def load_model(
+    path: str | Path,
+    providers: str = AUTO,
+    threads: int = 0,
+    options: ProviderOptions | None = None,
+) -> LoadedModel:
     """Open an ONNX model, read and verify its card (one probe inference)."""
-    engine = Engine(path, providers=providers, threads=threads)
+    engine = Engine(path, providers=providers, threads=threads, options=options)
     card = load_card(
         engine.path, engine.metadata, engine.run, engine.input_shape, engine.output_shape
     )

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,40 +23,18 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from app.inference.errors import ModelLoadError, ProviderError
+from app.inference.providers import (
+    AUTO,
+    CHOICES,
+    CPU,
+    CUDA,
+    GPU,
+    PROVIDERS,
+    Provider,
+    ProviderOptions,
+)
 
 log = logging.getLogger(__name__)
-
-CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
-AUTO = "auto"
-
-
-@dataclass(frozen=True)
-class Provider:
-    """An entry of the provider table: what a ``UNET_PROVIDERS`` value asks ONNX Runtime for.
-
-    chain: ONNX Runtime providers, preferred first (the rest take what it cannot).
-    options: per ONNX Runtime provider, its provider options (device id, cuDNN
-        algorithm search, TensorRT cache directories, ...); none set yet.
-    """
-
-    name: str
-    chain: tuple[str, ...]
-    options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-
-    def session_providers(self) -> list[tuple[str, dict[str, str]]]:
-        return [(p, dict(self.options.get(p, {}))) for p in self.chain]
-
-
-# The one list of providers: the settings, the messages and the sessions read it.
-PROVIDERS: dict[str, Provider] = {
-    p.name: p
-    for p in (
-        Provider("cpu", (CPU,)),
-        Provider("cuda", (CUDA, CPU)),
-        Provider("tensorrt", (TENSORRT, CUDA, CPU)),
-    )
-}
-CHOICES = (AUTO, *PROVIDERS)
 
 
 def file_sha256(path: Path) -> str:
@@ -81,7 +57,13 @@ class Engine:
     threads: intra-op threads (0 = ONNX Runtime's choice: one per physical core).
     """
 
-    def __init__(self, path: str | Path, providers: str = AUTO, threads: int = 0):
+    def __init__(
+        self,
+        path: str | Path,
+        providers: str = AUTO,
+        threads: int = 0,
+        options: ProviderOptions | None = None,
+    ):
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"model file not found: {self.path}")
@@ -98,6 +80,7 @@ class Engine:
         self._options.intra_op_num_threads = threads
         self._options.inter_op_num_threads = 1
         self._options.log_severity_level = 4  # failures surface as exceptions, not stderr noise
+        self.options = options or ProviderOptions()
         self._session = self._open(providers)
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
@@ -114,9 +97,15 @@ class Engine:
         self.input_shape: list[int | str | None] = list(inputs[0].shape)
         self.output_names: list[str] = [o.name for o in outputs]
         self.output_shape: list[int | str | None] = list(outputs[0].shape)
+        # On a GPU, inputs and outputs are bound on the device: one copy each way per batch.
+        gpu = self._session.get_providers()[0] in GPU
+        self.bound_device: tuple[str, int] | None = (
+            ("cuda", self.options.device_id) if gpu else None
+        )
 
     def _session_on(self, provider: Provider) -> ort.InferenceSession:
-        chain = provider.session_providers()
+        needs_name = self.options.input_shape is not None and len(provider.options) > 0
+        chain = provider.session_providers(self.options, self._input_name() if needs_name else "")
         try:
             return ort.InferenceSession(str(self.path), sess_options=self._options, providers=chain)
         except Exception as exc:  # ORT's pybind exceptions derive from Exception only
@@ -180,7 +169,27 @@ class Engine:
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Run N x C x H x W float32 through the model; returns its first output."""
+        if self.bound_device is not None:
+            return self._run_bound(batch, *self.bound_device)
         out: npt.NDArray[np.float32] = self._session.run(
             [self.output_names[0]], {self.input_name: batch}
         )[0]
         return out
+
+    def _run_bound(
+        self, batch: npt.NDArray[np.float32], device: str, device_id: int
+    ) -> npt.NDArray[np.float32]:
+        """``run`` through IO binding: the input copied to ``device`` once, the output
+        allocated there and copied back once (CUDA; any device ONNX Runtime has)."""
+        binding = self._session.io_binding()
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(batch), device, device_id)
+        binding.bind_ortvalue_input(self.input_name, value)
+        binding.bind_output(self.output_names[0], device, device_id)
+        self._session.run_with_iobinding(binding)
+        out: npt.NDArray[np.float32] = binding.copy_outputs_to_cpu()[0]
+        return out
+
+    def _input_name(self) -> str:
+        """The graph's input name, before the real session exists (TensorRT's profile)."""
+        probe = ort.InferenceSession(str(self.path), providers=[CPU])
+        return str(probe.get_inputs()[0].name)

@@ -66,11 +66,11 @@ def _valid_origins(length: int, out_size: int, step: int, multiple: int) -> list
     return origins
 
 
-def _plan_valid_axis(length: int, geometry: Geometry, max_size: int) -> list[AxisTile]:
+def _plan_valid_axis(length: int, geometry: Geometry, max_size: int, fixed: bool) -> list[AxisTile]:
     g, h, m = geometry, geometry.halo, geometry.size_multiple
     single = g.valid_size_at_least(length + 2 * h)
-    if single <= max_size:
-        return [AxisTile(-h, single, 0, 0, length)]
+    if single <= max_size:  # fixed: the same tile, reading further into the reflection
+        return [AxisTile(-h, max_size if fixed else single, 0, 0, length)]
 
     def origins_for(size: int) -> list[int] | None:
         out = size - 2 * h
@@ -84,8 +84,9 @@ def _plan_valid_axis(length: int, geometry: Geometry, max_size: int) -> list[Axi
             f"tile size {max_size} is too small for this network: its output must be at least "
             f"{m} px, use a tile size >= {g.valid_size_at_least(2 * h + m)}"
         )
-    # Shrink the tile while the same number of tiles still covers the axis.
-    while (smaller := g.valid_size_at_most(size - 1)) is not None:
+    # Shrink the tile while the same number of tiles still covers the axis (not for a
+    # fixed shape: one input shape for every image is what GPU providers need).
+    while not fixed and (smaller := g.valid_size_at_most(size - 1)) is not None:
         candidate = origins_for(smaller)
         if candidate is None or len(candidate) > len(best):
             break
@@ -94,11 +95,13 @@ def _plan_valid_axis(length: int, geometry: Geometry, max_size: int) -> list[Axi
     return [AxisTile(o - h, size, o, o, stop) for o, stop in zip(best, stops, strict=True)]
 
 
-def _plan_same_axis(length: int, geometry: Geometry, max_size: int, context: int) -> list[AxisTile]:
+def _plan_same_axis(
+    length: int, geometry: Geometry, max_size: int, context: int, fixed: bool
+) -> list[AxisTile]:
     g, c = geometry, context
     padded = g.valid_size_at_least(length)  # the reference reflects up to this length
     if padded <= max_size:
-        return [AxisTile(0, padded, 0, 0, length)]
+        return [AxisTile(0, max_size if fixed else padded, 0, 0, length)]
     step = (max_size - 2 * c) // g.size_multiple * g.size_multiple
     if step < g.size_multiple:
         raise ValueError(
@@ -119,12 +122,21 @@ def _plan_same_axis(length: int, geometry: Geometry, max_size: int, context: int
 
 
 def plan_axis(
-    length: int, geometry: Geometry, tile_size: int, context: int = DEFAULT_CONTEXT
+    length: int,
+    geometry: Geometry,
+    tile_size: int,
+    context: int = DEFAULT_CONTEXT,
+    fixed: bool = False,
 ) -> list[AxisTile]:
     """The tiles along one axis of ``length`` pixels, input tiles at most ``tile_size``.
 
     context: same-padding networks only -- pixels at each inner tile border that
     are discarded because they saw the tile's zero padding (a tiling choice).
+    fixed: every tile is the largest accepted size <= ``tile_size``, whatever the
+    image (smaller images read further into their reflection; the last tile is
+    pulled back): one input shape for every image, which GPU providers need (a
+    new shape costs a cuDNN algorithm search or a TensorRT engine). Default: the
+    tile shrinks to the smallest size needing no more tiles (faster on a CPU).
     """
     if context < 0:
         raise ValueError(f"context must be >= 0, got {context}")
@@ -137,8 +149,8 @@ def plan_axis(
             f"{geometry.min_size}; use a tile size >= {geometry.min_size}"
         )
     if geometry.padding == "valid":
-        return _plan_valid_axis(length, geometry, max_size)
-    return _plan_same_axis(length, geometry, max_size, context)
+        return _plan_valid_axis(length, geometry, max_size, fixed)
+    return _plan_same_axis(length, geometry, max_size, context, fixed)
 
 
 @dataclass(frozen=True)
@@ -175,6 +187,7 @@ def plan_tiles(
     geometry: Geometry,
     tile_size: int | tuple[int, int],
     context: int = DEFAULT_CONTEXT,
+    fixed: bool = False,
 ) -> TilePlan:
     """Plan the tiles covering an ``height`` x ``width`` image.
 
@@ -182,6 +195,6 @@ def plan_tiles(
     smallest accepted size that needs no more tiles than the bound does.
     """
     th, tw = (tile_size, tile_size) if isinstance(tile_size, int) else tile_size
-    rows = tuple(plan_axis(height, geometry, th, context))
-    cols = tuple(plan_axis(width, geometry, tw, context))
+    rows = tuple(plan_axis(height, geometry, th, context, fixed))
+    cols = tuple(plan_axis(width, geometry, tw, context, fixed))
     return TilePlan(height, width, rows, cols, geometry.halo)

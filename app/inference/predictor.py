@@ -102,6 +102,8 @@ class Predictor:
     run: ``N x C x h x w float32 -> N x K x h' x w'`` logits (an Engine's ``run``).
     tile_size: largest input tile side (px); batch_size: tiles per ``run`` call.
     context: same-padding models only, pixels discarded at inner tile borders.
+    fixed_shape: one input shape (batch_size x C x tile x tile) for every image
+        (GPU providers; see plan.plan_axis), else tiles shrink to fit (CPU).
     """
 
     def __init__(
@@ -112,10 +114,11 @@ class Predictor:
         tile_size: int = CPU_TILE_SIZE,
         batch_size: int = CPU_BATCH_SIZE,
         context: int = DEFAULT_CONTEXT,
+        fixed_shape: bool = False,
     ):
         self.card = card
         self.geometry = card.geometry()
-        self.context = context
+        self.context, self.fixed_shape = context, fixed_shape
         if self.geometry.valid_size_at_most(tile_size) is None:
             raise ValueError(
                 f"tile_size {tile_size} is below the model's minimum input {card.min_size}"
@@ -128,7 +131,9 @@ class Predictor:
 
     def work(self, height: int, width: int, tta: bool = False) -> int:
         """Network input pixels a frame of this size costs: tiles x tile area (x 4 with TTA)."""
-        plan = plan_tiles(height, width, self.geometry, self.tile_size, self.context)
+        plan = plan_tiles(
+            height, width, self.geometry, self.tile_size, self.context, self.fixed_shape
+        )
         th, tw = plan.tile_shape
         return len(plan) * th * tw * (len(FLIPS) if tta else 1)
 
@@ -169,6 +174,7 @@ class Predictor:
                 prepare=prepare,
                 progress=count,
                 context=self.context,
+                fixed_shape=self.fixed_shape,
             )
         return (mean.finish() if tta else probs), finished
 

@@ -88,8 +88,13 @@ def run_tiles(
     prepare: PrepareFn = default_prepare,
     progress: ProgressFn | None = None,
     context: int = DEFAULT_CONTEXT,
+    fixed_shape: bool = False,
 ) -> int:
     """Predict an H x W (x C_in) image tile by tile into ``sink``; the number of tiles run.
+
+    fixed_shape: every ``predict`` call gets exactly batch_size x C x tile x tile
+    (plan_tiles' fixed plan, a short last batch padded with zeros whose outputs
+    are dropped): one shape for any image, for GPU providers.
 
     channels: the network's input channels (``prepare`` maps C_in to them).
     progress: called as ``progress(tiles_done, tiles_total)`` after each batch; it
@@ -102,33 +107,38 @@ def run_tiles(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     height, width = image.shape[:2]
-    plan = plan_tiles(height, width, geometry, tile_size, context)
+    plan = plan_tiles(height, width, geometry, tile_size, context, fixed_shape)
     th, tw = plan.tile_shape
     oh, ow = geometry.output_size(th), geometry.output_size(tw)
-    batch = np.empty((min(batch_size, len(plan)), channels, th, tw), dtype=np.float32)
+    slots = batch_size if fixed_shape else min(batch_size, len(plan))
+    batch = np.zeros((slots, channels, th, tw), dtype=np.float32)
     done = 0
     for tiles in _batches(plan, batch_size):
         for slot, (row, col) in enumerate(tiles):
             prepare(extract_tile(image, row, col), batch[slot])
-        result = predict(batch[: len(tiles)])
-        if result.ndim != 4 or result.shape[0] != len(tiles) or result.shape[2:] != (oh, ow):
+        run = batch if fixed_shape else batch[: len(tiles)]
+        result = predict(run)
+        if result.ndim != 4 or result.shape[0] != len(run) or result.shape[2:] != (oh, ow):
             raise ValueError(
-                f"the network returned {result.shape} for input {batch[: len(tiles)].shape}; "
-                f"expected ({len(tiles)}, K, {oh}, {ow}) for {geometry}"
+                f"the network returned {result.shape} for input {run.shape}; "
+                f"expected ({len(run)}, K, {oh}, {ow}) for {geometry}"
             )
-        for tile_out, (row, col) in zip(result, tiles, strict=True):
-            kept = tile_out[
-                :,
-                row.keep_start - row.out_start : row.keep_stop - row.out_start,
-                col.keep_start - col.out_start : col.keep_stop - col.out_start,
-            ]
-            sink.write(
-                slice(row.keep_start, row.keep_stop), slice(col.keep_start, col.keep_stop), kept
-            )
+        _keep(result[: len(tiles)], tiles, sink)
         done += len(tiles)
         if progress is not None:
             progress(done, len(plan))
     return done
+
+
+def _keep(result: np.ndarray, tiles: list[tuple[AxisTile, AxisTile]], sink: Sink) -> None:
+    """Each tile's output cropped to its keep ranges, handed to the sink."""
+    for tile_out, (row, col) in zip(result, tiles, strict=True):
+        kept = tile_out[
+            :,
+            row.keep_start - row.out_start : row.keep_stop - row.out_start,
+            col.keep_start - col.out_start : col.keep_stop - col.out_start,
+        ]
+        sink.write(slice(row.keep_start, row.keep_stop), slice(col.keep_start, col.keep_stop), kept)
 
 
 def predict_tiled(
@@ -141,6 +151,7 @@ def predict_tiled(
     batch_size: int = 4,
     prepare: PrepareFn = default_prepare,
     context: int = DEFAULT_CONTEXT,
+    fixed_shape: bool = False,
 ) -> npt.NDArray[np.float32]:
     """``run_tiles`` into a new K x H x W float32 array, returned."""
     height, width = _as_hwc(image).shape[:2]
@@ -155,6 +166,7 @@ def predict_tiled(
         batch_size=batch_size,
         prepare=prepare,
         context=context,
+        fixed_shape=fixed_shape,
     )
     return sink.array
 

@@ -46,6 +46,9 @@ def assert_fails_clearly(result: subprocess.CompletedProcess[str], *words: str) 
         ({"UNET_LOG_FORMAT": "xml"}, ["UNET_LOG_FORMAT"]),
         ({"UNET_MAX_UPLOAD_BYTES": "lots"}, ["UNET_MAX_UPLOAD_BYTES"]),
         ({"UNET_TILE_SIZE": "8"}, ["UNET_TILE_SIZE", "minimum"]),
+        ({"UNET_CUDNN_CONV_ALGO_SEARCH": "fastest"}, ["UNET_CUDNN_CONV_ALGO_SEARCH", "HEURISTIC"]),
+        ({"UNET_DEVICE_ID": "-1"}, ["UNET_DEVICE_ID"]),
+        ({"UNET_TRT_FP16": "maybe"}, ["UNET_TRT_FP16"]),
     ],
 )
 def test_bad_settings_stop_start_up(

@@ -167,23 +167,33 @@ def block_mean(halo: int, block: int = 16):
     return predict
 
 
+FIXED = pytest.mark.parametrize("fixed", [False, True], ids=["shrinking", "fixed-shape"])
+
+
+@FIXED
 @pytest.mark.parametrize("shape", [(1, 1), (2, 2), (7, 13), (700, 900), (1000, 37), (333, 1024)])
 @pytest.mark.parametrize("g", [PAPER, SAME16], ids=["valid", "same"])
-def test_known_predictor_times_two(shape: tuple[int, int], g: Geometry) -> None:
+def test_known_predictor_times_two(shape: tuple[int, int], g: Geometry, fixed: bool) -> None:
     image = rand_image(*shape)
-    out = predict_tiled(image, crop_times_two(g.halo), g, channels=1, tile_size=252, batch_size=3)
+    predict = crop_times_two(g.halo)
+    out = predict_tiled(
+        image, predict, g, channels=1, tile_size=252, batch_size=3, fixed_shape=fixed
+    )
     assert out.shape == (1, *shape)
     assert np.array_equal(out[0], image[:, :, 0].astype(np.float32) * 2)
 
 
+@FIXED
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (700, 900), (1000, 37)])
 @pytest.mark.parametrize("tile", [204, 252, 572])
 def test_known_predictor_sees_the_whole_image_pooling_grid(
-    shape: tuple[int, int], tile: int
+    shape: tuple[int, int], tile: int, fixed: bool
 ) -> None:
     image = rand_image(*shape, seed=3)
     predict = block_mean(PAPER.halo)
-    tiled = predict_tiled(image, predict, PAPER, channels=1, tile_size=tile, batch_size=2)
+    tiled = predict_tiled(
+        image, predict, PAPER, channels=1, tile_size=tile, batch_size=2, fixed_shape=fixed
+    )
     whole = predict_whole(image, predict, PAPER, channels=1)
     assert np.array_equal(tiled, whole)
 
@@ -242,11 +252,14 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-x))
 
 
+@FIXED
 @pytest.mark.parametrize("shape", [(1, 1), (2, 2), (7, 13), (700, 900), (1000, 37)])
 @pytest.mark.parametrize(("tile", "batch"), [(204, 1), (252, 3), (572, 4), ((380, 220), 2)])
-def test_tiled_equals_whole_image_reference(valid_predict, shape, tile, batch) -> None:
+def test_tiled_equals_whole_image_reference(valid_predict, shape, tile, batch, fixed) -> None:
     image = rand_image(*shape, seed=11)
-    tiled = predict_tiled(image, valid_predict, PAPER, channels=1, tile_size=tile, batch_size=batch)
+    tiled = predict_tiled(
+        image, valid_predict, PAPER, channels=1, tile_size=tile, batch_size=batch, fixed_shape=fixed
+    )
     whole = predict_whole(image, valid_predict, PAPER, channels=1)
     assert tiled.shape == (1, *shape)
     # Probabilities, the bottom/right border included.
@@ -254,10 +267,25 @@ def test_tiled_equals_whole_image_reference(valid_predict, shape, tile, batch) -
 
 
 @settings(max_examples=25, deadline=None)
-@given(h=st.integers(1, 600), w=st.integers(1, 600), tile=st.integers(204, 600))
-def test_tiled_equals_reference_random_sizes(valid_predict, h: int, w: int, tile: int) -> None:
+@given(
+    h=st.integers(1, 600), w=st.integers(1, 600), tile=st.integers(204, 600), fixed=st.booleans()
+)
+def test_tiled_equals_reference_random_sizes(
+    valid_predict, h: int, w: int, tile: int, fixed: bool
+) -> None:
     image = rand_image(h, w, seed=h * 1000 + w)
-    tiled = predict_tiled(image, valid_predict, PAPER, channels=1, tile_size=tile, batch_size=2)
+    shapes: set[tuple[int, ...]] = set()
+
+    def recording(batch: np.ndarray) -> np.ndarray:
+        shapes.add(batch.shape)
+        return valid_predict(batch)
+
+    tiled = predict_tiled(
+        image, recording, PAPER, channels=1, tile_size=tile, batch_size=2, fixed_shape=fixed
+    )
+    if fixed:  # the GPU plan: exactly one input shape, whatever the image
+        size = PAPER.valid_size_at_most(tile)
+        assert shapes == {(2, 1, size, size)}
     whole = predict_whole(image, valid_predict, PAPER, channels=1)
     assert np.abs(sigmoid(tiled) - sigmoid(whole)).max() <= 1e-5
 
@@ -287,12 +315,20 @@ def test_the_papers_unaligned_stepping_would_not_be_exact(valid_predict) -> None
 # -- same padding: the deviation from whole-image inference is measured --------------------
 
 
+@FIXED
 @pytest.mark.parametrize(("context", "within"), [(96, 1e-5), (48, None)])
-def test_same_padding_deviation(same_model, context: int, within: float | None) -> None:
+def test_same_padding_deviation(same_model, context: int, within: float | None, fixed) -> None:
     predict = ort_predict(same_model)
     image = rand_image(700, 900, seed=9)
     tiled = predict_tiled(
-        image, predict, SAME16, channels=1, tile_size=320, batch_size=2, context=context
+        image,
+        predict,
+        SAME16,
+        channels=1,
+        tile_size=320,
+        batch_size=2,
+        context=context,
+        fixed_shape=fixed,
     )
     whole = predict_whole(image, predict, SAME16, channels=1)
     deviation = float(np.abs(sigmoid(tiled) - sigmoid(whole)).max())
@@ -332,3 +368,25 @@ def test_paper_geometry() -> None:
     assert unet_geometry(4, "valid") == PAPER
     with pytest.raises(ValueError, match="depth must be >= 1"):
         unet_geometry(0, "valid")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    h=st.integers(1, 5000),
+    w=st.integers(1, 5000),
+    tile=st.integers(208, 1200),  # same nets need 2 x 96 px of context and 16 between
+    padding=st.sampled_from(["valid", "same"]),
+)
+def test_the_fixed_plan_has_one_tile_shape_and_partitions_the_image(
+    h: int, w: int, tile: int, padding: str
+) -> None:
+    g = PAPER if padding == "valid" else SAME16
+    plan = plan_tiles(h, w, g, tile, fixed=True)
+    size = g.valid_size_at_most(tile)
+    assert {(r.size, c.size) for r, c in plan} == {(size, size)}
+    for axis, length in ((plan.rows, h), (plan.cols, w)):
+        assert axis[0].keep_start == 0
+        assert axis[-1].keep_stop == length
+        assert all(a.keep_stop == b.keep_start for a, b in itertools.pairwise(axis))
+        if padding == "valid":
+            assert all((t.start + g.halo) % g.size_multiple == 0 for t in axis)
