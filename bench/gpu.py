@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ from PIL import Image
 
 from app.inference import Predictor, ProviderOptions, load_model
 from app.inference.providers import GPU
+from tests.reliability.conftest import start_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,41 +119,19 @@ def fp16_difference(fp32: Path, fp16: Path, provider: str, tile: int) -> float:
 
 
 def through_service(model: Path, provider: str, folder: Path) -> dict[str, float]:
-    port = 18771
-    env = {**os.environ, "UNET_MODEL_PATH": str(model), "UNET_PROVIDERS": provider}
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "app.main:app",
-        "--http",
-        "h11",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with (folder / "service.log").open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    """``POST /segment`` of a 2048^2 PNG on a real server: the first and the median of 5."""
+    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--http", "h11"]
+    server = start_command(command, model, folder / "service.log", UNET_PROVIDERS=provider)
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
         buffer = io.BytesIO()
         Image.fromarray(image(2048)).save(buffer, "PNG")
         body = buffer.getvalue()
-        times = [
-            timed(lambda: httpx.post(f"{url}/segment", content=body, timeout=600)) for _ in range(6)
-        ]
+        url = f"{server.url}/segment"
+        times = [timed(lambda: httpx.post(url, content=body, timeout=600)) for _ in range(6)]
         return {"first_s": round(times[0], 3), "median_s": round(statistics.median(times[1:]), 3)}
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.process.terminate()
+        server.process.wait(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> None:
