@@ -18,9 +18,10 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # Debian's packages for the PACS end-to-end tests (tests/deploy/test_orthanc_e2e.py): Orthanc
-# with its Python plugin, and dcmtk's storescu. Installed when missing and run as root (CI);
-# otherwise those tests skip, saying so (in CI, CI=true, they fail instead).
-SYSTEM_PACKAGES := orthanc orthanc-python dcmtk
+# with its Python plugin, dcmtk's storescu; and dicom3tools' dciodvfy, which validates every
+# DICOM SEG the tests make. Installed when missing and run as root (CI); otherwise those
+# tests skip, saying so (in CI, CI=true, they fail instead).
+SYSTEM_PACKAGES := orthanc orthanc-python dcmtk dicom3tools
 system-deps:
 	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

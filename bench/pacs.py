@@ -8,7 +8,9 @@ the end-to-end tests' harness (``tests/deploy/pacs.py``) and the service as
 - latency: from the end of one instance's C-STORE to its SEG being in Orthanc,
   instances sent one at a time with a pause (p50 / p99 / max);
 - recovery: the service stopped mid-burst for ``--outage`` seconds, then started
-  again: seconds from its readiness to the last SEG, and whether any was lost.
+  again: seconds from its readiness to the last SEG, and whether any was lost;
+- series: ``--series`` slices of one CT series in the default series mode: from
+  the end of their C-STOREs to the one SEG in Orthanc, and its size.
 
     python -m bench.pacs                       # default model, 512 px CT slices
     python -m bench.pacs --count 10 --size 128 --outage 3    # a quick run
@@ -131,9 +133,44 @@ def serve(model: Path, port: int, log: Path) -> Server:
     return start_server(env, log, port=port)
 
 
+def series(service: Server, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One series of ``args.series`` slices in the default series mode: from the end of its
+    C-STOREs to its one SEG in Orthanc (StableAge 2 s included), and the SEG's size."""
+    pacs = Orthanc(workdir / "orthanc-series", forwarder={"ServiceUrl": service.url})
+    pacs.start()
+    try:
+        files = ct_series(workdir / "series", args.series, size=args.size)
+        pacs.store(files)
+        stored = time.monotonic()
+        while True:
+            segs = [
+                i
+                for i in pacs.instances()
+                if i["metadata"].get("SopClassUid", "").endswith(".66.4")
+            ]
+            if segs:
+                break
+            if time.monotonic() - stored > 1800:
+                raise SystemExit("no SEG after 30 minutes")
+            time.sleep(0.2)
+        seconds = time.monotonic() - stored
+        size = len(pacs.file(segs[0]["id"]))
+        return {
+            "slices": args.series,
+            "stable_age_s": 2,
+            "last_store_to_seg_s": round(seconds, 2),
+            "seg_bytes": size,
+            "segs": len(segs),
+        }
+    finally:
+        pacs.stop()
+
+
 def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     service = serve(args.model, free_port(), workdir / "service.log")
-    pacs = Orthanc(workdir / "orthanc", forwarder={"ServiceUrl": service.url})
+    # The per-instance mode for throughput and latency per instance; series below.
+    forwarder = {"ServiceUrl": service.url, "Trigger": "instance"}
+    pacs = Orthanc(workdir / "orthanc", forwarder=forwarder)
     pacs.start()
     try:
         results: dict[str, Any] = {"model": str(args.model), "size": args.size}
@@ -143,6 +180,7 @@ def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
         results["three_associations"] = burst(pacs, workdir / "three", 3, args.count, args.size)
         results["recovery"], service = recovery(pacs, service, workdir / "recovery", args)
         results["orthanc_stop"] = dict(zip(("status", "seconds"), pacs.stop(), strict=True))
+        results["series"] = series(service, workdir, args)
         return results
     finally:
         pacs.stop()
@@ -164,6 +202,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--outage", type=float, default=10.0, help="seconds the service is down (recovery)"
     )
+    parser.add_argument("--series", type=int, default=100, help="slices of the series scenario")
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args(argv)
 

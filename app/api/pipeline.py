@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import IO
 
+from app.codecs.dicom_series import assemble
+from app.codecs.frames import DecodedImage
 from app.codecs.outputs import Model, Options
 from app.errors import RequestCancelledError
 from app.service import Service
@@ -36,8 +38,22 @@ class Outcome:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def decode_all(sources: list[IO[bytes]], service: Service, tta: bool) -> DecodedImage:
+    """One image, or several DICOM instances of one series as one image in slice order.
+
+    The request's limits hold for the whole series: checked from the first
+    instance's header for all of them before the others are decoded.
+    """
+    limits = service.limits(tta)
+    first = service.inputs.decode(sources[0].read(), limits)
+    if len(sources) == 1:
+        return first
+    limits.check(first.width, first.height, len(sources), "DICOM series")
+    return assemble([first, *(service.inputs.decode(s.read(), limits) for s in sources[1:])])
+
+
 def run_job(
-    source: IO[bytes],
+    sources: list[IO[bytes]],
     output: str,
     options: Options,
     service: Service,
@@ -55,7 +71,7 @@ def run_job(
 
     check()  # it may have gone while the request waited in the queue
     start = perf_counter()
-    image = service.inputs.decode(source.read(), service.limits(options.tta))
+    image = decode_all(sources, service, options.tta)
     model = Model(service.model.card, service.model.engine.sha256)
     encoder = service.outputs.encoder(output, image, model, options)
     decoded = perf_counter()

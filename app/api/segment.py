@@ -15,7 +15,7 @@ from app.api.auth import Authorized
 from app.api.deps import AdmissionDep, ServiceDep
 from app.api.pipeline import Outcome, run_job
 from app.api.schemas import ObjectsResponse, RLEResponse
-from app.api.upload import received_image, watching_disconnect
+from app.api.upload import received_images, watching_disconnect
 from app.codecs.outputs import Options
 from app.codecs.outputs.base import either
 from app.errors import BadParameterError, ErrorBody, RequestCancelledError, quote
@@ -168,12 +168,12 @@ async def segment(
     options = Options(chosen, class_index, tta, min_area, objects)
     with admission.reserve() as ticket:  # 503 before reading a body we cannot serve
         async with (
-            received_image(request, service.settings, service.stopping) as image,
+            received_images(request, service.settings, service.stopping) as images,
             watching_disconnect(request) as cancelled,
         ):
             try:
                 outcome = await ticket.run(
-                    lambda: run_job(image, output, options, service, cancelled)
+                    lambda: run_job(images, output, options, service, cancelled)
                 )
             except RequestCancelledError as exc:  # the log line says how far it had come
                 request.state.log = {"tiles_done": exc.tiles_done, "tiles_total": exc.tiles_total}

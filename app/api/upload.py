@@ -18,10 +18,13 @@ Runs on the event loop; only the inference thread reads the spooled bytes.
 from __future__ import annotations
 
 import asyncio
+import email.message
+import io
 import tempfile
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
+from email.parser import BytesParser
 from typing import IO
 
 from starlette.datastructures import Headers, UploadFile
@@ -99,19 +102,46 @@ async def _chunks(spool: IO[bytes]) -> AsyncGenerator[bytes, None]:
         yield chunk
 
 
+def related_parts(content_type: str, spool: IO[bytes]) -> list[IO[bytes]]:
+    """The parts of a ``multipart/related`` body (DICOMweb STOW-RS: one DICOM instance each),
+    parsed by the standard library's MIME parser; each as a file."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
+    message = BytesParser().parsebytes(head + spool.read())
+    parts = message.get_payload() if message.is_multipart() else None
+    if not isinstance(parts, list) or not parts:
+        raise BadUploadError(
+            "malformed multipart/related body: no parts (STOW-RS: one application/dicom part "
+            "per instance, with the boundary of the Content-Type)"
+        )
+    files: list[IO[bytes]] = []
+    for part in parts:
+        data = part.get_payload(decode=True) if isinstance(part, email.message.Message) else None
+        files.append(io.BytesIO(data if isinstance(data, bytes) else b""))
+    return files
+
+
 @asynccontextmanager
-async def received_image(
+async def received_images(
     request: Request, settings: Settings, stopping: threading.Event
-) -> AsyncIterator[IO[bytes]]:
-    """The image of the request as a file: the raw body, or the multipart field ``file``."""
+) -> AsyncIterator[list[IO[bytes]]]:
+    """The images of the request as files: the raw body; the multipart/form-data fields
+    ``file`` (one, or several DICOM instances of one series); or the parts of a
+    multipart/related body (STOW-RS)."""
     spool = await read_body(request, settings, stopping)
     try:
-        content_type = request.headers.get("content-type", "").lower()
-        if not content_type.startswith("multipart/form-data"):
-            yield spool
+        content_type = request.headers.get("content-type", "")
+        kind = content_type.lower()
+        if kind.startswith("multipart/related"):
+            yield related_parts(content_type, spool)
+            return
+        if not kind.startswith("multipart/form-data"):
+            yield [spool]
             return
         parser = MultiPartParser(
-            Headers(scope=request.scope), _chunks(spool), max_files=1, max_fields=8
+            Headers(scope=request.scope),
+            _chunks(spool),
+            max_files=settings.max_frames,
+            max_fields=8,
         )
         try:
             form = await parser.parse()
@@ -119,14 +149,15 @@ async def received_image(
             detail = getattr(exc, "detail", None) or getattr(exc, "message", str(exc))
             raise BadUploadError(f"malformed multipart body: {detail}") from None
         try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
+            uploads = [u for u in form.getlist("file") if isinstance(u, UploadFile)]
+            if not uploads:
                 raise BadUploadError(
                     "the multipart body has no file field 'file': send it as "
                     "`curl -F file=@image.png`, or send the image as the raw body"
                 )
-            await upload.seek(0)
-            yield upload.file
+            for upload in uploads:
+                await upload.seek(0)
+            yield [upload.file for upload in uploads]
         finally:
             await form.close()
     finally:

@@ -9,6 +9,7 @@ Nothing here logs, and no message quotes an attribute value.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from io import BytesIO
 
@@ -84,10 +85,11 @@ def _pixel_measures(source: Dataset, frames: int) -> hd.PixelMeasuresSequence | 
 
 
 def _check_masks(
-    source: Dataset, masks: Sequence[np.ndarray], classes: Sequence[str]
+    series: Sequence[Dataset], masks: Sequence[np.ndarray], classes: Sequence[str]
 ) -> npt.NDArray[np.uint8]:
-    """The masks stacked as F x H x W uint8, checked against the source and the classes."""
-    frames = _frame_count(source)
+    """The masks stacked as F x H x W uint8, checked against the sources and the classes."""
+    source = series[0]
+    frames = sum(_frame_count(s) for s in series)
     if len(masks) != frames:
         raise ValueError(f"{len(masks)} masks for a source with {frames} frame(s)")
     if len(classes) < 2:
@@ -143,40 +145,65 @@ def _segments(
     ]
 
 
+def derived_uid(*parts: str) -> str:
+    """A UID derived from ``parts``: ``2.25.`` + 128 bits of their SHA-256 (PS3.5 B.2),
+    at most 44 characters. The same parts give the same UID, on any machine."""
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
+
+
+def seg_uids(sources: Sequence[Dataset], model_sha256: str) -> tuple[str, str]:
+    """(Series, SOP Instance) UIDs of the SEG of ``sources`` by the model ``model_sha256``:
+    one SEG series per source series and model, one instance per set of sources, so that
+    sending the same series again replaces its SEG (a PACS that overwrites) instead of
+    adding one."""
+    series = str(sources[0].SeriesInstanceUID)
+    instances = sorted(str(s.SOPInstanceUID) for s in sources)
+    return derived_uid("seg-series", series, model_sha256), derived_uid(
+        "seg-instance", series, model_sha256, *instances
+    )
+
+
 def encode_seg(
-    source: Dataset,
+    sources: Dataset | Sequence[Dataset],
     masks: Sequence[np.ndarray],
     classes: Sequence[str],
     model_name: str,
     model_version: str,
+    model_sha256: str = "",
 ) -> bytes:
-    """A DICOM SEG (Part 10 bytes, explicit VR little endian) of the masks over ``source``.
+    """A DICOM SEG (Part 10 bytes, explicit VR little endian) of the masks over the sources.
 
-    source: the decoded image's dataset (pixel data may be removed).
+    sources: the decoded image's dataset (pixel data may be removed), or the datasets
+    of one series' single-frame instances in slice order (one SEG for the series).
     masks: one H x W uint8 array of class indices per source frame, in frame order.
+    model_sha256: with the source series, it makes the SEG's UIDs (seg_uids).
     classes: the model's class names, index 0 = background (no segment).
     Raises DicomSegError (for the service: 422, other formats still work) when the
     source cannot carry a SEG; ValueError when the masks do not fit the source.
     """
-    check_source(source)
-    pixels = _check_masks(source, masks, classes)
-    source = _complete(source)
+    series = [sources] if isinstance(sources, Dataset) else list(sources)
+    for source in series:
+        check_source(source)
+    pixels = _check_masks(series, masks, classes)
+    series = [_complete(source) for source in series]
     segments = _segments(classes, model_name, model_version)
+    series_uid, instance_uid = seg_uids(series, model_sha256)
     try:
         seg = hd.seg.Segmentation(
-            source_images=[source],
+            source_images=series,
             pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=segments,
-            series_instance_uid=hd.UID(),
+            series_instance_uid=series_uid,
             series_number=SERIES_NUMBER,
-            sop_instance_uid=hd.UID(),
+            sop_instance_uid=instance_uid,
             instance_number=1,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=_lo(model_name),
             software_versions=_lo(model_version),
             device_serial_number="0",
-            pixel_measures=_pixel_measures(source, len(masks)),
+            pixel_measures=_pixel_measures(series[0], len(masks)),
             content_label="UNET",
             content_description=_lo(f"{model_name} {model_version}"),
             omit_empty_frames=True,

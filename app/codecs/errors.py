@@ -39,6 +39,10 @@ class DicomTransferSyntaxError(UnsupportedFormatError):
     """A DICOM image whose transfer syntax (compression) cannot be decoded here (415)."""
 
 
+class DicomSeriesError(CodecError):
+    """Several DICOM instances that are not one consistent series (422)."""
+
+
 class DicomSegError(CodecError):
     """DICOM SEG cannot be written for this input, e.g. multi-frame without plane positions.
 

@@ -1,9 +1,9 @@
-"""Orthanc Python plugin: every new image instance -> /segment?format=dicom-seg -> SEG stored back.
+"""Orthanc Python plugin: each stable series (or instance) -> /segment?format=dicom-seg -> a SEG.
 
 Standard library only: Orthanc's embedded Python has no third-party packages.
 Set-up (README, "Behind Orthanc"): Orthanc's Python plugin loads this file
 (``PythonScript``), the configuration declares the metadata it keeps per
-instance, and names the service::
+series (instance), and names the service::
 
     "UserMetadata": {"UnetSegmentation": 4201},
     "UnetForwarder": {"ServiceUrl": "http://unet:8000"}
@@ -22,6 +22,10 @@ overridden by an environment variable of Orthanc's process:
                                             last change processed (default 4201)
     Backfill         UNET_BACKFILL          on the very first start, also segment the instances
                                             Orthanc already has (default false)
+    Trigger          UNET_FORWARD_TRIGGER   ``series`` (default): once a series is stable (Orthanc's
+                                            StableSeries, StableAge seconds after its last
+                                            instance), all its instances in one request and ONE
+                                            SEG for the series; ``instance``: a SEG per instance
 
 Why it cannot stall the PACS: it calls no Orthanc API from inside an Orthanc
 callback. The change callback only wakes the worker thread; the worker reads
@@ -33,13 +37,18 @@ deadlocks the two.)
 
 Why nothing is lost or done twice: the worker advances through ``/changes`` in
 order and records the last sequence number it finished in a global property of
-Orthanc's own database, so instances stored while the service (or Orthanc) was
-down are segmented once both are back. Each source instance gets the metadata
-``UnetSegmentation`` = ``seg <SEG id>``, ``refused <status>`` or ``failed
-<reason>`` when its outcome is final; an instance that has it is never sent
-again. The service being unreachable, answering 503, 502, 504 or 401/403 is
-not final: the worker waits (its Retry-After, else 1 s doubling to 10 s) and tries the same instance
-again, keeping the order. 400/413/415/422 (not an image, unsupported, ...) is
+Orthanc's own database, so series (instances) stored while the service (or
+Orthanc) was down are segmented once both are back. Each source series
+(instance) gets the metadata ``UnetSegmentation`` = ``seg <SEG id>``,
+``refused <status>`` or ``failed <reason>`` when its outcome is final; one that
+has it is never sent again. A series goes as one DICOMweb STOW-RS style
+``multipart/related`` body; the service derives the SEG's UIDs from the source
+series and the model, so a series segmented again replaces its SEG in a PACS
+that overwrites (``OverwriteInstances``) instead of adding one.
+
+The service being unreachable, answering 503, 502, 504 or 401/403 is not final:
+the worker waits (its Retry-After, else 1 s doubling to 10 s) and tries the same
+series (instance) again, keeping the order. 400/413/415/422 (not an image, unsupported, ...) is
 final and logged as a warning; 500 or a time-out is retried ``Retries`` times,
 then recorded as failed and logged as an error.
 
@@ -72,6 +81,7 @@ MAX_BACKOFF_S = 10.0  # waits double from 1 s up to this while the service is aw
 MAX_RETRY_AFTER_S = 60.0  # the longest Retry-After of the service that is honoured
 UNKNOWN_RESOURCE = 17  # Orthanc's error code for a resource that does not exist
 CHANGES_PAGE = 100
+LEVEL = {"instances": "instance", "series": "series"}  # REST level -> what logs call it
 
 
 # -- one request to the service -------------------------------------------------------------
@@ -92,12 +102,31 @@ class Answer:
     retry_after: float | None = None
 
 
+BOUNDARY = "unet-forwarder-series"
+
+
+def series_body(instances: list[bytes]) -> tuple[bytes, str]:
+    """A DICOMweb STOW-RS style multipart/related body of the instances, and its type."""
+    parts = [
+        b"--" + BOUNDARY.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
+        for data in instances
+    ]
+    body = b"".join(parts) + b"--" + BOUNDARY.encode() + b"--\r\n"
+    return body, f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
 def post_instance(
-    instance: bytes, service_url: str, *, api_key: str | None = None, timeout: float = 300.0
+    instance: bytes,
+    service_url: str,
+    *,
+    api_key: str | None = None,
+    timeout: float = 300.0,
+    content_type: str = "application/dicom",
 ) -> Answer:
-    """POST one DICOM instance to ``/segment?format=dicom-seg`` and classify the answer."""
+    """POST one DICOM instance (or a series' multipart/related body, with its
+    ``content_type``) to ``/segment?format=dicom-seg`` and classify the answer."""
     url = service_url.rstrip("/") + "/segment?format=dicom-seg"
-    headers = {"Content-Type": "application/dicom", "Accept": "application/dicom"}
+    headers = {"Content-Type": content_type, "Accept": "application/dicom"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     request = urllib.request.Request(url, data=instance, headers=headers, method="POST")
@@ -151,6 +180,7 @@ class Settings:
     metadata_name: str = "UnetSegmentation"
     state_property: int = 4201
     backfill: bool = False
+    trigger: str = "series"
 
 
 # setting -> (environment variable, type)
@@ -162,6 +192,7 @@ _SETTINGS: dict[str, tuple[str, str, type]] = {
     "MetadataName": ("metadata_name", "UNET_METADATA_NAME", str),
     "StateProperty": ("state_property", "UNET_STATE_PROPERTY", int),
     "Backfill": ("backfill", "UNET_BACKFILL", bool),
+    "Trigger": ("trigger", "UNET_FORWARD_TRIGGER", str),
 }
 
 
@@ -194,6 +225,8 @@ def read_settings(configuration: Mapping[str, Any], environ: Mapping[str, str]) 
         raise SettingsError(
             f"ServiceUrl must start with http:// or https://, got {settings.service_url[:100]!r}"
         )
+    if settings.trigger not in ("series", "instance"):
+        raise SettingsError(f"Trigger must be series or instance, got {settings.trigger[:100]!r}")
     if settings.timeout <= 0 or settings.retries < 1:
         raise SettingsError("Timeout must be > 0 and Retries >= 1")
     if not 1024 <= settings.state_property <= 65535:
@@ -243,13 +276,17 @@ class Forwarder:
         self,
         api: OrthancApi,
         settings: Settings,
-        post: Callable[[bytes], Answer] | None = None,
+        post: Callable[[bytes, str], Answer] | None = None,
     ) -> None:
         self.api = api
         self.settings = settings
         self.post = post or (
-            lambda data: post_instance(
-                data, settings.service_url, api_key=settings.api_key, timeout=settings.timeout
+            lambda body, content_type: post_instance(
+                body,
+                settings.service_url,
+                api_key=settings.api_key,
+                timeout=settings.timeout,
+                content_type=content_type,
             )
         )
         self.wake = threading.Event()
@@ -284,10 +321,12 @@ class Forwarder:
         """Handle one page of changes; True when there may be more right away."""
         since = self._last_done()
         page = self._get_json(f"/changes?since={since}&limit={CHANGES_PAGE}")
+        wanted = "StableSeries" if self.settings.trigger == "series" else "NewInstance"
+        process = self.process_series if wanted == "StableSeries" else self.process_instance
         for change in page.get("Changes", []):
-            new = change.get("ChangeType") == "NewInstance"
-            if new and not self.process_instance(str(change["ID"])):
-                return False  # stopping: the instance stays for the next start
+            mine = change.get("ChangeType") == wanted
+            if mine and not process(str(change["ID"])):
+                return False  # stopping: the change stays for the next start
             self.api.SetGlobalProperty(self.settings.state_property, str(int(change["Seq"])))
         return not page.get("Done", True)
 
@@ -303,26 +342,43 @@ class Forwarder:
 
     def process_instance(self, instance_id: str) -> bool:
         """Segment one instance until its outcome is final; False if stopped first."""
-        metadata = self._metadata(instance_id)
+        metadata = self._metadata("instances", instance_id)
         if metadata is None or self.settings.metadata_name in metadata:
             return True  # deleted meanwhile, or already done (a re-sent instance)
         if metadata.get("SopClassUid") == SEGMENTATION_STORAGE:
             return True  # a SEG (ours included): nothing to segment, no loop
         data = self.api.RestApiGet(f"/instances/{instance_id}/file")
+        return self._segment("instances", instance_id, data, "application/dicom")
+
+    def process_series(self, series_id: str) -> bool:
+        """Segment a stable series in one request, one SEG for it; False if stopped first."""
+        metadata = self._metadata("series", series_id)
+        if metadata is None or self.settings.metadata_name in metadata:
+            return True  # deleted meanwhile, or already done (a re-sent series)
+        series = self._get_json(f"/series/{series_id}")
+        if series.get("MainDicomTags", {}).get("Modality") == "SEG":
+            return True  # SEGs (ours included): nothing to segment, no loop
+        files = [self.api.RestApiGet(f"/instances/{i}/file") for i in series.get("Instances", [])]
+        body, content_type = series_body(files)
+        return self._segment("series", series_id, body, content_type)
+
+    def _segment(self, level: str, resource: str, body: bytes, content_type: str) -> bool:
+        """Post until the outcome is final (retries as the module says); False if stopped."""
         failures, wait = 0, 1.0
-        for attempt, answer in enumerate(self._attempts(data), start=1):
+        for attempt, answer in enumerate(self._attempts(body, content_type), start=1):
             if answer.kind == "failed":
                 failures += 1
             if answer.kind in ("seg", "refused") or failures >= self.settings.retries:
-                self._finish(instance_id, answer, attempt)
+                self._finish(level, resource, answer, attempt)
                 return True
             delay = answer.retry_after or wait
             # A warning on the first and every 10th try; the others at info (--verbose).
-            level = logging.WARNING if attempt % 10 == 1 else logging.INFO
+            severity = logging.WARNING if attempt % 10 == 1 else logging.INFO
             log.log(
-                level,
-                "instance %s: %s; try %d, again in %.0f s",
-                instance_id,
+                severity,
+                "%s %s: %s; try %d, again in %.0f s",
+                LEVEL[level],
+                resource,
                 answer.detail,
                 attempt,
                 delay,
@@ -332,38 +388,35 @@ class Forwarder:
             wait = min(MAX_BACKOFF_S, wait * 2)
         return False
 
-    def _finish(self, instance_id: str, answer: Answer, attempts: int) -> None:
-        """Store the SEG, or record why there is none; the outcome goes on the instance."""
+    def _finish(self, level: str, resource: str, answer: Answer, attempts: int) -> None:
+        """Store the SEG, or record why there is none; the outcome goes on the resource."""
+        what = f"{LEVEL[level]} {resource}"
         if answer.kind == "seg":
             seg_id = json.loads(self.api.RestApiPost("/instances", answer.seg)).get("ID", "")
-            self._record(instance_id, f"seg {seg_id}")
-            log.info("instance %s: SEG stored as %s", instance_id, seg_id)
+            self._record(level, resource, f"seg {seg_id}")
+            log.info("%s: SEG stored as %s", what, seg_id)
         elif answer.kind == "refused":
-            self._record(instance_id, f"refused {answer.detail}")
-            log.warning(
-                "instance %s: not segmented, the service answered %s", instance_id, answer.detail
-            )
+            self._record(level, resource, f"refused {answer.detail}")
+            log.warning("%s: not segmented, the service answered %s", what, answer.detail)
         else:
-            self._record(instance_id, f"failed {answer.detail}")
-            log.error(
-                "instance %s: given up after %d attempts: %s", instance_id, attempts, answer.detail
-            )
+            self._record(level, resource, f"failed {answer.detail}")
+            log.error("%s: given up after %d attempts: %s", what, attempts, answer.detail)
 
-    def _attempts(self, data: bytes) -> Iterator[Answer]:
+    def _attempts(self, body: bytes, content_type: str) -> Iterator[Answer]:
         while not self.stopping.is_set():
-            yield self.post(data)
+            yield self.post(body, content_type)
 
-    def _metadata(self, instance_id: str) -> dict[str, str] | None:
+    def _metadata(self, level: str, resource: str) -> dict[str, str] | None:
         try:
-            return dict(self._get_json(f"/instances/{instance_id}/metadata?expand"))
+            return dict(self._get_json(f"/{level}/{resource}/metadata?expand"))
         except Exception as exc:  # orthanc.OrthancException(17, "Unknown resource"): deleted
             if exc.args[:1] == (UNKNOWN_RESOURCE,):
                 return None
             raise
 
-    def _record(self, instance_id: str, outcome: str) -> None:
+    def _record(self, level: str, resource: str, outcome: str) -> None:
         name = self.settings.metadata_name
-        self.api.RestApiPut(f"/instances/{instance_id}/metadata/{name}", outcome.encode())
+        self.api.RestApiPut(f"/{level}/{resource}/metadata/{name}", outcome.encode())
 
     def _get_json(self, uri: str) -> dict[str, Any]:
         value = json.loads(self.api.RestApiGet(uri))
@@ -418,7 +471,7 @@ def install(orthanc: Any) -> Forwarder | None:
             forwarder.start()
         elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
             forwarder.stop()
-        elif change_type == orthanc.ChangeType.NEW_INSTANCE:
+        elif change_type in (orthanc.ChangeType.NEW_INSTANCE, orthanc.ChangeType.STABLE_SERIES):
             forwarder.on_change(change_type, level, resource)
 
     orthanc.RegisterOnChangeCallback(on_change)

@@ -460,6 +460,15 @@ def test_seg_of_a_multiframe_with_plane_positions_covers_every_frame() -> None:
     np.testing.assert_array_equal(pixels, np.stack(masks))
 
 
+def test_a_multiframe_seg_validates_in_dciodvfy(tmp_path: Path) -> None:
+    from tests.app.test_dicom_series import dciodvfy_errors
+
+    decoded = decode_dicom(to_bytes(_enhanced_ct(3)), BIG)
+    masks = [synthetic_mask(128, 128, 2, seed) for seed in range(3)]
+    seg = encode_seg(source_of(decoded), masks, ["bg", "a"], "m", "1", "f" * 64)
+    assert dciodvfy_errors(seg, tmp_path) == []
+
+
 def test_seg_of_a_multiframe_without_plane_positions_asks_for_rle() -> None:
     decoded = decode_dicom(raw("examples_ybr_color.dcm"), BIG)
     masks = [np.zeros((decoded.height, decoded.width), np.uint8)] * len(decoded.frames)

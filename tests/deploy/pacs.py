@@ -34,7 +34,7 @@ ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
 STORESCU = shutil.which("storescu") or "/usr/bin/storescu"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-INSTALL_HINT = "make system-deps (Debian: apt-get install orthanc orthanc-python dcmtk)"
+INSTALL_HINT = "make system-deps (Debian: apt-get install orthanc orthanc-python dcmtk dicom3tools)"
 
 
 def missing_tools() -> list[str]:

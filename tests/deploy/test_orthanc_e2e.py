@@ -35,6 +35,9 @@ pytestmark = pytest.mark.slow
 BINARY = UNetSpec(depth=2, base=2)
 ENV = {"UNET_THREADS": "1", "UNET_LOG_FORMAT": "json"}
 REST_LIMIT_S = 5.0  # Orthanc must keep answering uploads; the deadlock made them hang forever
+# The tests of the PACS issue run the per-instance mode (one SEG per instance); the default,
+# one SEG per stable series, has its own tests below.
+PER_INSTANCE = {"Trigger": "instance"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,7 +70,7 @@ def service(model: Path, tmp_path: Path) -> Iterator[Server]:
 
 @pytest.fixture
 def orthanc(tmp_path: Path, service: Server) -> Iterator[Orthanc]:
-    pacs = Orthanc(tmp_path / "orthanc", forwarder={"ServiceUrl": service.url})
+    pacs = Orthanc(tmp_path / "orthanc", forwarder={"ServiceUrl": service.url, **PER_INSTANCE})
     pacs.start()
     yield pacs
     pacs.stop()
@@ -117,6 +120,15 @@ def parallel(*jobs: object) -> None:
         thread.join(300)
     if errors:
         raise errors[0]
+
+
+def series_final(pacs: Orthanc) -> bool:
+    """Every non-SEG series has its outcome (series mode)."""
+    series = [pacs.get(f"/series/{s}") for s in pacs.get("/series")]
+    mine = [s for s in series if s["MainDicomTags"].get("Modality") != "SEG"]
+    return bool(mine) and all(
+        "UnetSegmentation" in pacs.get(f"/series/{s['ID']}/metadata?expand") for s in mine
+    )
 
 
 def all_final(pacs: Orthanc) -> bool:
@@ -176,7 +188,7 @@ def test_three_parallel_associations_each_instance_gets_exactly_one_seg(
 def test_service_restarted_mid_burst_loses_nothing(model: Path, tmp_path: Path) -> None:
     port = free_port()
     service = serve(model, tmp_path / "service.log", port=port)
-    pacs = Orthanc(tmp_path / "orthanc", forwarder={"ServiceUrl": service.url})
+    pacs = Orthanc(tmp_path / "orthanc", forwarder={"ServiceUrl": service.url, **PER_INSTANCE})
     pacs.start()
     try:
         first, second = ct_series(tmp_path / "a", 12), ct_series(tmp_path / "b", 12)
@@ -206,7 +218,9 @@ def test_instances_stored_while_the_service_was_down_survive_an_orthanc_restart(
     model: Path, tmp_path: Path
 ) -> None:
     port = free_port()  # nothing listens there yet
-    pacs = Orthanc(tmp_path / "orthanc", forwarder={"ServiceUrl": f"http://127.0.0.1:{port}"})
+    pacs = Orthanc(
+        tmp_path / "orthanc", forwarder={"ServiceUrl": f"http://127.0.0.1:{port}", **PER_INSTANCE}
+    )
     pacs.start()
     files = ct_series(tmp_path / "a", 4)
     pacs.store(files)
@@ -254,7 +268,9 @@ def test_an_instance_the_service_fails_on_is_given_up_after_the_retries(tmp_path
     server = QuietServer(("127.0.0.1", 0), Failing)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    pacs = Orthanc(tmp_path / "orthanc", forwarder={"ServiceUrl": url, "Retries": 2})
+    pacs = Orthanc(
+        tmp_path / "orthanc", forwarder={"ServiceUrl": url, "Retries": 2, **PER_INSTANCE}
+    )
     pacs.start()
     try:
         pacs.store(ct_series(tmp_path / "a", 2))
@@ -288,7 +304,7 @@ def test_orthanc_stops_promptly_while_a_request_is_in_flight(tmp_path: Path) -> 
     server = QuietServer(("127.0.0.1", 0), Slow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    pacs = Orthanc(tmp_path / "orthanc", forwarder={"ServiceUrl": url})
+    pacs = Orthanc(tmp_path / "orthanc", forwarder={"ServiceUrl": url, **PER_INSTANCE})
     pacs.start()
     try:
         pacs.store(ct_series(tmp_path / "a", 1))
@@ -345,6 +361,7 @@ def test_the_debian_recipe_works_as_written(model: Path, tmp_path: Path) -> None
         "DicomPort": pacs.dicom_port,
         "StorageDirectory": f'"{tmp_path}/db"',
         "IndexDirectory": f'"{tmp_path}/db"',
+        "StableAge": 2,  # Debian's 60 s: a series is "stable" that long after its last instance
     }.items():
         text = re.sub(rf'"{key}" *: *[^,]+,', f'"{key}" : {value},', text, count=1)
     (etc / "orthanc.json").write_text(text)
@@ -352,13 +369,55 @@ def test_the_debian_recipe_works_as_written(model: Path, tmp_path: Path) -> None
 
     pacs.start()
     try:
-        (path,) = ct_series(tmp_path / "a", 1)
+        (path,) = ct_series(tmp_path / "a", 1)  # a series of one: the default series mode
         pacs.store([path])
-        pacs.wait_until(lambda: all_final(pacs), 30, "the instance segmented")
+        pacs.wait_until(lambda: series_final(pacs), 30, "the series segmented")
         assert pacs.seg_references() == {_uid(path): 1}
     finally:
         pacs.stop()
         stop_server(service)
+
+
+def test_a_stable_series_gets_one_seg_referencing_every_instance(
+    service: Server, tmp_path: Path
+) -> None:
+    """The default: a 25-instance series stored with storescu -> exactly one SEG instance in
+    one new series; an RT plan's series is refused and recorded; re-sent, nothing new."""
+    pacs = Orthanc(tmp_path / "orthanc", forwarder={"ServiceUrl": service.url})
+    pacs.start()
+    try:
+        files = ct_series(tmp_path / "a", 25)
+        (rtplan,) = samples(tmp_path / "rt", ["rtplan.dcm"])
+        pacs.store(files[::-1])
+        pacs.store([rtplan])
+        pacs.wait_until(lambda: series_final(pacs), 60, "the stable series segmented")
+        segs = [
+            i for i in pacs.instances() if i["metadata"].get("SopClassUid", "").endswith(".66.4")
+        ]
+        assert len(segs) == 1
+        assert pacs.seg_references() == {_uid(p): 1 for p in files}
+        seg_series = {pacs.get(f"/instances/{s['id']}/series")["ID"] for s in segs}
+        ct_series_ids = {pacs.get(f"/instances/{i}/series")["ID"] for i in pacs.sources()}
+        assert not seg_series & ct_series_ids  # a new series of its own
+        outcomes = {
+            s: pacs.get(f"/series/{s}/metadata?expand").get("UnetSegmentation", "")
+            for s in pacs.get("/series")
+        }
+        assert sum(o.startswith("seg ") for o in outcomes.values()) == 1
+        assert sum(o.startswith("refused HTTP 415") for o in outcomes.values()) == 1
+        pacs.store(files[:5])  # re-sent: Orthanc has them, nothing new
+        time.sleep(4)  # longer than StableAge (2 s)
+        assert len(pacs.seg_references()) == 25
+        assert (
+            sum(
+                1
+                for i in pacs.instances()
+                if i["metadata"].get("SopClassUid", "").endswith(".66.4")
+            )
+            == 1
+        )
+    finally:
+        pacs.stop()
 
 
 def _uid(path: Path) -> str:

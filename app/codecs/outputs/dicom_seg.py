@@ -1,5 +1,6 @@
-"""``format=dicom-seg``: every frame's mask in one DICOM SEG over the source instance
-(DICOM input only; the `dicom` extra)."""
+"""``format=dicom-seg``: every frame's mask in one DICOM SEG over the source instance, or
+over every instance of a series sent together (DICOM input only; the `dicom` extra).
+The SEG's UIDs derive from the source series and the model (app/codecs/dicom_seg.py)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,18 @@ class DicomSegEncoder:
         from pydicom.dataset import Dataset
 
         from app.codecs.dicom_seg import check_source
+        from app.codecs.dicom_series import Series
 
-        if not isinstance(image.source, Dataset):
+        source = image.source
+        if isinstance(source, Series):  # several instances of one series: one SEG
+            self.sources: list[Dataset] = source.datasets
+        elif isinstance(source, Dataset):
+            self.sources = [source]
+        else:
             raise UnsupportedOutputError("format=dicom-seg needs a DICOM input")
-        check_source(image.source)  # 422 before any inference (e.g. no plane positions)
-        self.source, self.card = image.source, model.card
+        for dataset in self.sources:
+            check_source(dataset)  # 422 before any inference (e.g. no plane positions)
+        self.model = model
         self.masks: list[np.ndarray] = []
 
     def add(self, index: int, prediction: Prediction) -> None:
@@ -32,8 +40,8 @@ class DicomSegEncoder:
     def finish(self) -> bytes:
         from app.codecs.dicom_seg import encode_seg
 
-        card = self.card
-        return encode_seg(self.source, self.masks, card.classes, card.name, card.version)
+        card, sha = self.model.card, self.model.sha256
+        return encode_seg(self.sources, self.masks, card.classes, card.name, card.version, sha)
 
 
 OUTPUT = Output(

@@ -17,13 +17,19 @@ class RleEncoder:
 
     def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
         self.multi = len(image.frames) > 1
+        # A DICOM series sent together: each segment names its instance instead of a frame.
+        datasets = getattr(image.source, "datasets", None)
+        self.instances = [str(d.SOPInstanceUID) for d in datasets] if datasets else None
         self.classes = model.card.classes
         self.document = json_header(image, model)
         self.segments: list[dict[str, object]] = []
 
     def add(self, index: int, prediction: Prediction) -> None:
-        frame = index if self.multi else None
-        self.segments += encode_rle(prediction.mask, self.classes, frame=frame)
+        frame = index if self.multi and self.instances is None else None
+        segments = encode_rle(prediction.mask, self.classes, frame=frame)
+        if self.instances is not None:
+            segments = [{"sop_instance_uid": self.instances[index], **s} for s in segments]
+        self.segments += segments
 
     def finish(self) -> bytes:
         return json.dumps({**self.document, "segments": self.segments}).encode()
