@@ -42,7 +42,7 @@ class _Edges:
 
 def _edges(labels: npt.NDArray[np.integer]) -> _Edges:
     """Every directed boundary edge of every object (object on the left)."""
-    p = np.pad(labels.astype(np.int64), 1)
+    p = np.pad(labels.astype(np.int32, copy=False), 1)  # ids < 2^31: half the memory of int64
     parts = []
     # Horizontal lines y = r (r = 0..H): above = row r - 1, below = row r.
     above, below = p[:-1, 1:-1], p[1:, 1:-1]
@@ -57,7 +57,7 @@ def _edges(labels: npt.NDArray[np.integer]) -> _Edges:
         keep = owner > 0
         parts.append((owner[keep], c[keep], start_y[keep], np.full(keep.sum(), d)))
     obj, x, y, direction = (np.concatenate([part[i] for part in parts]) for i in range(4))
-    return _Edges(obj, x, y, direction.astype(np.int64))
+    return _Edges(obj.astype(np.int64), x, y, direction.astype(np.int64))
 
 
 def _successors(e: _Edges, width: int) -> npt.NDArray[np.int64]:
