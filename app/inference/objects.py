@@ -115,14 +115,22 @@ def _watershed(
     if n == 0:
         return Objects(np.zeros(mask.shape, dtype=np.int32), np.zeros(1, dtype=np.int64))
     # Flooded on 256 levels, like an 8-bit probability image: 2.4x faster than on float32
-    # (2048^2 EM: 1.2 s against 2.9 s), 0.5 % of the pixels differ, at ties.
+    # (2048^2 EM: 1.2 s against 2.9 s), 0.5 % of the pixels differ, at ties. And only the
+    # pixels that are no seed are flooded, from each seed's one-pixel rim (a seed's inside
+    # never changes): 2.2x faster again, 2.4e-6 of the pixels differ (the order of ties).
     levels = np.rint(boundary * 255).astype(np.uint8)
-    flooded = watershed(levels, markers=seeds, connectivity=1)  # type: ignore[no-untyped-call]
+    free = seeds == 0
+    rim = ndimage.binary_dilation(free, structure=FOUR) & ~free
+    region = free | rim
+    flooded = watershed(  # type: ignore[no-untyped-call]
+        levels, markers=np.where(rim, seeds, 0), connectivity=1, mask=region
+    )
+    flooded[~region] = seeds[~region]
     labels = flooded.astype(np.int32)
     # Each object's class: its most frequent non-boundary class.
     others = [c for c in range(num_classes) if c != recipe.boundary_class]
-    votes = np.zeros((n + 1, num_classes), dtype=np.int64)
-    np.add.at(votes, (labels.ravel(), mask.ravel().astype(np.int64)), 1)
+    pairs = labels.ravel().astype(np.int64) * num_classes + mask.ravel()
+    votes = np.bincount(pairs, minlength=(n + 1) * num_classes).reshape(n + 1, num_classes)
     votes[:, recipe.boundary_class] = -1
     classes = votes.argmax(axis=1)
     classes[votes[:, others].sum(axis=1) == 0] = others[0]
