@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import importlib.util
 import logging
 import os
 import signal
@@ -33,14 +32,14 @@ from app import errors
 from app.api import router
 from app.api.admission import Admission
 from app.api.middleware import Cors, RequestContext
-from app.codecs.images import Decoders, default_decoders
+from app.codecs.images import Decoders
 from app.codecs.outputs import Outputs, default_outputs
 from app.inference import InferenceError, Predictor, load_model
 from app.inference.card import ModelCard
 from app.inference.providers import GPU, ProviderOptions
 from app.logging import configure_logging
 from app.metrics import Metrics
-from app.service import Service, WorkLimit
+from app.service import Service, WorkLimit, input_formats
 from app.settings import Settings, describe
 
 log = logging.getLogger("app")
@@ -57,18 +56,11 @@ def read_settings() -> Settings:
         raise StartupError(describe(exc)) from None
 
 
-def input_formats(card: ModelCard) -> Decoders:
-    """This app's input registry: DICOM decoded with the card's window (`dicom` extra)."""
-    if importlib.util.find_spec("pydicom") is None:
-        return default_decoders()  # DICOM stays recognised and answers 415
-    import app.codecs.dicom_seg  # noqa: F401  # highdicom's import (~0.4 s) at start, not in a request
-    from app.codecs.dicom_pixels import window_from_card
-
+def checked_input_formats(card: ModelCard) -> Decoders:
     try:
-        window = window_from_card(card.model_extra)
+        return input_formats(card)
     except ValueError as exc:
         raise StartupError(f"model card of {card.name}: {exc}") from None
-    return default_decoders(window)
 
 
 def provider_options(settings: Settings) -> ProviderOptions:
@@ -120,7 +112,7 @@ def start_service(settings: Settings, metrics: Metrics, outputs: Outputs | None 
     except ValueError as exc:
         raise StartupError(f"invalid tiling (UNET_TILE_SIZE / UNET_BATCH_SIZE): {exc}") from None
     card = model.card
-    inputs = input_formats(card)
+    inputs = checked_input_formats(card)
     # Warm-up: on a GPU this is the one shape every request will run (fixed plan).
     predictor.predict(np.zeros((card.min_size, card.min_size), dtype=np.uint8))
     metrics.model_info.labels(card.name, card.version, model.engine.providers[0]).set(1)

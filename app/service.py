@@ -7,14 +7,15 @@ not interfere.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import threading
 from dataclasses import dataclass, field
 
-from app.codecs.images import Decoders, Limits
+from app.codecs.images import Decoders, Limits, default_decoders
 from app.codecs.outputs import Outputs
 from app.errors import TooMuchWorkError
-from app.inference import LoadedModel, Predictor
+from app.inference import LoadedModel, ModelCard, Predictor
 from app.metrics import Metrics
 from app.settings import Settings
 
@@ -24,6 +25,17 @@ from app.settings import Settings
 # images served; a 1 x 1,000,000 strip costs 2x the square of 8192 x 8192 and 10,000
 # pages of 1 x 1 px 2.8x: refused.
 SHAPE_ALLOWANCE = 1.25
+
+
+def input_formats(card: ModelCard) -> Decoders:
+    """The input registry for this model: DICOM decoded with the card's window when the
+    `dicom` extra is installed (else recognised, 415). ValueError for a bad window."""
+    if importlib.util.find_spec("pydicom") is None:
+        return default_decoders()
+    import app.codecs.dicom_seg  # noqa: F401  # highdicom's import (~0.4 s) now, not in a request
+    from app.codecs.dicom_pixels import window_from_card
+
+    return default_decoders(window_from_card(card.model_extra))
 
 
 class WorkLimit:

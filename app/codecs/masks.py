@@ -104,6 +104,8 @@ def object_rles(labels: npt.NDArray[np.integer], count: int) -> list[dict[str, A
     counts alternate gaps and runs and are compressed by pycocotools.
     """
     height, width = labels.shape
+    if count == 0:
+        return []
     flat = np.asarray(labels, dtype=np.int64).T.ravel()
     total = flat.size
     cuts = np.union1d(np.flatnonzero(flat[1:] != flat[:-1]) + 1, np.arange(height, total, height))

@@ -117,6 +117,20 @@ def test_min_area_drops_small_objects(objects_client: TestClient, t: str) -> Non
     assert sorted(o["area"] for o in kept) == sorted(a for a in areas if a >= cut)
 
 
+def test_an_image_without_objects_is_an_empty_answer(objects_client: TestClient) -> None:
+    """Everything above the threshold: no object (this was a 500 in format=objects)."""
+    t = "threshold=0.999999"
+    table = objects_client.post(f"/segment?format=objects&{t}", content=IMAGE)
+    assert table.status_code == 200
+    assert table.json()["objects"] == []
+    geo = objects_client.post(f"/segment?format=geojson&{t}", content=IMAGE)
+    assert geo.status_code == 200
+    assert geo.json()["features"] == []
+    ids = objects_client.post(f"/segment?format=instances&{t}", content=IMAGE)
+    assert ids.status_code == 200
+    assert not read_png(ids.content).any()
+
+
 def test_multi_frame_objects_carry_their_frame(objects_client: TestClient, t: str) -> None:
     pages = tiff(noise(40, 50, seed=1), noise(40, 50, seed=2))
     rows = objects_client.post(f"/segment?format=objects&{t}", content=pages).json()["objects"]

@@ -84,7 +84,8 @@ class Output:
     name: the ``format`` value; media_type: of the answer; multi_frame: carries
     several frames (else a multi-frame input is refused); inputs: the input
     formats it needs (None: any); make: the encoder factory, which may refuse
-    the options or the input (before any inference).
+    the options or the input (before any inference); extension: of the files
+    the command line writes (default: the name).
     """
 
     name: str
@@ -93,6 +94,7 @@ class Output:
     make: EncoderFactory
     multi_frame: bool = False
     inputs: frozenset[str] | None = None
+    extension: str = ""  # of a file holding the answer (command line), after the input's stem
 
     def accepts(self, input_format: str) -> bool:
         return self.inputs is None or input_format in self.inputs

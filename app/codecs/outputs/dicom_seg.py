@@ -51,4 +51,5 @@ OUTPUT = Output(
     DicomSegEncoder,
     multi_frame=True,
     inputs=frozenset({"dicom"}),
+    extension="seg.dcm",
 )

@@ -63,4 +63,5 @@ OUTPUT = Output(
     "objects as GeoJSON polygons in pixel-corner coordinates (QuPath: Import objects)",
     GeoJsonEncoder,
     multi_frame=True,
+    extension="geojson",
 )

@@ -26,5 +26,9 @@ class InstancesEncoder:
 
 
 OUTPUT = Output(
-    "instances", "image/png", "object ids, 16-bit PNG (32-bit TIFF past 65535)", InstancesEncoder
+    "instances",
+    "image/png",
+    "object ids, 16-bit PNG (32-bit TIFF past 65535)",
+    InstancesEncoder,
+    extension="instances.png",
 )

@@ -63,4 +63,5 @@ OUTPUT = Output(
     "the object table (JSON): id, class, area, bbox, centroid, score, COCO RLE",
     ObjectsEncoder,
     multi_frame=True,
+    extension="objects.json",
 )

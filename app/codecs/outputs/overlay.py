@@ -77,4 +77,5 @@ OUTPUT = Output(
     "image/png",
     "the input with classes or object outlines drawn, RGB PNG",
     OverlayEncoder,
+    extension="overlay.png",
 )

@@ -23,4 +23,6 @@ class PngEncoder:
         return self.body
 
 
-OUTPUT = Output("png", PngEncoder.media_type, "the class-index mask, 8-bit PNG", PngEncoder)
+OUTPUT = Output(
+    "png", PngEncoder.media_type, "the class-index mask, 8-bit PNG", PngEncoder, extension="png"
+)

@@ -30,4 +30,5 @@ OUTPUT = Output(
     ProbabilityEncoder.media_type,
     "p(class) as a 16-bit PNG, round(p * 65535)",
     ProbabilityEncoder,
+    extension="prob.png",
 )

@@ -36,5 +36,10 @@ class RleEncoder:
 
 
 OUTPUT = Output(
-    "rle", RleEncoder.media_type, "COCO RLE per class (JSON)", RleEncoder, multi_frame=True
+    "rle",
+    RleEncoder.media_type,
+    "COCO RLE per class (JSON)",
+    RleEncoder,
+    multi_frame=True,
+    extension="rle.json",
 )

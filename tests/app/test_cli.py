@@ -1,0 +1,218 @@
+"""``unet-segment``: folders and globs in, the service's exact bytes out, resume, failures."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app import cli
+from app.codecs.outputs import default_outputs
+from tests.app.samples import noise, png, tiff, truncated
+
+IMAGES = {
+    "a.png": png(noise(60, 70, seed=1)),
+    "b.png": png(noise(41, 33, seed=2)),
+    "c.tif": tiff(noise(50, 50, seed=3), noise(50, 50, seed=4)),
+}
+
+
+def folder(tmp_path: Path, extra: dict[str, bytes] | None = None) -> Path:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, data in {**IMAGES, **(extra or {})}.items():
+        (inputs / name).write_bytes(data)
+    (inputs / "notes.txt").write_text("not an image, not picked up from a folder")
+    return inputs
+
+
+def segment(model: Path, out: Path, *inputs: str | Path, **flags: object) -> int:
+    argv = [str(i) for i in inputs] + ["--model", str(model), "--out", str(out), "--tile", "96"]
+    for flag, value in flags.items():
+        name = "--" + flag.replace("_", "-")
+        argv += [name] if value is True else [name, str(value)]
+    return cli.main(argv)
+
+
+def summary(out: Path) -> dict[str, dict[str, object]]:
+    rows = json.loads((out / "summary.json").read_text())
+    return {Path(str(row["input"])).name: row for row in rows}
+
+
+@pytest.mark.parametrize("output", ["png", "rle", "probability", "instances", "objects"])
+def test_a_file_is_the_services_answer_byte_for_byte(
+    output: str, binary_model: Path, client: TestClient, tmp_path: Path
+) -> None:
+    inputs = folder(tmp_path)
+    out = tmp_path / "out"
+    assert segment(binary_model, out, inputs / "a.png", format=output) == 0
+    written = [p for p in out.iterdir() if p.name != "summary.json"]
+    assert [p.name for p in written] == [f"a.{cli_extension(output)}"]
+    answer = client.post(f"/segment?format={output}", content=IMAGES["a.png"])
+    assert answer.status_code == 200
+    assert written[0].read_bytes() == answer.content
+
+
+def cli_extension(output: str) -> str:
+    return next(o.extension for o in default_outputs() if o.name == output)
+
+
+def test_a_folder_with_a_bad_file_does_the_rest_and_exits_1(
+    binary_model: Path, tmp_path: Path
+) -> None:
+    inputs = folder(tmp_path, {"broken.png": truncated(IMAGES["a.png"])})
+    out = tmp_path / "out"
+    assert segment(binary_model, out, inputs, format="rle") == 1
+    rows = summary(out)
+    assert set(rows) == {"a.png", "b.png", "c.tif", "broken.png"}  # notes.txt is not an image
+    assert rows["broken.png"]["status"] == "failed"
+    assert "CorruptImageError" in str(rows["broken.png"]["error"])
+    assert not (out / "broken.rle.json").exists()
+    for name, frames in (("a.png", 1), ("b.png", 1), ("c.tif", 2)):
+        row = rows[name]
+        assert row["status"] == "ok"
+        assert row["frames"] == frames
+        written = Path(str(row["output"]))
+        assert written.stat().st_size == row["bytes"]
+        assert len(json.loads(written.read_text())["segments"]) == frames
+    assert rows["a.png"]["width"] == 70
+    assert rows["a.png"]["height"] == 60
+    assert not list(out.glob("*.part"))
+
+
+def test_a_rerun_skips_what_is_done_and_overwrite_redoes_it(
+    binary_model: Path, tmp_path: Path
+) -> None:
+    inputs = folder(tmp_path)
+    out = tmp_path / "out"
+    assert segment(binary_model, out, inputs) == 1  # c.tif has 2 frames: png carries one
+    first = (out / "b.png").read_bytes()
+    (out / "a.png").write_bytes(b"left alone")
+    assert segment(binary_model, out, inputs) == 1
+    rows = summary(out)
+    assert rows["a.png"]["status"] == rows["b.png"]["status"] == "skipped"
+    assert (out / "a.png").read_bytes() == b"left alone"
+    assert rows["c.tif"]["status"] == "failed"
+    assert "FrameCountError" in str(rows["c.tif"]["error"])
+    assert segment(binary_model, out, inputs / "a.png", overwrite=True) == 0
+    assert (out / "a.png").read_bytes() != b"left alone"
+    assert summary(out)["a.png"]["status"] == "ok"
+    assert (out / "b.png").read_bytes() == first
+
+
+def test_globs_and_repeated_inputs_each_count_once(binary_model: Path, tmp_path: Path) -> None:
+    inputs = folder(tmp_path)
+    out = tmp_path / "out"
+    pattern = str(inputs / "*.png")
+    assert segment(binary_model, out, pattern, inputs / "a.png", format="rle") == 0
+    assert sorted(summary(out)) == ["a.png", "b.png"]
+
+
+def test_nothing_found_is_exit_1(binary_model: Path, tmp_path: Path) -> None:
+    assert segment(binary_model, tmp_path / "out", tmp_path / "missing-*.png") == 1
+
+
+def test_a_threshold_changes_the_mask_as_the_service_does(
+    binary_model: Path, client: TestClient, tmp_path: Path
+) -> None:
+    inputs = folder(tmp_path)
+    out = tmp_path / "out"
+    assert segment(binary_model, out, inputs / "a.png", threshold=0.3) == 0
+    answer = client.post("/segment?threshold=0.3", content=IMAGES["a.png"]).content
+    assert (out / "a.png").read_bytes() == answer
+
+
+@pytest.mark.parametrize(
+    "argv", [["--format", "jpeg"], ["--threshold", "1.5"], ["--tile", "x"], []]
+)
+def test_bad_arguments_are_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv + (["x.png"] if argv else []))
+    assert exit_.value.code == 2
+    assert "usage: unet-segment" in capsys.readouterr().err
+
+
+def test_a_missing_model_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inputs = folder(tmp_path)
+    code = segment(tmp_path / "nope.onnx", tmp_path / "out", inputs)
+    assert code == 2
+    assert "nope.onnx" in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130_keeping_finished_outputs(
+    binary_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inputs = folder(tmp_path)
+    out = tmp_path / "out"
+    real = cli.Segmenter.__call__
+
+    def interrupted_at_b(self: cli.Segmenter, data: bytes, tiles: Any) -> Any:
+        if data == IMAGES["b.png"]:
+            raise KeyboardInterrupt
+        return real(self, data, tiles)
+
+    monkeypatch.setattr(cli.Segmenter, "__call__", interrupted_at_b)
+    assert segment(binary_model, out, inputs) == 130
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "summary.json"]
+    assert [row["status"] for row in summary(out).values()] == ["ok"]
+
+
+def test_an_interrupted_write_leaves_neither_the_file_nor_a_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Interrupted(io.FileIO):
+        def write(self, data: object) -> int:
+            super().write(bytes(data)[:10])  # type: ignore[call-overload]
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: Interrupted(fd, "wb"))
+    with pytest.raises(KeyboardInterrupt):
+        cli.write_atomically(tmp_path / "x.png", b"0123456789" * 100)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_runs_as_a_program_with_progress_on_stderr(
+    binary_model: Path, tmp_path: Path
+) -> None:
+    inputs = folder(tmp_path)
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            str(inputs / "b.png"),
+            "--model",
+            str(binary_model),
+            "--out",
+            str(out),
+            "--format",
+            "png",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "files" in run.stderr
+    assert run.stdout == ""
+    mask = np.asarray(Image.open(out / "b.png"))
+    assert mask.shape == (41, 33)
+
+
+def test_the_package_installs_the_command() -> None:
+    (script,) = entry_points(group="console_scripts", name="unet-segment")
+    assert script.load() is cli.main
