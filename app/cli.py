@@ -13,7 +13,8 @@ skipped (resume; ``--overwrite`` redoes it); an input that fails is reported and
 the others go on; ``DIR/summary.json`` lists every input with its status, time,
 size and error. Progress bars for the files and for the tiles of each (tqdm, on
 stderr). Exit 0 when every input succeeded, 1 when any failed, 130 on Ctrl-C
-(no half-written file is left).
+(no half-written file is left); 2 for bad arguments or a model or tiling that cannot
+run.
 
 Not yet: images beyond memory (tiled/pyramidal TIFF, OME-Zarr, streamed to an
 OME-Zarr or OME-TIFF) and ``--dask``; images above ``--max-pixels`` are refused.
@@ -158,6 +159,19 @@ def one(
     return row
 
 
+def count(minimum: int) -> Any:
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse's "invalid integer value" for non-numbers
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="unet-segment", description=__doc__.split("\n\n")[0], epilog="See README.md."
@@ -166,13 +180,15 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="the ONNX model")
     parser.add_argument("--format", default="png", choices=outputs.names(), help="what to write")
     parser.add_argument("--out", type=Path, default=Path("."), help="the output folder")
-    parser.add_argument("--tile", type=int, default=CPU_TILE_SIZE, help="largest tile side, px")
-    parser.add_argument("--batch", type=int, default=CPU_BATCH_SIZE, help="tiles per run")
+    parser.add_argument(
+        "--tile", type=count(1), default=CPU_TILE_SIZE, help="largest tile side, px"
+    )
+    parser.add_argument("--batch", type=count(1), default=CPU_BATCH_SIZE, help="tiles per run")
     parser.add_argument("--threshold", type=float, help="default: the card's, else 0.5")
     parser.add_argument("--tta", action="store_true", help="mean over the four flips")
-    parser.add_argument("--min-area", type=int, help="object formats: smallest object, px")
+    parser.add_argument("--min-area", type=count(0), help="object formats: smallest object, px")
     parser.add_argument("--providers", default="auto", help="auto, cpu, cuda or tensorrt")
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image, px")
+    parser.add_argument("--max-pixels", type=count(1), default=MAX_PIXELS, help="largest image, px")
     parser.add_argument("--overwrite", action="store_true", help="redo inputs already done")
     args = parser.parse_args(argv)
     if args.threshold is not None and not 0 < args.threshold < 1:
@@ -191,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except InferenceError as exc:
+    except (InferenceError, ValueError) as exc:  # the model, or a tiling it cannot take
         print(f"unet-segment: {exc}", file=sys.stderr)
         return 2
 

@@ -132,9 +132,18 @@ def test_a_threshold_changes_the_mask_as_the_service_does(
     assert (out / "a.png").read_bytes() == answer
 
 
-@pytest.mark.parametrize(
-    "argv", [["--format", "jpeg"], ["--threshold", "1.5"], ["--tile", "x"], []]
-)
+BAD_ARGUMENTS = [
+    ["--format", "jpeg"],
+    ["--threshold", "1.5"],
+    ["--tile", "x"],
+    ["--batch", "0"],
+    ["--min-area", "-1"],
+    ["--max-pixels", "0"],
+    [],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_ARGUMENTS)
 def test_bad_arguments_are_usage_errors(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -142,6 +151,13 @@ def test_bad_arguments_are_usage_errors(
         cli.main(argv + (["x.png"] if argv else []))
     assert exit_.value.code == 2
     assert "usage: unet-segment" in capsys.readouterr().err
+
+
+def test_a_tile_below_the_models_minimum_is_exit_2(
+    binary_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([str(folder(tmp_path)), "--model", str(binary_model), "--tile", "8"]) == 2
+    assert "below the model's minimum input" in capsys.readouterr().err
 
 
 def test_a_missing_model_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
