@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from PIL import Image
 
 from app.inference import Predictor, ProviderOptions, load_model
 from app.inference.providers import GPU
+from bench.report import report
 from tests.reliability.conftest import start_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,10 +166,7 @@ def main(argv: list[str] | None = None) -> None:
                 "segment_2048": through_service(args.model, provider, folder),
                 "on_gpu": on_gpu,
             }
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
+    report(results, args.json)
 
 
 if __name__ == "__main__":

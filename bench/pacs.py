@@ -19,7 +19,6 @@ the end-to-end tests' harness (``tests/deploy/pacs.py``) and the service as
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import threading
@@ -30,6 +29,7 @@ from typing import Any
 import httpx
 import pydicom
 
+from bench.report import report
 from tests.app.conftest import Server, free_port, start_server, stop_server
 from tests.deploy.pacs import Orthanc, ct_series, missing_tools
 
@@ -213,10 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"needs Debian's {', '.join(missing_tools())}: make system-deps")
     with tempfile.TemporaryDirectory(prefix="bench-pacs-") as tmp:
         results = run(Path(tmp), args)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
+    report(results, args.json)
 
 
 if __name__ == "__main__":
