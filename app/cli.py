@@ -40,7 +40,7 @@ from app.codecs.images import Decoders, Limits
 from app.codecs.outputs import Model, Options, Outputs, default_outputs
 from app.inference import InferenceError, Predictor, load_model
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
-from app.service import input_formats
+from app.service import input_formats, segment_frames
 from app.settings import DEFAULT_MODEL
 
 # Files a folder contributes (by name; their content is recognised by magic number).
@@ -87,12 +87,7 @@ class Segmenter:
             tiles.n = done
             tiles.refresh()
 
-        for index, frame in enumerate(image.frames):
-            tiles.set_description(f"frame {index + 1}/{len(image.frames)}")
-            prediction = self.predictor.predict(
-                frame, threshold=self.options.threshold, tta=self.options.tta, progress=progress
-            )
-            encoder.add(index, prediction)
+        segment_frames(image, encoder, self.predictor, self.options, progress)
         size = {"width": image.width, "height": image.height, "frames": len(image.frames)}
         return encoder.finish(), encoder.media_type, size
 

@@ -17,7 +17,7 @@ from app.codecs.dicom_series import assemble
 from app.codecs.frames import DecodedImage
 from app.codecs.outputs import Model, Options
 from app.errors import RequestCancelledError
-from app.service import Service
+from app.service import Service, segment_frames
 
 
 @dataclass
@@ -75,24 +75,16 @@ def run_job(
     model = Model(service.model.card, service.model.engine.sha256)
     encoder = service.outputs.encoder(output, image, model, options)
     decoded = perf_counter()
-    outcome = Outcome(b"", encoder.media_type, image.format, image.width, image.height, 0)
-    inference = encode = 0.0
-    for index, frame in enumerate(image.frames):
-        t0 = perf_counter()
-        prediction = service.predictor.predict(
-            frame, threshold=options.threshold, tta=options.tta, progress=check
-        )
-        t1 = perf_counter()
-        encoder.add(index, prediction)
-        outcome.frames, outcome.tiles = index + 1, outcome.tiles + prediction.tiles
-        del prediction  # free the probability map before the next frame
-        inference, encode = inference + t1 - t0, encode + perf_counter() - t1
-    t2 = perf_counter()
-    outcome.body = encoder.finish()
-    outcome.media_type, outcome.headers = encoder.media_type, dict(encoder.headers)
+    work = segment_frames(image, encoder, service.predictor, options, progress=check)
+    encoding = perf_counter()
+    body = encoder.finish()
+    outcome = Outcome(
+        body, encoder.media_type, image.format, image.width, image.height, work.frames, work.tiles
+    )
+    outcome.headers = dict(encoder.headers)
     outcome.seconds = {
         "decode": decoded - start,
-        "inference": inference,
-        "encode": encode + perf_counter() - t2,
+        "inference": work.inference,
+        "encode": work.encode + perf_counter() - encoding,
     }
     return outcome
