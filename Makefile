@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-EXTRAS ?= cpu,service,dicom,training,test
+EXTRAS ?= cpu,service,dicom,dask,openslide,training,test
 
 .PHONY: venv system-deps test lint typecheck unit bench run clean model docker-smoke
 

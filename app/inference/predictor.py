@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from app.inference.blocks import Block, BlockGrid, Window
 from app.inference.card import ModelCard
 from app.inference.errors import ImageShapeError
-from app.inference.plan import DEFAULT_CONTEXT, plan_tiles
-from app.inference.sinks import ArraySink, FlipMean
-from app.inference.tiler import ProgressFn, RunFn, run_tiles
+from app.inference.plan import DEFAULT_CONTEXT, TilePlan, plan_tiles
+from app.inference.sinks import ArraySink, BlockSink, FlipMean
+from app.inference.tiler import ProgressFn, Region, RunFn, run_plan, run_tiles
 
 # BT.601 luma weights (R, G, B).
 LUMA = (0.299, 0.587, 0.114)
@@ -129,11 +130,15 @@ class Predictor:
         self._run = run
         self._activate = _sigmoid if card.activation == "sigmoid" else _softmax
 
-    def work(self, height: int, width: int, tta: bool = False) -> int:
-        """Network input pixels a frame of this size costs: tiles x tile area (x 4 with TTA)."""
-        plan = plan_tiles(
+    def plan(self, height: int, width: int) -> TilePlan:
+        """Where the tiles of a frame of this size go."""
+        return plan_tiles(
             height, width, self.geometry, self.tile_size, self.context, self.fixed_shape
         )
+
+    def work(self, height: int, width: int, tta: bool = False) -> int:
+        """Network input pixels a frame of this size costs: tiles x tile area (x 4 with TTA)."""
+        plan = self.plan(height, width)
         th, tw = plan.tile_shape
         return len(plan) * th * tw * (len(FLIPS) if tta else 1)
 
@@ -188,6 +193,27 @@ class Predictor:
         else:
             mask = probs.argmax(axis=0).astype(np.uint8)
         return mask
+
+    def predict_block(
+        self, image: Region, grid: BlockGrid, block: Block, *, threshold: float = 0.5
+    ) -> Prediction:
+        """One block of a large H x W x C image (uint8/uint16, C = 1 or 3; a lazy reader or
+        an array): equal, bit for bit, to that block of ``predict`` of the whole image."""
+        window = Window(image, grid.reads(block))
+        sink = BlockSink(block.rows, block.cols, self.card.out_channels)
+        tiles = run_plan(
+            window,
+            self._predict,
+            self.geometry,
+            sink,
+            grid.plan,
+            grid.tiles(block),
+            channels=self.card.in_channels,
+            batch_size=self.batch_size,
+            prepare=Normalizer(self.card, image.shape[2], window.dtype),
+            fixed_shape=self.fixed_shape,
+        )
+        return Prediction(sink.array, self.mask(sink.array, threshold), tiles)
 
     def predict(
         self,

@@ -81,3 +81,26 @@ class FlipMean:
     def finish(self) -> npt.NDArray[np.float32]:
         self.out *= np.float32(1 / len(self.flips))
         return self.out
+
+
+class BlockSink:
+    """Tile outputs into the K x h x w float32 array of one block of the image.
+
+    Writes are clipped to the block: a tile that also covers a neighbouring block
+    gives this one only its own pixels.
+    """
+
+    def __init__(self, rows: slice, cols: slice, channels: int) -> None:
+        self.rows, self.cols = rows, cols
+        shape = (channels, rows.stop - rows.start, cols.stop - cols.start)
+        self.array: npt.NDArray[np.float32] = np.zeros(shape, dtype=np.float32)
+
+    def write(self, rows: slice, cols: slice, values: npt.NDArray[np.float32]) -> None:
+        r0, r1 = max(rows.start, self.rows.start), min(rows.stop, self.rows.stop)
+        c0, c1 = max(cols.start, self.cols.start), min(cols.stop, self.cols.stop)
+        if r0 >= r1 or c0 >= c1:
+            return
+        R, C = self.rows.start, self.cols.start
+        self.array[:, r0 - R : r1 - R, c0 - C : c1 - C] = values[
+            :, r0 - rows.start : r1 - rows.start, c0 - cols.start : c1 - cols.start
+        ]

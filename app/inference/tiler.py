@@ -14,7 +14,8 @@ valid networks (tests: max |dp| <= 1e-5, measured 0.0).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +29,21 @@ RunFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.floating]]
 # prepare(raw_tile: h x w x C_in, dest: C x h x w float32) fills dest (normalised input).
 PrepareFn = Callable[[np.ndarray, npt.NDArray[np.float32]], None]
 ProgressFn = Callable[[int, int], None]
+# Some tiles of a plan, or all of them (a TilePlan iterates over its tiles, holding none).
+Tiles = Sequence[tuple[AxisTile, AxisTile]] | TilePlan
+
+
+class Region(Protocol):
+    """An H x W x C image that hands out rectangles: a numpy array, or a lazy reader
+    (app/codecs/slides.py) that reads nothing until a rectangle is asked for."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+
+    def __getitem__(self, key: tuple[slice, slice], /) -> npt.ArrayLike: ...
 
 
 def reflect_indices(start: int, size: int, length: int) -> slice | npt.NDArray[np.intp]:
@@ -46,15 +62,28 @@ def reflect_indices(start: int, size: int, length: int) -> slice | npt.NDArray[n
     return np.where(idx >= length, period - idx, idx).astype(np.intp)
 
 
-def extract_tile(image: np.ndarray, row: AxisTile, col: AxisTile) -> np.ndarray:
-    """The raw input tile (h x w x C) of an H x W x C image, reflected past its borders."""
-    r = reflect_indices(row.start, row.size, image.shape[0])
-    c = reflect_indices(col.start, col.size, image.shape[1])
+def _window(index: slice | npt.NDArray[np.intp]) -> tuple[slice, slice | npt.NDArray[np.intp]]:
+    """(the range that holds ``index``, ``index`` relative to that range's start)."""
+    if isinstance(index, slice):
+        return index, slice(0, index.stop - index.start)
+    low = int(index.min())
+    return slice(low, int(index.max()) + 1), index - low
+
+
+def extract_tile(image: Region, row: AxisTile, col: AxisTile) -> np.ndarray:
+    """The raw input tile (h x w x C) of an H x W x C image, reflected past its borders.
+
+    The image is read once, in the rectangle that holds every reflected index (a
+    lazy region reader reads nothing else), and the tile gathered inside it.
+    """
+    rows, r = _window(reflect_indices(row.start, row.size, image.shape[0]))
+    cols, c = _window(reflect_indices(col.start, col.size, image.shape[1]))
+    window = np.asarray(image[rows, cols])
     if isinstance(r, slice):
-        return image[r][:, c]
+        return window[r][:, c]
     if isinstance(c, slice):
-        return image[:, c][r]
-    return image[np.ix_(r, c)]
+        return window[:, c][r]
+    return window[np.ix_(r, c)]
 
 
 def default_prepare(raw: np.ndarray, dest: npt.NDArray[np.float32]) -> None:
@@ -70,9 +99,9 @@ def _as_hwc(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _batches(plan: TilePlan, batch_size: int) -> Iterator[list[tuple[AxisTile, AxisTile]]]:
-    tiles = iter(plan)
-    while batch := list(itertools.islice(tiles, batch_size)):
+def _batches(tiles: Tiles, batch_size: int) -> Iterator[list[tuple[AxisTile, AxisTile]]]:
+    each = iter(tiles)
+    while batch := list(itertools.islice(each, batch_size)):
         yield batch
 
 
@@ -104,29 +133,62 @@ def run_tiles(
     image, never anything per tile beyond the batch; the sink holds the result.
     """
     image = _as_hwc(image)
+    plan = plan_tiles(image.shape[0], image.shape[1], geometry, tile_size, context, fixed_shape)
+    return run_plan(
+        image,
+        predict,
+        geometry,
+        sink,
+        plan,
+        plan,
+        channels=channels,
+        batch_size=batch_size,
+        prepare=prepare,
+        progress=progress,
+        fixed_shape=fixed_shape,
+    )
+
+
+def run_plan(
+    image: Region,
+    predict: RunFn,
+    geometry: Geometry,
+    sink: Sink,
+    plan: TilePlan,
+    tiles: Tiles,
+    *,
+    channels: int,
+    batch_size: int = 4,
+    prepare: PrepareFn = default_prepare,
+    progress: ProgressFn | None = None,
+    fixed_shape: bool = False,
+) -> int:
+    """``run_tiles`` for some ``tiles`` of a ``plan`` of an H x W x C ``image`` (any Region).
+
+    A tile's output depends on the tile alone, so running a plan's tiles in any
+    groups (the blocks of a large image, Dask tasks) gives what running them all does.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    height, width = image.shape[:2]
-    plan = plan_tiles(height, width, geometry, tile_size, context, fixed_shape)
     th, tw = plan.tile_shape
     oh, ow = geometry.output_size(th), geometry.output_size(tw)
-    slots = batch_size if fixed_shape else min(batch_size, len(plan))
+    slots = batch_size if fixed_shape else min(batch_size, len(tiles))
     batch = np.zeros((slots, channels, th, tw), dtype=np.float32)
     done = 0
-    for tiles in _batches(plan, batch_size):
-        for slot, (row, col) in enumerate(tiles):
+    for group in _batches(tiles, batch_size):
+        for slot, (row, col) in enumerate(group):
             prepare(extract_tile(image, row, col), batch[slot])
-        run = batch if fixed_shape else batch[: len(tiles)]
+        run = batch if fixed_shape else batch[: len(group)]
         result = predict(run)
         if result.ndim != 4 or result.shape[0] != len(run) or result.shape[2:] != (oh, ow):
             raise ValueError(
                 f"the network returned {result.shape} for input {run.shape}; "
                 f"expected ({len(run)}, K, {oh}, {ow}) for {geometry}"
             )
-        _keep(result[: len(tiles)], tiles, sink)
-        done += len(tiles)
+        _keep(result[: len(group)], group, sink)
+        done += len(group)
         if progress is not None:
-            progress(done, len(plan))
+            progress(done, len(tiles))
     return done
 
 

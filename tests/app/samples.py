@@ -123,3 +123,54 @@ def bad_corpus() -> dict[str, tuple[bytes, int]]:
         "tiff declaring 100000^2": (tiff_declaring(100_000, 100_000), 413),
         "jpeg declaring 65000^2": (jpeg_declaring(65_000, 65_000), 413),
     }
+
+
+def gradient_rgb(height: int, width: int) -> np.ndarray:
+    """Smooth RGB stripes (JPEG keeps them close), H x W x 3 uint8."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.stack([(xx // 7) % 256, (yy // 5) % 256, ((xx + yy) // 9) % 256], -1).astype(np.uint8)
+
+
+def write_svs(path: object, rgb: np.ndarray) -> None:
+    """An Aperio SVS as scanners write it: tiled JPEG level 0, a thumbnail, a 4x level."""
+    import tifffile
+
+    h, w = rgb.shape[:2]
+    desc = (
+        f"Aperio Image Library v10.0.51\r\n{w}x{h} [0,0 {w}x{h}] (256x256) JPEG/RGB Q=90|MPP = 0.5"
+    )
+    tiled = {"tile": (256, 256), "compression": "jpeg", "compressionargs": {"level": 90}}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(rgb, photometric="rgb", description=desc, metadata=None, **tiled)
+        thumbnail = "Aperio Image Library v10.0.51\r\nthumbnail"
+        tif.write(rgb[::8, ::8], photometric="rgb", description=thumbnail, metadata=None)
+        tif.write(rgb[::4, ::4].copy(), photometric="rgb", description=desc, metadata=None, **tiled)
+
+
+def write_ome_tiff(path: object, image: np.ndarray, **options: object) -> None:
+    """A tiled pyramidal OME-TIFF (tifffile's writer): level 0 and one sub-IFD level."""
+    import tifffile
+
+    tiled: dict[str, object] = {"tile": (256, 256), "compression": "zlib", **options}
+    rgb = image.ndim == 3
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        tif.write(image, subifds=1, photometric="rgb" if rgb else "minisblack", **tiled)
+        tif.write(
+            image[::2, ::2], subfiletype=1, photometric="rgb" if rgb else "minisblack", **tiled
+        )
+
+
+def write_ome_zarr(path: object, image: np.ndarray, zarr_format: int = 2) -> None:
+    """An OME-Zarr image (NGFF 0.4 on zarr v2, 0.5 on zarr v3) of one plane: axes c, y, x."""
+    import zarr
+
+    planes = image.transpose(2, 0, 1) if image.ndim == 3 else image[None]
+    group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    group.create_array("0", data=planes, chunks=(1, 256, 256))
+    axes = [{"name": "c", "type": "channel"}] + [{"name": a, "type": "space"} for a in "yx"]
+    scale = [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]
+    multiscales = [{"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}]
+    if zarr_format == 2:
+        group.attrs["multiscales"] = [{"version": "0.4", **multiscales[0]}]
+    else:
+        group.attrs["ome"] = {"version": "0.5", "multiscales": multiscales}

@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from app.batch import Small
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from app import cli
+from app.cli.files import write_atomically
 from app.codecs.outputs import default_outputs
 from tests.app.samples import noise, png, tiff, truncated
 
@@ -172,14 +174,14 @@ def test_ctrl_c_exits_130_keeping_finished_outputs(
 ) -> None:
     inputs = folder(tmp_path)
     out = tmp_path / "out"
-    real = cli.Segmenter.__call__
+    real = Small.__call__
 
-    def interrupted_at_b(self: cli.Segmenter, data: bytes, tiles: Any) -> Any:
-        if data == IMAGES["b.png"]:
+    def interrupted_at_b(self: Small, source: Path, tiles: Any) -> Any:
+        if source.name == "b.png":
             raise KeyboardInterrupt
-        return real(self, data, tiles)
+        return real(self, source, tiles)
 
-    monkeypatch.setattr(cli.Segmenter, "__call__", interrupted_at_b)
+    monkeypatch.setattr(Small, "__call__", interrupted_at_b)
     assert segment(binary_model, out, inputs) == 130
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "summary.json"]
     assert [row["status"] for row in summary(out).values()] == ["ok"]
@@ -195,7 +197,7 @@ def test_an_interrupted_write_leaves_neither_the_file_nor_a_part(
 
     monkeypatch.setattr(os, "fdopen", lambda fd, mode: Interrupted(fd, "wb"))
     with pytest.raises(KeyboardInterrupt):
-        cli.write_atomically(tmp_path / "x.png", b"0123456789" * 100)
+        write_atomically(tmp_path / "x.png", b"0123456789" * 100)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -8,10 +8,32 @@ from __future__ import annotations
 
 import importlib.util
 
-from app.codecs.outputs import geojson, instances, objects, overlay, png, probability, rle
-from app.codecs.outputs.base import Encoder, Model, Options, Output, Outputs
+from app.codecs.outputs import (
+    geojson,
+    instances,
+    objects,
+    ome_tiff,
+    ome_zarr,
+    overlay,
+    png,
+    probability,
+    rle,
+)
+from app.codecs.outputs.base import Encoder, LargeOutput, Model, Options, Output, Outputs
 
-__all__ = ["Encoder", "Model", "Options", "Output", "Outputs", "default_outputs"]
+__all__ = [
+    "LARGE_OUTPUTS",
+    "Encoder",
+    "LargeOutput",
+    "Model",
+    "Options",
+    "Output",
+    "Outputs",
+    "default_outputs",
+]
+
+# The formats of images beyond memory, written from the store on disk (app/codecs/pyramid.py).
+LARGE_OUTPUTS = {o.name: o for o in (ome_zarr.OUTPUT, ome_tiff.OUTPUT)}
 
 
 def default_outputs() -> Outputs:

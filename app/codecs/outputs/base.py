@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from app.codecs.errors import FrameCountError, OptionError, UnsupportedOutputError
 from app.codecs.images import DecodedImage
+from app.codecs.pyramid import LabelStore
 from app.inference.card import ModelCard
 from app.inference.predictor import Prediction
 
@@ -98,6 +100,20 @@ class Output:
 
     def accepts(self, input_format: str) -> bool:
         return self.inputs is None or input_format in self.inputs
+
+
+@dataclass(frozen=True)
+class LargeOutput:
+    """A format written from the store on disk of the large-image path (any image size).
+
+    finish(store, path): turn the finished store (levels built, metadata written;
+    app/codecs/pyramid.py) into the file or folder ``path``; the store is gone after.
+    """
+
+    name: str
+    description: str
+    finish: Callable[[LabelStore, Path], None]
+    extension: str
 
 
 def either(names: list[str]) -> str:

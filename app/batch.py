@@ -1,0 +1,121 @@
+"""What a batch of files runs on each input: the service's in-memory pipeline (``Small``),
+or the block-by-block path of images beyond memory (``Large``), with what they share
+(``Context``). Used by the command line here and by Dask workers (app/distributed.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from app.codecs.errors import FrameCountError
+from app.codecs.images import Decoders, Limits
+from app.codecs.outputs import LARGE_OUTPUTS, Model, Options, Outputs
+from app.codecs.slides import is_slide, open_slide
+from app.inference import Predictor, load_model
+from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, check_frame
+from app.inference.tiler import Region
+from app.service import input_formats, segment_frames
+from app.streaming import Blocks, segment_large
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a batch is run with (the command line's options); hashable, picklable."""
+
+    model: Path
+    providers: str = "auto"
+    tile: int = CPU_TILE_SIZE
+    batch: int = CPU_BATCH_SIZE
+    threshold: float | None = None  # None: the card's, else 0.5
+    tta: bool = False
+    min_area: int | None = None
+    max_pixels: int = 64 << 20  # the service's default UNET_MAX_IMAGE_PIXELS (8192 x 8192)
+    probability: bool = False  # large formats: also store round(p(class 1) * 65535)
+
+
+class Context:
+    """The model, predictor, decoders and options every input of a batch shares."""
+
+    def __init__(self, setup: Setup) -> None:
+        loaded = load_model(setup.model, setup.providers)
+        self.setup, self.model = setup, Model(loaded.card, loaded.engine.sha256)
+        self.predictor = Predictor(
+            loaded.engine.run, loaded.card, tile_size=setup.tile, batch_size=setup.batch
+        )
+        self.decoders: Decoders = input_formats(loaded.card)
+        threshold = setup.threshold or loaded.card.threshold or 0.5
+        self.options = Options(threshold, 1, setup.tta, setup.min_area)
+        self.limits = Limits(setup.max_pixels)
+
+
+def _bar(bar: tqdm) -> Any:
+    def progress(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    return progress
+
+
+class Small:
+    """The service's pipeline in this process: decode -> predict every frame -> encode."""
+
+    def __init__(self, context: Context, outputs: Outputs, output: str) -> None:
+        self.context, self.outputs, self.output = context, outputs, output
+
+    def __call__(
+        self, source: Path, tiles: tqdm | None = None
+    ) -> tuple[bytes, str, dict[str, Any]]:
+        c = self.context
+        image = c.decoders.decode(source.read_bytes(), c.limits)
+        encoder = self.outputs.encoder(self.output, image, c.model, c.options)
+        segment_frames(
+            image, encoder, c.predictor, c.options, None if tiles is None else _bar(tiles)
+        )
+        size = {"width": image.width, "height": image.height, "frames": len(image.frames)}
+        return encoder.finish(), encoder.media_type, size
+
+
+class Large:
+    """An image of any size, block by block, into an OME-Zarr or OME-TIFF.
+
+    A TIFF, OME-Zarr or OpenSlide file is read lazily (a rectangle at a time);
+    any other image the service reads is decoded in memory first (one frame).
+    """
+
+    def __init__(self, context: Context, output: str, blocks: Blocks | None = None) -> None:
+        self.context, self.output, self.blocks = context, LARGE_OUTPUTS[output], blocks
+
+    def image(self, source: Path) -> Region:
+        c = self.context
+        if is_slide(source):
+            return open_slide(source)
+        decoded = c.decoders.decode(source.read_bytes(), c.limits)
+        if len(decoded.frames) > 1:
+            raise FrameCountError(
+                f"{source.name} has {len(decoded.frames)} frames; "
+                f"format={self.output.name} carries one"
+            )
+        return check_frame(decoded.frames[0])
+
+    def __call__(self, source: Path, path: Path, bar: tqdm) -> dict[str, Any]:
+        c = self.context
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.set_description(stage)
+            _bar(bar)(done, total)
+
+        image = self.image(source)
+        try:
+            result = segment_large(
+                image, path, self.output, c.predictor, c.model, c.options,
+                blocks=self.blocks, probability=c.setup.probability, progress=progress,
+            )  # fmt: skip
+        finally:
+            close = getattr(image, "close", None)
+            if close is not None:
+                close()
+        return {"width": result.width, "height": result.height, "frames": 1,
+                "tiles": result.tiles, "levels": result.levels}  # fmt: skip

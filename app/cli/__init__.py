@@ -1,0 +1,207 @@
+"""``unet-segment``: segment files, folders and globs from the command line (API.md, "Large
+images: the command line").
+
+    unet-segment [--model PATH] [--format F] [--out DIR] [--tile N] [--batch N]
+                 [--threshold T] [--tta] [--min-area A] [--dask ADDRESS] INPUT...
+
+Each image the service accepts goes through exactly what ``POST /segment`` runs
+(the same decoders, predictor and output encoders), so a file equals the
+service's answer byte for byte. Larger images -- tiled or pyramidal TIFF,
+OME-TIFF, SVS and other slides, OME-Zarr -- are read a rectangle at a time and
+written block by block to an OME-Zarr or OME-TIFF (app/streaming.py): memory
+stays flat whatever their size, and the class map equals the in-memory one bit
+for bit. The format defaults to ``png`` up to ``--max-pixels`` (the service's
+limit) and ``ome-zarr`` above.
+
+``DIR/<stem>.<ext>`` (ext by format: ``png``, ``rle.json``, ``prob.png``,
+``instances.png``, ``objects.json``, ``geojson``, ``overlay.png``, ``seg.dcm``,
+``ome.zarr``, ``ome.tif``) appears atomically (made under a hidden temporary
+name, renamed); an input whose output exists is skipped (resume; ``--overwrite``
+redoes it); an input that fails is reported and the others go on;
+``DIR/summary.json`` lists every input with its status, time, size and error.
+Progress bars for the files and for the tiles or blocks of each (tqdm, on
+stderr). Exit 0 when every input succeeded, 1 when any failed, 130 on Ctrl-C
+(nothing half-written is left); 2 for bad arguments or a model or tiling that
+cannot run. ``--dask ADDRESS`` runs the blocks of large images and the small
+images of the batch on a Dask cluster (app/distributed.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from app.batch import Context, Large, Setup, Small
+from app.cli.files import expand, remove, size, target, write_atomically
+from app.codecs.errors import CodecError
+from app.codecs.outputs import LARGE_OUTPUTS, Outputs, default_outputs
+from app.codecs.slides import is_slide, open_slide
+from app.inference import InferenceError
+from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
+from app.settings import DEFAULT_MODEL
+
+FAILURES = (CodecError, InferenceError, ValueError, OSError)
+
+
+class Run:
+    """One invocation: the shared context, and the input -> output of each format."""
+
+    def __init__(self, args: argparse.Namespace, outputs: Outputs) -> None:
+        self.args, self.outputs = args, outputs
+        self.context = Context(setup(args))
+        self.cluster = None
+        if args.dask:
+            from app.distributed import Cluster
+
+            self.cluster = Cluster(args.dask, self.context.setup, self.context.model.sha256)
+
+    def format_of(self, source: Path) -> str:
+        """``--format``, else ``png`` up to ``--max-pixels`` and ``ome-zarr`` above."""
+        if self.args.format:
+            return str(self.args.format)
+        if not is_slide(source):
+            return "png"
+        try:
+            with open_slide(source) as slide:
+                pixels = slide.width * slide.height
+        except CodecError:
+            return "png"  # the service's decoders will say what is wrong with it
+        return "ome-zarr" if pixels > self.args.max_pixels else "png"
+
+    def extension(self, name: str) -> str:
+        if name in LARGE_OUTPUTS:
+            return LARGE_OUTPUTS[name].extension
+        return next(o for o in self.outputs if o.name == name).extension or name
+
+    def small(self, source: Path, name: str, bar: tqdm) -> tuple[bytes, str, dict[str, Any]]:
+        return Small(self.context, self.outputs, name)(source, bar)
+
+    def done(self, source: Path, name: str) -> Path | None:
+        """The output of ``source`` in format ``name`` when it exists already."""
+        extension = self.extension(name)
+        existing = [target(self.args.out, source, extension, m) for m in (None, "image/tiff")]
+        return next((p for p in existing if p.exists()), None)
+
+    def todo(self, source: Path) -> bool:
+        return bool(self.args.overwrite) or self.done(source, self.format_of(source)) is None
+
+    def one(self, source: Path) -> dict[str, Any]:
+        """Segment one input; its row of the summary."""
+        args = self.args
+        row: dict[str, Any] = {"input": str(source)}
+        began = time.perf_counter()
+        try:
+            name = self.format_of(source)
+            extension = self.extension(name)
+            done = self.done(source, name)
+            if done is not None and not args.overwrite:
+                return row | {"output": str(done), "status": "skipped", "format": name}
+            if done is not None:
+                remove(done)
+            path = target(args.out, source, extension)
+            with tqdm(desc="tiles", leave=False, file=sys.stderr) as bar:
+                if name in LARGE_OUTPUTS:
+                    blocks = self.cluster.blocks if self.cluster else None
+                    facts = Large(self.context, name, blocks)(source, path, bar)
+                else:
+                    small = self.cluster.small if self.cluster else self.small
+                    body, media_type, facts = small(source, name, bar)
+                    path = target(args.out, source, extension, media_type)
+                    write_atomically(path, body)
+            row |= {"output": str(path), "status": "ok", "format": name, **facts}
+            row["bytes"] = size(path)
+        except FAILURES as exc:
+            row |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            tqdm.write(f"unet-segment: {source}: {exc}", file=sys.stderr)
+        row["seconds"] = round(time.perf_counter() - began, 3)
+        return row
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    fields = ("model", "providers", "tile", "batch", "threshold", "tta", "min_area")
+    more = {"max_pixels": args.max_pixels, "probability": args.probability}
+    return Setup(**{f: getattr(args, f) for f in fields}, **more)
+
+
+def run(args: argparse.Namespace, outputs: Outputs) -> int:
+    files = expand(args.inputs)
+    if not files:
+        print("unet-segment: no input files found", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    batch = Run(args, outputs)
+    summary: list[dict[str, Any]] = []
+    try:
+        if batch.cluster:  # the small images of the batch start on the workers at once
+            batch.cluster.start([(f, batch.format_of(f)) for f in files if batch.todo(f)])
+        for source in tqdm(files, desc="files", unit="file", file=sys.stderr):
+            summary.append(batch.one(source))
+    finally:
+        if batch.cluster:
+            batch.cluster.close()
+        write_atomically(args.out / "summary.json", json.dumps(summary, indent=1).encode())
+    return 1 if any(row["status"] == "failed" for row in summary) else 0
+
+
+def count(minimum: int) -> Any:
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse's "invalid integer value" for non-numbers
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="unet-segment", description=__doc__.split("\n\n")[0], epilog="See README.md."
+    )
+    add = parser.add_argument
+    add("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
+    add("--model", type=Path, default=DEFAULT_MODEL, help="the ONNX model")
+    formats = [*outputs.names(), *LARGE_OUTPUTS]
+    add("--format", choices=formats, help="default: png up to --max-pixels, ome-zarr above")
+    add("--out", type=Path, default=Path("."), help="the output folder")
+    add("--tile", type=count(1), default=CPU_TILE_SIZE, help="largest tile side, px")
+    add("--batch", type=count(1), default=CPU_BATCH_SIZE, help="tiles per run")
+    add("--threshold", type=float, help="default: the card's, else 0.5")
+    add("--tta", action="store_true", help="mean over the four flips")
+    add("--min-area", type=count(0), help="object formats: smallest object, px")
+    add("--providers", default="auto", help="auto, cpu, cuda or tensorrt")
+    add("--max-pixels", type=count(1), default=Setup.max_pixels, help="largest in-memory image, px")
+    add("--overwrite", action="store_true", help="redo inputs already done")
+    add("--probability", action="store_true", help="ome-zarr: also p(class 1), 16-bit")
+    add("--dask", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://scheduler:8786")
+    args = parser.parse_args(argv)
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        parser.error(f"--threshold must be in (0, 1), got {args.threshold}")
+    if args.probability and args.format not in (None, "ome-zarr"):
+        parser.error("--probability is stored in an OME-Zarr: use it with --format ome-zarr")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    outputs = default_outputs()
+    args = parse_args(argv, outputs)
+    try:
+        return run(args, outputs)
+    except KeyboardInterrupt:
+        print(
+            "unet-segment: interrupted; finished outputs are kept, none is half-written",
+            file=sys.stderr,
+        )
+        return 130
+    except (InferenceError, ValueError) as exc:  # the model, or a tiling it cannot take
+        print(f"unet-segment: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,89 @@
+"""The command line's files: which inputs a folder or glob names, where outputs go,
+and writing them so that none is ever seen half-written."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from app.codecs.slides import is_slide
+
+# Files a folder contributes (by name; their content is recognised by magic number),
+# and the folders that are one input each (a zarr array or OME-Zarr image).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".btf", ".dcm", ".dicom"}
+SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".zarr"}
+# Taken off an input's name with its extension: x.ome.tif -> x -> x.ome.zarr, not x.ome.ome.zarr.
+DOUBLE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".ome.btf")
+
+
+def _one_input(path: Path) -> bool:
+    """A folder that is itself an image (zarr), or a file."""
+    return path.is_file() or (path.is_dir() and is_slide(path))
+
+
+def expand(inputs: Iterable[str]) -> list[Path]:
+    """Files, folders (their images, sorted) and globs -> the inputs, each once."""
+    suffixes = IMAGE_SUFFIXES | SLIDE_SUFFIXES
+    found: list[Path] = []
+    for given in inputs:
+        path = Path(given)
+        if _one_input(path):
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(
+                p for p in path.iterdir() if p.suffix.lower() in suffixes and _one_input(p)
+            )
+        else:
+            found += sorted(
+                Path(p) for p in glob.glob(given, recursive=True) if _one_input(Path(p))
+            )
+    unique = dict.fromkeys(p.resolve() for p in found)
+    return list(unique)
+
+
+def stem(source: Path) -> str:
+    """The input's name without its extension (``.ome.tif`` and ``.ome.zarr`` as one)."""
+    name = source.name
+    lowered = name.lower()
+    for suffix in DOUBLE_SUFFIXES:
+        if lowered.endswith(suffix):
+            return name[: -len(suffix)]
+    return source.stem
+
+
+def target(folder: Path, source: Path, extension: str, media_type: str | None = None) -> Path:
+    """``folder/<stem>.<ext>``; an instance image past 65535 objects is a TIFF."""
+    if media_type == "image/tiff" and extension.endswith(".png"):
+        extension = extension[: -len(".png")] + ".tif"
+    return folder / f"{stem(source)}.{extension}"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """A temporary file beside ``path``, renamed over it: never a half-written ``path``."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def remove(path: Path) -> None:
+    """An output to be redone (``--overwrite``): a file or a folder (OME-Zarr)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def size(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size

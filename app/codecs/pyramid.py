@@ -1,0 +1,153 @@
+"""A segmentation on disk, beyond memory: chunked zarr arrays with a multiscale pyramid.
+
+The store of the large-image path (DESIGN.md, "Data flow of a large image"): a
+zarr v2 group, in the layout of an OME-NGFF 0.4 label image, that is the
+``ome-zarr`` output as it stands and the source of the ``ome-tiff`` one.
+
+    <store>/0, 1, 2, ...          class indices (uint8), level k = level 0 [::2^k, ::2^k]
+    <store>/probability/0, 1, ... optional: round(p(class) * 65535) (uint16), same levels
+
+Level 0 is written block by block (one writer per chunk: the chunks are the
+blocks); ``build_levels`` then makes each level from the one before, chunk by
+chunk, by nearest downsampling (every other pixel: labels stay labels, no new
+values), so memory stays a few chunks whatever the image's size. Chunks are
+Blosc/Zstandard-compressed, keys ``0/3/7`` ("/", as NGFF 0.4 asks).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numcodecs
+import numpy as np
+import zarr
+
+from app.codecs.masks import palette
+
+COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
+SMALLEST = 512  # px: levels are added until the largest side fits in this
+NGFF = "0.4"
+AXES = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+
+
+def _array(group: zarr.Group, name: str, shape: tuple[int, int], chunks: tuple[int, int],
+           dtype: type) -> zarr.Array[Any]:  # fmt: skip
+    return group.create_array(
+        name,
+        shape=shape,
+        chunks=(min(chunks[0], shape[0]), min(chunks[1], shape[1])),
+        dtype=dtype,
+        compressors=COMPRESSOR,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+        fill_value=0,
+    )
+
+
+def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """(h, w) of each level: level k is ceil(h / 2^k) x ceil(w / 2^k), down to SMALLEST."""
+    shapes = [(height, width)]
+    while max(shapes[-1]) > SMALLEST:
+        h, w = shapes[-1]
+        shapes.append((-(-h // 2), -(-w // 2)))
+    return shapes
+
+
+def chunk_slices(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tuple[slice, slice]]:
+    """The (rows, cols) of every chunk of a 2-d array, row-major."""
+    rows = [slice(a, min(a + chunks[0], shape[0])) for a in range(0, shape[0], chunks[0])]
+    cols = [slice(a, min(a + chunks[1], shape[1])) for a in range(0, shape[1], chunks[1])]
+    return itertools.product(rows, cols)
+
+
+class LabelStore:
+    """The store at ``path`` (a folder, made anew): level 0 of the labels and, when asked,
+    of the probability, ``height`` x ``width`` in chunks of ``chunks`` (rows, cols)."""
+
+    def __init__(
+        self, path: Path, height: int, width: int, chunks: tuple[int, int], probability: bool
+    ) -> None:
+        self.path, self.chunks = path, chunks
+        self.group = zarr.open_group(str(path), mode="w", zarr_format=2)
+        self.labels = _array(self.group, "0", (height, width), chunks, np.uint8)
+        self.probability: zarr.Array[Any] | None = None
+        if probability:
+            prob = self.group.create_group("probability")
+            self.probability = _array(prob, "0", (height, width), chunks, np.uint16)
+
+    @classmethod
+    def open(cls, path: Path) -> LabelStore:
+        """An existing store (a worker process writing its blocks into it)."""
+        store = cls.__new__(cls)
+        store.path, store.group = path, zarr.open_group(str(path), mode="r+", zarr_format=2)
+        store.labels = store.group["0"]  # type: ignore[assignment]
+        store.chunks = store.labels.chunks  # type: ignore[assignment]
+        store.probability = store.group["probability/0"] if "probability" in store.group else None  # type: ignore[assignment]
+        return store
+
+    def groups(self) -> list[zarr.Group]:
+        """The multiscale groups: the labels' (the root), then the probability's."""
+        groups = [self.group]
+        if self.probability is not None:
+            groups.append(self.group["probability"])  # type: ignore[arg-type]
+        return groups
+
+    def build_levels(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Levels 1.. of every group from level 0, chunk by chunk; the number of levels."""
+        shapes = level_shapes(*self.labels.shape)
+        steps = [(g, k) for g in self.groups() for k in range(1, len(shapes))]
+        total = sum(len(list(chunk_slices(shapes[k], self.chunks))) for _, k in steps)
+        done = 0
+        for group, k in steps:
+            source: Any = group[str(k - 1)]
+            target = _array(group, str(k), shapes[k], self.chunks, source.dtype)
+            for rows, cols in chunk_slices(shapes[k], self.chunks):
+                region = (
+                    slice(2 * rows.start, 2 * rows.stop),
+                    slice(2 * cols.start, 2 * cols.stop),
+                )
+                target[rows, cols] = source[region][::2, ::2]
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        return len(shapes)
+
+    def levels(self, group: zarr.Group | None = None) -> list[Any]:
+        """The arrays of the levels of ``group`` (default: the labels), level 0 first."""
+        group = self.group if group is None else group
+        count = len(level_shapes(*self.labels.shape))
+        return [group[str(k)] for k in range(count) if str(k) in group]
+
+    def describe(self, name: str, classes: list[str], model: dict[str, str]) -> None:
+        """Write the OME-NGFF 0.4 metadata: multiscales, and image-label with class colours."""
+        for group in self.groups():
+            count = len(self.levels(group))
+            group.attrs["multiscales"] = [
+                {
+                    "version": NGFF,
+                    "name": name if group is self.group else f"{name} probability",
+                    "axes": AXES,
+                    "datasets": [
+                        {
+                            "path": str(k),
+                            "coordinateTransformations": [
+                                {"type": "scale", "scale": [2.0**k, 2.0**k]}
+                            ],
+                        }
+                        for k in range(count)
+                    ],
+                    "type": "nearest",
+                    "metadata": {"method": "every other pixel ([::2, ::2])", "model": model},
+                }
+            ]
+        rgb = palette(len(classes))
+        self.group.attrs["image-label"] = {
+            "version": NGFF,
+            "colors": [  # background transparent, each class its overlay colour
+                {"label-value": k, "rgba": [*rgb[3 * k : 3 * k + 3], 255 if k else 0]}
+                for k in range(len(classes))
+            ],
+            "properties": [{"label-value": k, "class": c} for k, c in enumerate(classes)],
+        }

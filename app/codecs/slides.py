@@ -1,0 +1,237 @@
+"""Lazy region readers: images beyond memory, read one rectangle at a time.
+
+A ``Slide`` is an H x W x C (C = 1 or 3) uint8/uint16 image that reads nothing
+until a rectangle is asked for (``slide[rows, cols]``), which is all the tiler
+needs (app/inference/tiler.py: ``Region``). The readers, tried in order:
+
+- ``ome-zarr``: an OME-Zarr (NGFF 0.4 on zarr v2, 0.5 on zarr v3) image's level 0,
+  or a bare zarr array, through ``zarr``;
+- ``tiff``: tiled or stripped, pyramidal or not: TIFF, BigTIFF, OME-TIFF, SVS and
+  the other TIFF-based slides, level 0 of the first series as a zarr store
+  (``tifffile.aszarr``; ``imagecodecs`` decodes JPEG, JPEG 2000, LZW, Deflate tiles);
+- ``openslide``: what else OpenSlide reads (NDPI, MRXS, SCN, VMS, BIF), through
+  ``openslide-python`` with the ``openslide-bin`` wheel (no system library).
+
+Channels as the in-memory decoders give them: gray, RGB; alpha dropped. A file
+that is not one of these, or is broken, raises the codec errors ``/segment``
+raises (NotAnImageError, UnsupportedFormatError, CorruptImageError) -- also
+for a tile found broken only when it is read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from app.codecs.errors import CorruptImageError, NotAnImageError, UnsupportedFormatError
+from app.codecs.images import is_tiff
+
+SPATIAL = ("Y", "X")
+CHANNELS = ("C", "S")  # tifffile: S = samples of a pixel (RGB), C = separate channels
+
+
+class Slide:
+    """A lazy H x W x C image over an array with named ``axes`` (tifffile's letters).
+
+    array: anything with ``shape``, ``dtype`` and numpy indexing (a zarr array);
+    path: the file or folder it reads (another process opens it again: Dask workers);
+    axes: one letter per dimension, Y and X among them, C or S for channels;
+    every other axis (T, Z, pages) must have length 1.
+    """
+
+    def __init__(
+        self, array: Any, axes: str, fmt: str, path: Path, close: Callable[[], None] = lambda: None
+    ) -> None:
+        name = path.name
+        axes = axes.upper()
+        if not set(SPATIAL) <= set(axes) or len(axes) != len(array.shape):
+            raise UnsupportedFormatError(f"{name}: cannot find Y and X among the axes {axes!r}")
+        if np.dtype(array.dtype) not in (np.uint8, np.uint16):
+            raise UnsupportedFormatError(
+                f"{name}: pixels are {array.dtype}; send 8- or 16-bit unsigned images"
+            )
+        sizes = dict(zip(axes, array.shape, strict=True))
+        extra = {a: n for a, n in sizes.items() if a not in SPATIAL + CHANNELS and n > 1}
+        channel_axes = [a for a in axes if a in CHANNELS]
+        channels = int(np.prod([sizes[a] for a in channel_axes]))
+        if extra or len(channel_axes) > 1 or channels > 4:
+            raise UnsupportedFormatError(
+                f"{name}: a large image is one plane of 1-4 channels; this one has "
+                f"axes {axes} of sizes {tuple(array.shape)}: split it into planes"
+            )
+        self.format, self.path, self.name, self._close = fmt, path, name, close
+        self._array, self._axes = array, axes
+        self._channel = channel_axes[0] if channel_axes else None
+        kept = 1 if channels <= 2 else 3  # gray (+ alpha), RGB (+ alpha): alpha dropped
+        self.shape: tuple[int, int, int] = (int(sizes["Y"]), int(sizes["X"]), kept)
+        self.dtype = np.dtype(array.dtype)
+        if 0 in self.shape:
+            raise CorruptImageError(
+                f"{name}: the image is empty ({self.shape[1]} x {self.shape[0]})"
+            )
+
+    def __getitem__(self, key: tuple[slice, slice]) -> npt.NDArray[Any]:
+        """The pixels of ``[rows, cols]`` (slices with steps of 1) as h x w x C."""
+        rows, cols = key
+        parts = {"Y": rows, "X": cols}
+        if self._channel is not None:
+            parts[self._channel] = slice(0, self.shape[2])
+        index = tuple(parts.get(a, 0) for a in self._axes)
+        try:
+            block = np.asarray(self._array[index])
+        except Exception as exc:  # a tile's bytes: truncated, corrupt, unknown codec
+            raise CorruptImageError(
+                f"{self.name}: the region rows {rows.start}-{rows.stop}, columns "
+                f"{cols.start}-{cols.stop} cannot be read ({type(exc).__name__}: {exc})"
+            ) from exc
+        order = [a for a in self._axes if a in parts]
+        wanted = ["Y", "X"] + ([self._channel] if self._channel else [])
+        block = block.transpose([order.index(a) for a in wanted])
+        return block if self._channel else block[:, :, None]
+
+    @property
+    def width(self) -> int:
+        return self.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.shape[0]
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup", ".zarray"))
+
+
+def _ngff_axes(attrs: dict[str, Any]) -> tuple[str, str] | None:
+    """(level 0's path, its axes letters) of an NGFF image's attributes, or None."""
+    ome = attrs.get("ome", attrs)  # 0.5 nests the metadata under "ome"
+    multiscales = ome.get("multiscales")
+    if not multiscales:
+        return None
+    first = multiscales[0]
+    axes = first.get("axes") or ["t", "c", "z", "y", "x"][-5:]
+    names = [a["name"] if isinstance(a, dict) else a for a in axes]
+    return first["datasets"][0]["path"], "".join(n[0].upper() for n in names)
+
+
+def _open_zarr(path: Path) -> Slide:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):  # a bare array: YX, YXS (<= 4 samples) or CYX
+        shape = node.shape
+        guess = {2: "YX", 3: "YXS" if shape[-1] <= 4 else "CYX"}.get(len(shape), "")
+        return Slide(node, guess, "zarr", path)
+    found = _ngff_axes(dict(node.attrs))
+    if found is None:
+        raise UnsupportedFormatError(
+            f"{path.name}: a zarr group without OME-NGFF 'multiscales' metadata; give the "
+            "path of an OME-Zarr image or of one zarr array"
+        )
+    level, axes = found
+    return Slide(node[level], axes, "ome-zarr", path)
+
+
+def _open_tiff(path: Path) -> Slide:
+    import tifffile
+    import zarr
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, ValueError, OSError, EOFError) as exc:
+        raise CorruptImageError(f"{path.name}: not a readable TIFF ({exc})") from exc
+    try:
+        series = tif.series[0]
+        store = series.aszarr(level=0)
+        return Slide(zarr.open(store, mode="r"), series.axes, "tiff", path, tif.close)
+    except (UnsupportedFormatError, CorruptImageError):
+        tif.close()
+        raise
+    except Exception as exc:  # tifffile's view of a damaged file: IndexError, KeyError, ...
+        tif.close()
+        raise CorruptImageError(f"{path.name}: not a readable TIFF ({exc})") from exc
+
+
+class _OpenSlideLevel0:
+    """OpenSlide's level 0 as an H x W x 4 (RGBA) array that reads rectangles."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        width, height = handle.level_dimensions[0]
+        self.shape, self.dtype = (height, width, 4), np.dtype(np.uint8)
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> npt.NDArray[np.uint8]:
+        rows, cols, channels = key
+        size = (cols.stop - cols.start, rows.stop - rows.start)
+        region = self.handle.read_region((cols.start, rows.start), 0, size)
+        return np.asarray(region)[:, :, channels]
+
+
+def _is_openslide(path: Path) -> bool:
+    if importlib.util.find_spec("openslide") is None or not path.is_file():
+        return False
+    import openslide
+
+    return openslide.OpenSlide.detect_format(str(path)) is not None
+
+
+def _open_openslide(path: Path) -> Slide:
+    import openslide
+
+    try:
+        handle = openslide.OpenSlide(str(path))
+    except openslide.OpenSlideError as exc:
+        raise CorruptImageError(f"{path.name}: OpenSlide cannot read it ({exc})") from exc
+    return Slide(_OpenSlideLevel0(handle), "YXS", "openslide", path, handle.close)
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return file.read(8)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """name: for messages; matches(path); open(path) -> Slide."""
+
+    name: str
+    matches: Callable[[Path], bool]
+    open: Callable[[Path], Slide]
+
+
+# Tried in this order: TIFF-based slides (SVS too) go to tifffile before OpenSlide.
+READERS = (
+    Reader("OME-Zarr", _is_zarr, _open_zarr),
+    Reader("TIFF", lambda p: p.is_file() and is_tiff(_head(p)), _open_tiff),
+    Reader("OpenSlide", _is_openslide, _open_openslide),
+)
+
+
+def is_slide(path: Path) -> bool:
+    """Whether a reader here takes ``path`` (a zarr folder, a TIFF, an OpenSlide file)."""
+    return any(reader.matches(path) for reader in READERS)
+
+
+def open_slide(path: str | Path) -> Slide:
+    """The lazy image at ``path`` (close it, or use it as a context manager)."""
+    path = Path(path)
+    for reader in READERS:
+        if reader.matches(path):
+            return reader.open(path)
+    names = ", ".join(r.name for r in READERS)
+    raise NotAnImageError(f"{path.name}: not a large-image format read here ({names})")

@@ -1,0 +1,120 @@
+"""The same blocks and images on a Dask distributed cluster (``unet-segment --dask ADDRESS``).
+
+A large image's blocks (app/inference/blocks.py) become one task each; a task
+predicts its block and writes it straight into the output store, whose chunks
+are the blocks: one writer per chunk, nothing sent back but a tile count. The
+small images of a batch become one task each and come back as the bytes the
+in-process pipeline would write. Either way the result is identical to a run
+without Dask (tests/app/test_large.py proves it on a LocalCluster).
+
+Each worker process loads the model once per batch setup (``Setup``, which names the
+model file; its SHA-256 is checked against the client's) and reuses it for every task;
+a slide is opened once per worker by its path. So the input files, the model and
+the output folder must be at the same paths on every worker: a shared file
+system (NFS, a Kubernetes volume) on a real cluster.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.batch import Context, Setup, Small
+from app.codecs.outputs import LARGE_OUTPUTS, default_outputs
+from app.codecs.pyramid import LabelStore
+from app.codecs.slides import Slide, open_slide
+from app.inference import ModelLoadError
+from app.inference.blocks import Block, BlockGrid
+from app.inference.tiler import ProgressFn, Region
+from app.streaming import write_block
+
+
+@functools.cache
+def _context(setup: Setup, sha256: str) -> Context:
+    """This worker's model and predictor for ``setup``, loaded at its first task."""
+    context = Context(setup)
+    if context.model.sha256 != sha256:
+        raise ModelLoadError(
+            f"{setup.model} on this worker is not the client's model (SHA-256 "
+            f"{context.model.sha256[:12]} here, {sha256[:12]} there)"
+        )
+    return context
+
+
+@functools.lru_cache(maxsize=4)
+def _slide(path: str) -> Slide:
+    return open_slide(path)
+
+
+def _block_task(
+    setup: Setup, sha256: str, source: str | np.ndarray, grid: BlockGrid, block: Block, store: str
+) -> int:
+    context = _context(setup, sha256)
+    image = _slide(source) if isinstance(source, str) else source
+    target = LabelStore.open(Path(store))
+    return write_block(context.predictor, image, grid, block, context.options, target)
+
+
+def _small_task(setup: Setup, sha256: str, source: str, output: str) -> Any:
+    return Small(_context(setup, sha256), default_outputs(), output)(Path(source))
+
+
+class Cluster:
+    """A client of the Dask scheduler at ``address`` for one batch run with ``setup``."""
+
+    def __init__(self, address: str, setup: Setup, sha256: str) -> None:
+        from distributed import Client
+
+        self.client = Client(address, timeout="30s")
+        self.setup, self.sha256 = setup, sha256
+        self._small: dict[Path, Any] = {}
+
+    def start(self, inputs: Iterable[tuple[Path, str]]) -> None:
+        """Submit every small input of the batch now (``(path, format)``), so that
+        the workers share them out; ``small`` then waits for one's answer."""
+        for source, output in inputs:
+            if output not in LARGE_OUTPUTS:
+                self._small[source] = self.client.submit(
+                    _small_task, self.setup, self.sha256, str(source), output, pure=False
+                )
+
+    def small(self, source: Path, output: str, bar: object = None) -> Any:
+        """(body, media type, facts) of a small input, as ``Small`` gives them."""
+        future = self._small.pop(source, None)
+        if future is None:
+            future = self.client.submit(
+                _small_task, self.setup, self.sha256, str(source), output, pure=False
+            )
+        return future.result()
+
+    def blocks(
+        self, image: Region, grid: BlockGrid, store: LabelStore, progress: ProgressFn
+    ) -> int:
+        """Every block of ``grid`` as a task writing into ``store``; the tiles run."""
+        from distributed import as_completed
+
+        source: Any = str(image.path) if isinstance(image, Slide) else None
+        if source is None:  # an image decoded in memory: sent to the workers once
+            source = self.client.scatter(np.asarray(image), broadcast=True)
+        futures = [
+            self.client.submit(
+                _block_task, self.setup, self.sha256, source, grid, b, str(store.path), pure=False
+            )
+            for b in grid
+        ]
+        tiles = 0
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                tiles += future.result()
+                progress(done, len(futures))
+        finally:
+            self.client.cancel(futures)
+        return tiles
+
+    def close(self) -> None:
+        self.client.cancel(list(self._small.values()))
+        self.client.close()

@@ -1,0 +1,127 @@
+"""Blocks: a large image's output cut into rectangles that are predicted one at a time.
+
+A block is the unit of work and of writing for images beyond memory: the
+streamed path runs the blocks one after another, Dask runs them as tasks
+(app/distributed.py), and each block is exactly the chunks of the output store
+it writes -- one writer per chunk (DESIGN.md, "Data flow of a large image").
+
+A block runs the tiles of the image's one plan whose keep range meets it, and
+keeps only its own pixels. A tile's output depends on the tile alone, so the
+result equals the in-memory prediction bit for bit, however the image is cut.
+Block sides are whole multiples of the plan's tile step, so that block borders
+fall on keep-range borders and almost no tile runs twice: for a valid network
+only the last tile of an axis (pulled back to end at the image border) can
+straddle two blocks. Worked example, paper net, 764 px tiles: tiles step by 576 px,
+a 2048 px target gives blocks of 4 x 576 = 2304 px.
+
+Each block reads its input once: the rectangle that holds every (reflected)
+pixel its tiles need -- the block plus the halo, about 2.5k x 2.5k px -- from a
+lazy reader (app/codecs/slides.py) or an array.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from app.inference.plan import AxisTile, TilePlan
+from app.inference.tiler import Region, reflect_indices
+
+BLOCK_SIZE = 2048  # px, the target side of a block (and of an output chunk)
+
+
+@dataclass(frozen=True)
+class Block:
+    """The output rectangle ``[rows, cols]`` of the image (slices of step 1)."""
+
+    rows: slice
+    cols: slice
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows.stop - self.rows.start, self.cols.stop - self.cols.start
+
+
+def _side(axis: Sequence[AxisTile], length: int, target: int) -> int:
+    if len(axis) == 1:
+        return length
+    step = axis[1].start - axis[0].start
+    return min(length, max(1, round(target / step)) * step)
+
+
+def _meets(axis: Sequence[AxisTile], part: slice) -> list[AxisTile]:
+    return [t for t in axis if t.keep_start < part.stop and t.keep_stop > part.start]
+
+
+def _reads(axis: Sequence[AxisTile], length: int) -> slice:
+    """The range of pixels that the tiles of ``axis`` read (reflection included)."""
+    low, high = length, 0
+    for tile in axis:
+        index = reflect_indices(tile.start, tile.size, length)
+        if isinstance(index, slice):
+            low, high = min(low, index.start), max(high, index.stop)
+        else:
+            low, high = min(low, int(index.min())), max(high, int(index.max()) + 1)
+    return slice(low, high)
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """The blocks of one plan: a regular grid of ``chunks`` (rows, cols) px, row-major."""
+
+    plan: TilePlan
+    chunks: tuple[int, int]
+
+    def _parts(self, length: int, side: int) -> list[slice]:
+        return [slice(a, min(a + side, length)) for a in range(0, length, side)]
+
+    def __iter__(self) -> Iterator[Block]:
+        rows = self._parts(self.plan.height, self.chunks[0])
+        cols = self._parts(self.plan.width, self.chunks[1])
+        return (Block(r, c) for r, c in itertools.product(rows, cols))
+
+    def __len__(self) -> int:
+        return -(-self.plan.height // self.chunks[0]) * -(-self.plan.width // self.chunks[1])
+
+    def tiles(self, block: Block) -> list[tuple[AxisTile, AxisTile]]:
+        """The tiles whose keep range meets ``block``, row-major."""
+        rows, cols = _meets(self.plan.rows, block.rows), _meets(self.plan.cols, block.cols)
+        return list(itertools.product(rows, cols))
+
+    def reads(self, block: Block) -> Block:
+        """The input rectangle that ``block``'s tiles read."""
+        rows = _reads(_meets(self.plan.rows, block.rows), self.plan.height)
+        cols = _reads(_meets(self.plan.cols, block.cols), self.plan.width)
+        return Block(rows, cols)
+
+
+def block_grid(plan: TilePlan, target: int = BLOCK_SIZE) -> BlockGrid:
+    """Blocks of about ``target`` px a side, whole multiples of the plan's tile step."""
+    if target < 1:
+        raise ValueError(f"block size must be >= 1 px, got {target}")
+    return BlockGrid(
+        plan,
+        (_side(plan.rows, plan.height, target), _side(plan.cols, plan.width, target)),
+    )
+
+
+class Window:
+    """The rectangle ``area`` of an image, read once, indexed in the image's coordinates.
+
+    What the tiler reads a block's tiles from: every rectangle asked for must lie
+    inside ``area`` (BlockGrid.reads makes sure of it).
+    """
+
+    def __init__(self, image: Region, area: Block) -> None:
+        self.data: npt.NDArray[Any] = np.asarray(image[area.rows, area.cols])
+        self.shape, self.dtype = image.shape, self.data.dtype
+        self.origin = area.rows.start, area.cols.start
+
+    def __getitem__(self, key: tuple[slice, slice]) -> npt.NDArray[Any]:
+        (rows, cols), (r0, c0) = key, self.origin
+        return self.data[rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0]

@@ -1,0 +1,167 @@
+"""Images beyond memory: ``unet-segment`` on synthetic tiled OME-TIFFs and OME-Zarrs.
+
+    python -m bench.large flat                       # tiny model: 4096², 16384², 32768²
+    python -m bench.large gigapixel --side 32768     # the shipped model, in-process vs --dask
+    python -m bench.large gigapixel --side 8192 --dask-only --json out.json
+
+``flat``: peak RSS and time of ``unet-segment`` (each run a fresh process, its
+peak RSS from ``ru_maxrss``) on tiled OME-TIFF inputs and one OME-Zarr input,
+with a tiny model (depth 4, 2 channels: the paper's tiling, little compute), so
+that what grows with the image -- if anything -- is the pipeline's memory.
+``gigapixel``: the shipped model on a mosaic of ISBI 2012 slices (noise when
+``../shared/data`` is absent), in-process against ``--dask`` with a local
+cluster of 2 worker processes (1 thread each), the same command otherwise; the
+workers' peak RSS is read from inside them. Inputs are written tile by tile (no
+whole image in memory) into a scratch folder, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+import zarr
+from PIL import Image
+
+from bench.nets import UNetSpec, default_card, save_model
+from bench.report import report
+
+REPO = Path(__file__).resolve().parents[1]
+ISBI = REPO.parent / "shared" / "data" / "isbi2012"
+TILE = 512
+
+
+def _slices() -> list[np.ndarray]:
+    paths = sorted((ISBI / "train" / "image").glob("*.png"))
+    paths += sorted((ISBI / "test" / "image").glob("*.png"))
+    return [np.asarray(Image.open(p).convert("L")) for p in paths]
+
+
+def tiles(side: int) -> Iterator[np.ndarray]:
+    """The image's 512 x 512 tiles, row-major: ISBI slices in turn, else seeded noise."""
+    slices = _slices()
+    count = -(-side // TILE)
+    for index in range(count * count):
+        if slices:
+            yield slices[index % len(slices)]
+        else:
+            yield np.random.default_rng(index).integers(0, 256, (TILE, TILE), dtype=np.uint8)
+
+
+def write_tiff(path: Path, side: int) -> None:
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        tif.write(tiles(side), shape=(side, side), dtype=np.uint8, tile=(TILE, TILE))
+
+
+def write_zarr(path: Path, side: int) -> None:
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    array = group.create_array("0", shape=(side, side), chunks=(TILE, TILE), dtype=np.uint8)
+    count = -(-side // TILE)
+    for index, tile in enumerate(tiles(side)):
+        r, c = divmod(index, count)
+        array[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE] = tile
+    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    scale = [{"type": "scale", "scale": [1.0, 1.0]}]
+    datasets = [{"path": "0", "coordinateTransformations": scale}]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
+
+
+# Runs one command and prints its peak RSS: RUSAGE_CHILDREN of a process with one child.
+_MEASURE = (
+    "import resource, subprocess, sys, time; t = time.perf_counter(); "
+    "code = subprocess.run(sys.argv[1:]).returncode; "
+    "print(code, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def segment(inputs: Path, out: Path, model: Path, *extra: str) -> dict[str, Any]:
+    """``unet-segment`` in a fresh process: exit code, seconds, peak RSS (MB)."""
+    command = [sys.executable, "-m", "app.cli", str(inputs), "--model", str(model)]
+    command += ["--out", str(out), "--format", "ome-zarr", "--overwrite", *extra]
+    shell = [sys.executable, "-c", _MEASURE, *command]
+    result = subprocess.run(shell, capture_output=True, text=True, check=False)
+    code, seconds, rss = result.stdout.split()[-3:]
+    if int(code) != 0:
+        raise SystemExit(f"unet-segment failed ({code}):\n{result.stderr[-2000:]}")
+    return {"seconds": round(float(seconds), 2), "peak_rss_mb": round(int(rss) / 1024)}
+
+
+def flat(scratch: Path, sides: list[int]) -> dict[str, Any]:
+    model = scratch / "tiny.onnx"
+    spec = UNetSpec(depth=4, base=2)
+    save_model(model, spec, seed=1, card=default_card(spec, name="tiny"))
+    rows = []
+    for kind, side in [*(("ome-tiff", s) for s in sides), ("ome-zarr", sides[-1])]:
+        source = scratch / (f"in{side}.ome.tif" if kind == "ome-tiff" else f"in{side}.ome.zarr")
+        (write_tiff if kind == "ome-tiff" else write_zarr)(source, side)
+        row = {"input": kind, "side": side, **segment(source, scratch / "out", model)}
+        row["seconds_per_mp"] = round(row["seconds"] / (side * side / 1e6), 4)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+        shutil.rmtree(source, ignore_errors=True) if source.is_dir() else source.unlink()
+        shutil.rmtree(scratch / "out")
+    tiffs = [r["peak_rss_mb"] for r in rows if r["input"] == "ome-tiff"]
+    return {"model": "depth 4, 2 channels (tiny)", "runs": rows, "rss_ratio": max(tiffs) / min(tiffs)}
+
+
+def _worker_peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def gigapixel(scratch: Path, side: int, dask_only: bool) -> dict[str, Any]:
+    from distributed import Client, LocalCluster
+
+    source = scratch / "mosaic.ome.tif"
+    write_tiff(source, side)
+    model, mp = REPO / "model" / "unet.onnx", side * side / 1e6
+    rows = []
+    if not dask_only:
+        rows.append({"run": "in-process", **segment(source, scratch / "a", model)})
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        row = {"run": "dask, 2 local workers", **segment(source, scratch / "b", model,
+                                                        "--dask", cluster.scheduler_address)}  # fmt: skip
+        row["worker_peak_rss_mb"] = sorted(client.run(_worker_peak).values())
+        rows.append(row)
+    for row in rows:
+        row["mp_per_s"] = round(mp / row["seconds"], 3)
+    if not dask_only:
+        a, b = (zarr.open_group(str(scratch / x / "mosaic.ome.zarr"))["0"] for x in "ab")
+        rows[-1]["equal_to_in_process"] = all(
+            np.array_equal(a[r : r + 4096], b[r : r + 4096]) for r in range(0, side, 4096)
+        )
+    return {"side": side, "megapixels": round(mp, 1), "model": str(model.name), "runs": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["flat", "gigapixel"])
+    parser.add_argument("--sides", type=int, nargs="+", default=[4096, 16384, 32768])
+    parser.add_argument("--side", type=int, default=32768)
+    parser.add_argument("--dask-only", action="store_true")
+    parser.add_argument("--scratch", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.scratch) as folder:
+        began = time.perf_counter()
+        if args.what == "flat":
+            results = flat(Path(folder), args.sides)
+        else:
+            results = gigapixel(Path(folder), args.side, args.dask_only)
+        results["bench_seconds"] = round(time.perf_counter() - began)
+    report(results, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Images beyond memory: streamed disk to disk (any block size, with and without Dask) the
+class map and 16-bit probability equal the in-memory Predictor's bit for bit; the outputs
+open in ome-zarr, zarr, tifffile and ome-types; the command line's batch semantics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from app import cli
+from app.codecs.masks import to_uint16
+from app.codecs.outputs import LARGE_OUTPUTS, Model, Options
+from app.codecs.slides import open_slide
+from app.inference import Predictor, load_model
+from app.inference.objects import class_probability
+from app.streaming import segment_large
+from bench.nets import UNetSpec, default_card, save_model
+from tests.app.samples import noise, png, truncated, write_ome_tiff
+
+# The paper's geometry (depth 4: halo 92, sizes 16k + 12), 2 channels: tiles like the real net's.
+PAPER = UNetSpec(depth=4, base=2)
+TILE = 380  # 13 x 23 tiles over 3000 x 5000
+
+
+@dataclass(frozen=True)
+class Reference:
+    tif: Path
+    model: Path
+    mask: np.ndarray
+    probability: np.ndarray  # uint16, round(p * 65535)
+    threshold: float
+
+
+def smooth_noise(height: int, width: int, seed: int) -> np.ndarray:
+    """Blobs the size of cells plus pixel noise: a class map with structure at every scale."""
+    coarse = noise(height // 32 + 2, width // 32 + 2, seed=seed).astype(np.float32)
+    blobs = np.kron(coarse, np.ones((32, 32), np.float32))[:height, :width]
+    return np.clip(blobs * 0.8 + noise(height, width, seed=seed + 1) * 0.2, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    folder = tmp_path_factory.mktemp("large")
+    model = folder / "paper.onnx"
+    save_model(model, PAPER, seed=5, card=default_card(PAPER, name="paper"))
+    image = smooth_noise(3000, 5000, seed=2)
+    tif = folder / "slide.ome.tif"
+    write_ome_tiff(tif, image)
+    loaded = load_model(model, "cpu")
+    probs, _ = Predictor(loaded.engine.run, loaded.card, tile_size=TILE).probabilities(image)
+    threshold = float(np.median(probs[0]))  # about half the pixels foreground
+    mask = (probs[0] >= threshold).astype(np.uint8)
+    return Reference(tif, model, mask, to_uint16(class_probability(probs, 1)), threshold)
+
+
+def read_store(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    group = zarr.open_group(str(path), mode="r")
+    probability = group["probability/0"][:] if "probability" in group else None
+    return group["0"][:], probability
+
+
+@pytest.mark.parametrize("block_size", [500, 2048, 6000])
+def test_streamed_equals_in_memory_for_any_block_size(
+    block_size: int, reference: Reference, tmp_path: Path
+) -> None:
+    loaded = load_model(reference.model, "cpu")
+    predictor = Predictor(loaded.engine.run, loaded.card, tile_size=TILE)
+    options = Options(threshold=reference.threshold)
+    path = tmp_path / "out.ome.zarr"
+    with open_slide(reference.tif) as slide:
+        result = segment_large(
+            slide, path, LARGE_OUTPUTS["ome-zarr"], predictor,
+            Model(loaded.card, loaded.engine.sha256), options,
+            probability=True, block_size=block_size,
+        )  # fmt: skip
+    labels, probability = read_store(path)
+    assert np.array_equal(labels, reference.mask)
+    assert np.array_equal(probability, reference.probability)
+    assert 0.3 < labels.mean() < 0.7
+    assert result.tiles >= 13 * 23
+    assert list(tmp_path.iterdir()) == [path]  # the temporary store is gone
+
+
+def run_cli(reference: Reference, out: Path, *inputs: Path | str, **flags: object) -> int:
+    argv = [str(i) for i in inputs]
+    argv += ["--model", str(reference.model), "--out", str(out), "--tile", str(TILE)]
+    argv += ["--threshold", repr(reference.threshold), "--max-pixels", "1000000"]
+    for flag, value in flags.items():
+        name = "--" + flag.replace("_", "-")
+        argv += [name] if value is True else [name, str(value)]
+    return cli.main(argv)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    distributed = pytest.importorskip("distributed", reason="the `dask` extra is not installed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    ) as local:  # fmt: skip
+        yield local.scheduler_address
+
+
+@pytest.mark.parametrize("dask", [False, True], ids=["in-process", "dask"])
+def test_the_command_line_with_and_without_dask_equals_in_memory(
+    dask: bool, reference: Reference, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    flags: dict[str, object] = {"probability": True}
+    if dask:
+        flags["dask"] = request.getfixturevalue("cluster")
+    assert run_cli(reference, tmp_path, reference.tif, **flags) == 0  # above --max-pixels
+    labels, probability = read_store(tmp_path / "slide.ome.zarr")
+    assert np.array_equal(labels, reference.mask)
+    assert np.array_equal(probability, reference.probability)
+    row = json.loads((tmp_path / "summary.json").read_text())[0]
+    assert row["status"] == "ok"
+    assert row["format"] == "ome-zarr"
+    assert (row["width"], row["height"], row["levels"]) == (5000, 3000, 5)
+
+
+def test_the_ome_zarr_opens_in_ome_zarr_with_its_pyramid(
+    reference: Reference, tmp_path: Path
+) -> None:
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Multiscales, Reader
+    from ome_zarr_models.v04.image_label import ImageLabel
+
+    assert run_cli(reference, tmp_path, reference.tif) == 0
+    path = tmp_path / "slide.ome.zarr"
+    node = next(iter(Reader(parse_url(str(path)))()))
+    assert {type(spec) for spec in node.specs} == {Label, Multiscales}
+    assert len(node.data) == 5
+    for k, level in enumerate(node.data):
+        assert np.array_equal(np.asarray(level), reference.mask[:: 2**k, :: 2**k])
+    label = ImageLabel.from_zarr(zarr.open_group(str(path), mode="r"))
+    metadata = label.attributes.image_label
+    assert metadata is not None
+    assert metadata.properties is not None
+    assert [p.model_dump()["class"] for p in metadata.properties] == ["background", "foreground"]
+
+
+def test_the_ome_tiff_opens_in_tifffile_and_validates(reference: Reference, tmp_path: Path) -> None:
+    import ome_types
+
+    assert run_cli(reference, tmp_path, reference.tif, format="ome-tiff") == 0
+    with tifffile.TiffFile(tmp_path / "slide.ome.tif") as tif:
+        levels = tif.series[0].levels
+        assert [level.shape for level in levels][:2] == [(3000, 5000), (1500, 2500)]
+        assert all(page.is_tiled for page in tif.pages)
+        assert np.array_equal(levels[0].asarray(), reference.mask)
+        assert np.array_equal(levels[2].asarray(), reference.mask[::4, ::4])
+        ome = ome_types.from_xml(tif.ome_metadata, validate=True)
+    assert (ome.images[0].pixels.size_x, ome.images[0].pixels.size_y) == (5000, 3000)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_batch_of_good_and_bad_files_goes_on_and_resumes(
+    reference: Reference, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "small.png").write_bytes(png(noise(200, 300, seed=1)))
+    (inputs / "slide.ome.tif").write_bytes(reference.tif.read_bytes())
+    cut = tmp_path / "cut.tif"  # a large tiled TIFF whose second half is gone
+    tifffile.imwrite(cut, smooth_noise(1500, 1000, 4), tile=(256, 256), compression="zlib")
+    (inputs / "cut.tif").write_bytes(truncated(cut.read_bytes(), 0.5))
+    (inputs / "junk.tif").write_bytes(b"II*\x00 not really a tiff")
+    out = tmp_path / "out"
+    assert run_cli(reference, out, inputs) == 1
+    rows = {Path(r["input"]).name: r for r in json.loads((out / "summary.json").read_text())}
+    assert {n: r["status"] for n, r in rows.items()} == {
+        "cut.tif": "failed", "junk.tif": "failed", "slide.ome.tif": "ok", "small.png": "ok",
+    }  # fmt: skip
+    assert "cut.tif: the region rows" in rows["cut.tif"]["error"]
+    assert rows["small.png"]["format"] == "png"
+    assert rows["slide.ome.tif"]["format"] == "ome-zarr"
+    assert sorted(p.name for p in out.iterdir()) == ["slide.ome.zarr", "small.png", "summary.json"]
+    assert run_cli(reference, out, inputs) == 1  # again: the finished ones are skipped
+    rows = {Path(r["input"]).name: r for r in json.loads((out / "summary.json").read_text())}
+    assert rows["slide.ome.tif"]["status"] == rows["small.png"]["status"] == "skipped"
+
+
+def test_ctrl_c_in_a_large_image_leaves_nothing_half_written(
+    reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.streaming
+
+    real, calls = app.streaming.write_block, []
+
+    def interrupted(*args: Any) -> int:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(app.streaming, "write_block", interrupted)
+    assert run_cli(reference, tmp_path, reference.tif, format="ome-tiff") == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
