@@ -112,7 +112,8 @@ def flat(scratch: Path, sides: list[int]) -> dict[str, Any]:
         shutil.rmtree(source, ignore_errors=True) if source.is_dir() else source.unlink()
         shutil.rmtree(scratch / "out")
     tiffs = [r["peak_rss_mb"] for r in rows if r["input"] == "ome-tiff"]
-    return {"model": "depth 4, 2 channels (tiny)", "runs": rows, "rss_ratio": max(tiffs) / min(tiffs)}
+    ratio = round(max(tiffs) / min(tiffs), 3)
+    return {"model": "depth 4, 2 channels (tiny)", "runs": rows, "rss_ratio": ratio}
 
 
 def _worker_peak() -> int:
@@ -130,8 +131,8 @@ def gigapixel(scratch: Path, side: int, dask_only: bool) -> dict[str, Any]:
         rows.append({"run": "in-process", **segment(source, scratch / "a", model)})
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
-        row = {"run": "dask, 2 local workers", **segment(source, scratch / "b", model,
-                                                        "--dask", cluster.scheduler_address)}  # fmt: skip
+        on_dask = segment(source, scratch / "b", model, "--dask", cluster.scheduler_address)
+        row = {"run": "dask, 2 local workers", **on_dask}
         row["worker_peak_rss_mb"] = sorted(client.run(_worker_peak).values())
         rows.append(row)
     for row in rows:

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from app.batch import Small
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from app import cli
+from app.batch import Small
 from app.cli.files import write_atomically
 from app.codecs.outputs import default_outputs
 from tests.app.samples import noise, png, tiff, truncated
