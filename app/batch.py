@@ -17,6 +17,7 @@ from app.codecs.slides import is_slide, open_slide
 from app.inference import Predictor, load_model
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, check_frame
 from app.inference.tiler import Region
+from app.large_objects import Mapper, local_map
 from app.service import input_formats, segment_frames
 from app.streaming import Blocks, segment_large
 
@@ -79,14 +80,22 @@ class Small:
 
 
 class Large:
-    """An image of any size, block by block, into an OME-Zarr or OME-TIFF.
+    """An image of any size, block by block, into a format of LARGE_OUTPUTS.
 
     A TIFF, OME-Zarr or OpenSlide file is read lazily (a rectangle at a time);
     any other image the service reads is decoded in memory first (one frame).
+    blocks / mapper: where the blocks and the object passes run (None: here).
     """
 
-    def __init__(self, context: Context, output: str, blocks: Blocks | None = None) -> None:
-        self.context, self.output, self.blocks = context, LARGE_OUTPUTS[output], blocks
+    def __init__(
+        self,
+        context: Context,
+        output: str,
+        blocks: Blocks | None = None,
+        mapper: Mapper | None = None,
+    ) -> None:
+        self.context, self.output = context, LARGE_OUTPUTS[output]
+        self.blocks, self.mapper = blocks, mapper
 
     def image(self, source: Path) -> Region:
         c = self.context
@@ -111,11 +120,13 @@ class Large:
         try:
             result = segment_large(
                 image, path, self.output, c.predictor, c.model, c.options,
-                blocks=self.blocks, probability=c.setup.probability, progress=progress,
+                blocks=self.blocks, mapper=self.mapper or local_map,
+                probability=c.setup.probability, progress=progress,
             )  # fmt: skip
         finally:
             close = getattr(image, "close", None)
             if close is not None:
                 close()
-        return {"width": result.width, "height": result.height, "frames": 1,
-                "tiles": result.tiles, "levels": result.levels}  # fmt: skip
+        facts = {"width": result.width, "height": result.height, "frames": 1,
+                 "tiles": result.tiles, "levels": result.levels}  # fmt: skip
+        return facts if result.objects is None else facts | {"objects": result.objects}

@@ -17,20 +17,21 @@ system (NFS, a Kubernetes volume) on a real cluster.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.batch import Context, Setup, Small
-from app.codecs.outputs import LARGE_OUTPUTS, default_outputs
+from app.codecs.outputs import default_outputs
 from app.codecs.pyramid import LabelStore
 from app.codecs.slides import Slide, open_slide
 from app.inference import ModelLoadError
 from app.inference.blocks import Block, BlockGrid
-from app.inference.tiler import ProgressFn, Region
-from app.streaming import write_block
+from app.inference.objects import Recipe
+from app.inference.tiler import ProgressFn
+from app.streaming import Pass, write_block
 
 
 @functools.cache
@@ -51,12 +52,18 @@ def _slide(path: str) -> Slide:
 
 
 def _block_task(
-    setup: Setup, sha256: str, source: str | np.ndarray, grid: BlockGrid, block: Block, store: str
+    setup: Setup,
+    sha256: str,
+    source: str | np.ndarray,
+    grid: BlockGrid,
+    block: Block,
+    store: str,
+    recipe: Recipe | None,
 ) -> int:
     context = _context(setup, sha256)
     image = _slide(source) if isinstance(source, str) else source
     target = LabelStore.open(Path(store))
-    return write_block(context.predictor, image, grid, block, context.options, target)
+    return write_block(context.predictor, image, grid, block, context.options, target, recipe)
 
 
 def _small_task(setup: Setup, sha256: str, source: str, output: str) -> Any:
@@ -74,13 +81,12 @@ class Cluster:
         self._small: dict[Path, Any] = {}
 
     def start(self, inputs: Iterable[tuple[Path, str]]) -> None:
-        """Submit every small input of the batch now (``(path, format)``), so that
+        """Submit every in-memory input of the batch now (``(path, format)``), so that
         the workers share them out; ``small`` then waits for one's answer."""
         for source, output in inputs:
-            if output not in LARGE_OUTPUTS:
-                self._small[source] = self.client.submit(
-                    _small_task, self.setup, self.sha256, str(source), output, pure=False
-                )
+            self._small[source] = self.client.submit(
+                _small_task, self.setup, self.sha256, str(source), output, pure=False
+            )
 
     def small(self, source: Path, output: str, bar: object = None) -> Any:
         """(body, media type, facts) of a small input, as ``Small`` gives them."""
@@ -91,20 +97,20 @@ class Cluster:
             )
         return future.result()
 
-    def blocks(
-        self, image: Region, grid: BlockGrid, store: LabelStore, progress: ProgressFn
-    ) -> int:
-        """Every block of ``grid`` as a task writing into ``store``; the tiles run."""
+    def blocks(self, work: Pass, progress: ProgressFn) -> int:
+        """Every block of the pass as a task writing into its store; the tiles run."""
         from distributed import as_completed
 
+        image = work.image
         source: Any = str(image.path) if isinstance(image, Slide) else None
         if source is None:  # an image decoded in memory: sent to the workers once
             source = self.client.scatter(np.asarray(image), broadcast=True)
+        where, setup, sha = str(work.store.path), self.setup, self.sha256
         futures = [
             self.client.submit(
-                _block_task, self.setup, self.sha256, source, grid, b, str(store.path), pure=False
+                _block_task, setup, sha, source, work.grid, b, where, work.recipe, pure=False
             )
-            for b in grid
+            for b in work.grid
         ]
         tiles = 0
         try:
@@ -114,6 +120,25 @@ class Cluster:
         finally:
             self.client.cancel(futures)
         return tiles
+
+    def map(self, task: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> Iterator[Any]:
+        """``task(*args)`` for each of ``jobs`` as tasks; the results in the jobs' order.
+        Arrays among the arguments go to the workers once, not with every task."""
+        sent: dict[int, Any] = {}
+
+        def once(value: Any) -> Any:
+            if not isinstance(value, np.ndarray):
+                return value
+            if id(value) not in sent:
+                sent[id(value)] = self.client.scatter(value, broadcast=True)
+            return sent[id(value)]
+
+        futures = [self.client.submit(task, *map(once, args), pure=False) for args in jobs]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            self.client.cancel(futures)
 
     def close(self) -> None:
         self.client.cancel(list(self._small.values()))

@@ -21,15 +21,20 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+
+import numpy as np
 
 from app.codecs.masks import to_uint16
 from app.codecs.outputs import LargeOutput, Model, Options
+from app.codecs.outputs._objects import recipe as objects_recipe
+from app.codecs.outputs.base import OUTLINES
 from app.codecs.pyramid import LabelStore
 from app.inference.blocks import BLOCK_SIZE, Block, BlockGrid, block_grid
-from app.inference.objects import class_probability
+from app.inference.objects import Recipe, class_probability, watershed_inputs
 from app.inference.predictor import Predictor
 from app.inference.tiler import ProgressFn, Region
+from app.large_geojson import write_geojson
+from app.large_objects import Mapper, find_large_objects, local_map
 
 
 def write_block(
@@ -39,32 +44,53 @@ def write_block(
     block: Block,
     options: Options,
     store: LabelStore,
+    recipe: Recipe | None = None,
 ) -> int:
-    """Predict ``block`` and write it into ``store``; the number of tiles run."""
+    """Predict ``block`` and write it into ``store``; the number of tiles run.
+
+    Always its class map; when the store has them, its 16-bit probability, the
+    16-bit p(k) of each class k (``work/p<k>``: object scores) and, for a watershed
+    ``recipe``, its flooding levels and seeds (``work/levels``, ``work/seeds``).
+    """
     prediction = predictor.predict_block(image, grid, block, threshold=options.threshold)
-    store.labels[block.rows, block.cols] = prediction.mask
+    here, probs = (block.rows, block.cols), prediction.probabilities
+    store.classes[here] = prediction.mask
     if store.probability is not None:
-        p = class_probability(prediction.probabilities, options.class_index)
-        store.probability[block.rows, block.cols] = to_uint16(p)
+        store.probability[here] = to_uint16(class_probability(probs, options.class_index))
+    for k in range(1, len(predictor.card.classes)):
+        if store.has_work(f"p{k}"):
+            store.work(f"p{k}")[here] = to_uint16(class_probability(probs, k))
+    if recipe is not None and recipe.method == "watershed":
+        levels, seeds = watershed_inputs(probs, recipe)
+        store.work("levels")[here], store.work("seeds")[here] = levels, seeds
     return prediction.tiles
 
 
-class Blocks(Protocol):
-    """Runs every block of ``grid`` into ``store``; ``progress(blocks done, total)``."""
+@dataclass(frozen=True)
+class Pass:
+    """The block pass of one large image: every block of ``grid`` of ``image`` predicted into
+    ``store`` (with what the objects ``recipe`` needs, when there is one)."""
 
-    def __call__(
-        self, image: Region, grid: BlockGrid, store: LabelStore, progress: ProgressFn
-    ) -> int: ...
+    image: Region
+    grid: BlockGrid
+    store: LabelStore
+    recipe: Recipe | None
+
+
+# Runs a Pass (``progress(blocks done, total)``); the number of tiles run.
+Blocks = Callable[[Pass, ProgressFn], int]
 
 
 def local_blocks(predictor: Predictor, options: Options) -> Blocks:
     """The blocks one after another in this process."""
 
-    def run(image: Region, grid: BlockGrid, store: LabelStore, progress: ProgressFn) -> int:
+    def run(work: Pass, progress: ProgressFn) -> int:
         tiles = 0
-        for done, block in enumerate(grid, start=1):
-            tiles += write_block(predictor, image, grid, block, options, store)
-            progress(done, len(grid))
+        for done, block in enumerate(work.grid, start=1):
+            tiles += write_block(
+                predictor, work.image, work.grid, block, options, work.store, work.recipe
+            )
+            progress(done, len(work.grid))
         return tiles
 
     return run
@@ -72,17 +98,42 @@ def local_blocks(predictor: Predictor, options: Options) -> Blocks:
 
 @dataclass
 class LargeResult:
-    """What one large image took: its size, tiles run, pyramid levels."""
+    """What one large image took: its size, tiles run, pyramid levels, objects found."""
 
     height: int
     width: int
     tiles: int
     levels: int
+    objects: int | None = None
 
 
 def temporary_store(path: Path) -> Path:
     """A folder beside ``path`` for its store while it is made (hidden, unique)."""
     return path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.part"
+
+
+def _store(
+    work: Path,
+    grid: BlockGrid,
+    output: LargeOutput,
+    recipe: Recipe | None,
+    num_classes: int,
+    probability: bool,
+) -> LabelStore:
+    """The store for ``output``: its image, and the scratch arrays finding objects needs."""
+    objects = output.content != "classes"
+    height, width = grid.plan.height, grid.plan.width
+    dtype = np.uint32 if objects else np.uint8
+    store = LabelStore(work, height, width, grid.chunks, probability, dtype)
+    if recipe is not None:
+        store.work("classes", np.uint8)
+        store.work("local", np.uint32)
+        if recipe.method == "watershed":
+            for name, kind in (("levels", np.uint8), ("seeds", np.uint8), ("flooded", np.uint32)):
+                store.work(name, kind)
+        for k in range(1, num_classes) if output.content == "outlines" else ():
+            store.work(f"p{k}", np.uint16)
+    return store
 
 
 def segment_large(
@@ -94,6 +145,7 @@ def segment_large(
     options: Options,
     *,
     blocks: Blocks | None = None,
+    mapper: Mapper = local_map,
     probability: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     block_size: int = BLOCK_SIZE,
@@ -102,31 +154,38 @@ def segment_large(
 
     The output appears at ``path`` complete or not at all: the store is made in a
     hidden folder beside it and removed when anything fails (Ctrl-C included).
-    progress(stage, done, total): stage ``blocks`` then ``levels``.
+    blocks / mapper: where the blocks and the object passes run (default: here).
+    progress(stage, done, total): stages ``blocks``, ``objects``, ``outlines``, ``levels``.
     block_size: the target side of a block and of a chunk of the store, px.
     """
     if options.tta:
         raise ValueError("tta is not available for large images yet (blocks run without flips)")
     options.check(model.card)
-    height, width = image.shape[:2]
+    card, (height, width) = model.card, image.shape[:2]
     grid = block_grid(predictor.plan(height, width), block_size)
-    work = temporary_store(path)
+    recipe = objects_recipe(model, options) if output.content != "classes" else None
+    work, found = temporary_store(path), None
+
+    def stage(name: str) -> ProgressFn:
+        return lambda done, total: progress(name, done, total) if progress else None
+
     try:
-        store = LabelStore(work, height, width, grid.chunks, probability)
-
-        def stage(name: str) -> ProgressFn:
-            return lambda done, total: progress(name, done, total) if progress else None
-
+        store = _store(work, grid, output, recipe, len(card.classes), probability)
         run = blocks or local_blocks(predictor, options)
-        tiles = run(image, grid, store, stage("blocks"))
-        levels = store.build_levels(stage("levels"))
-        card = model.card
-        store.describe(
-            path.name,
-            card.classes,
-            {"name": card.name, "version": card.version, "sha256": model.sha256},
-        )
+        tiles = run(Pass(image, grid, store, recipe), stage("blocks"))
+        if recipe is not None:
+            found = find_large_objects(
+                store, grid, recipe, len(card.classes), mapper, stage("objects")
+            )
+        if found is not None and output.content == "outlines":
+            target = store.path / OUTLINES
+            write_geojson(store, grid, found, card.classes, target, mapper, stage("outlines"))
+        store.drop_work()
+        levels = store.build_levels(stage("levels")) if output.pyramid else 1
+        facts = {"name": card.name, "version": card.version, "sha256": model.sha256}
+        named = card.classes if output.content == "classes" else None
+        store.describe(path.name, named, facts)
         output.finish(store, path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return LargeResult(height, width, tiles, levels)
+    return LargeResult(height, width, tiles, levels, found.count if found else None)

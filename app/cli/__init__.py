@@ -11,11 +11,12 @@ OME-TIFF, SVS and other slides, OME-Zarr -- are read a rectangle at a time and
 written block by block to an OME-Zarr or OME-TIFF (app/streaming.py): memory
 stays flat whatever their size, and the class map equals the in-memory one bit
 for bit. The format defaults to ``png`` up to ``--max-pixels`` (the service's
-limit) and ``ome-zarr`` above.
+limit) and ``ome-zarr`` above; above it, ``instances`` (an OME-Zarr of object ids)
+and ``geojson`` are made block by block too (app/large_objects.py).
 
 ``DIR/<stem>.<ext>`` (ext by format: ``png``, ``rle.json``, ``prob.png``,
 ``instances.png``, ``objects.json``, ``geojson``, ``overlay.png``, ``seg.dcm``,
-``ome.zarr``, ``ome.tif``) appears atomically (made under a hidden temporary
+``ome.zarr``, ``ome.tif``, ``instances.ome.zarr``) appears atomically (made under a hidden temporary
 name, renamed); an input whose output exists is skipped (resume; ``--overwrite``
 redoes it); an input that fails is reported and the others go on;
 ``DIR/summary.json`` lists every input with its status, time, size and error.
@@ -40,8 +41,9 @@ from tqdm import tqdm
 
 from app.batch import Context, Large, Setup, Small
 from app.cli.files import expand, remove, size, target, write_atomically
-from app.codecs.errors import CodecError
+from app.codecs.errors import CodecError, ImageTooLargeError
 from app.codecs.outputs import LARGE_OUTPUTS, Outputs, default_outputs
+from app.codecs.outputs.base import either
 from app.codecs.slides import is_slide, open_slide
 from app.inference import InferenceError
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
@@ -62,35 +64,55 @@ class Run:
 
             self.cluster = Cluster(args.dask, self.context.setup, self.context.model.sha256)
 
-    def format_of(self, source: Path) -> str:
-        """``--format``, else ``png`` up to ``--max-pixels`` and ``ome-zarr`` above."""
-        if self.args.format:
-            return str(self.args.format)
+    def pixels(self, source: Path) -> int | None:
+        """Width x height of a file a lazy reader takes, else None (decoded in memory)."""
         if not is_slide(source):
-            return "png"
+            return None
         try:
             with open_slide(source) as slide:
-                pixels = slide.width * slide.height
+                return slide.width * slide.height
         except CodecError:
-            return "png"  # the service's decoders will say what is wrong with it
-        return "ome-zarr" if pixels > self.args.max_pixels else "png"
+            return None  # the in-memory decoders will say what is wrong with it
 
-    def extension(self, name: str) -> str:
-        if name in LARGE_OUTPUTS:
+    def route(self, source: Path) -> tuple[str, bool]:
+        """(format, whether it goes the large way): ``--format``, else ``png`` up to
+        ``--max-pixels`` and ``ome-zarr`` above; a format that has both forms
+        (``instances``, ``geojson``) takes the large one above ``--max-pixels``."""
+        name, pixels = self.args.format, self.pixels(source)
+        big = pixels is not None and pixels > self.args.max_pixels
+        if name is None:
+            return ("ome-zarr", True) if big else ("png", False)
+        if name not in self.outputs:
+            return name, True
+        if big and name not in LARGE_OUTPUTS:
+            large = either(list(LARGE_OUTPUTS))
+            raise ImageTooLargeError(
+                f"{source.name} has {pixels} pixels, above --max-pixels {self.args.max_pixels}; "
+                f"format={name} holds images up to that: use format={large}"
+            )
+        return name, big
+
+    def extension(self, name: str, large: bool) -> str:
+        if large:
             return LARGE_OUTPUTS[name].extension
         return next(o for o in self.outputs if o.name == name).extension or name
 
     def small(self, source: Path, name: str, bar: tqdm) -> tuple[bytes, str, dict[str, Any]]:
         return Small(self.context, self.outputs, name)(source, bar)
 
-    def done(self, source: Path, name: str) -> Path | None:
-        """The output of ``source`` in format ``name`` when it exists already."""
-        extension = self.extension(name)
+    def done(self, source: Path, extension: str) -> Path | None:
+        """The output of ``source`` with ``extension`` when it exists already."""
         existing = [target(self.args.out, source, extension, m) for m in (None, "image/tiff")]
         return next((p for p in existing if p.exists()), None)
 
-    def todo(self, source: Path) -> bool:
-        return bool(self.args.overwrite) or self.done(source, self.format_of(source)) is None
+    def small_todo(self, source: Path) -> str | None:
+        """The format of an in-memory input still to do, else None."""
+        try:
+            name, large = self.route(source)
+        except ImageTooLargeError:
+            return None
+        done = self.done(source, self.extension(name, large))
+        return None if large or (done and not self.args.overwrite) else name
 
     def one(self, source: Path) -> dict[str, Any]:
         """Segment one input; its row of the summary."""
@@ -98,18 +120,21 @@ class Run:
         row: dict[str, Any] = {"input": str(source)}
         began = time.perf_counter()
         try:
-            name = self.format_of(source)
-            extension = self.extension(name)
-            done = self.done(source, name)
+            name, large = self.route(source)
+            extension = self.extension(name, large)
+            done = self.done(source, extension)
             if done is not None and not args.overwrite:
                 return row | {"output": str(done), "status": "skipped", "format": name}
             if done is not None:
                 remove(done)
             path = target(args.out, source, extension)
             with tqdm(desc="tiles", leave=False, file=sys.stderr) as bar:
-                if name in LARGE_OUTPUTS:
-                    blocks = self.cluster.blocks if self.cluster else None
-                    facts = Large(self.context, name, blocks)(source, path, bar)
+                if large:
+                    c = self.cluster
+                    streamed = Large(
+                        self.context, name, c.blocks if c else None, c.map if c else None
+                    )
+                    facts = streamed(source, path, bar)
                 else:
                     small = self.cluster.small if self.cluster else self.small
                     body, media_type, facts = small(source, name, bar)
@@ -140,7 +165,8 @@ def run(args: argparse.Namespace, outputs: Outputs) -> int:
     summary: list[dict[str, Any]] = []
     try:
         if batch.cluster:  # the small images of the batch start on the workers at once
-            batch.cluster.start([(f, batch.format_of(f)) for f in files if batch.todo(f)])
+            todo = [(f, batch.small_todo(f)) for f in files]
+            batch.cluster.start([(f, name) for f, name in todo if name is not None])
         for source in tqdm(files, desc="files", unit="file", file=sys.stderr):
             summary.append(batch.one(source))
     finally:
@@ -170,7 +196,7 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
     add = parser.add_argument
     add("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
     add("--model", type=Path, default=DEFAULT_MODEL, help="the ONNX model")
-    formats = [*outputs.names(), *LARGE_OUTPUTS]
+    formats = list(dict.fromkeys([*outputs.names(), *LARGE_OUTPUTS]))
     add("--format", choices=formats, help="default: png up to --max-pixels, ome-zarr above")
     add("--out", type=Path, default=Path("."), help="the output folder")
     add("--tile", type=count(1), default=CPU_TILE_SIZE, help="largest tile side, px")

@@ -6,6 +6,9 @@ zarr v2 group, in the layout of an OME-NGFF 0.4 label image, that is the
 
     <store>/0, 1, 2, ...          class indices (uint8), level k = level 0 [::2^k, ::2^k]
     <store>/probability/0, 1, ... optional: round(p(class) * 65535) (uint16), same levels
+    <store>/work/...              scratch arrays while objects are found, removed before the end
+
+Level 0 holds class indices (uint8) or, for object outputs, object ids (uint32).
 
 Level 0 is written block by block (one writer per chunk: the chunks are the
 blocks); ``build_levels`` then makes each level from the one before, chunk by
@@ -67,11 +70,17 @@ class LabelStore:
     of the probability, ``height`` x ``width`` in chunks of ``chunks`` (rows, cols)."""
 
     def __init__(
-        self, path: Path, height: int, width: int, chunks: tuple[int, int], probability: bool
+        self,
+        path: Path,
+        height: int,
+        width: int,
+        chunks: tuple[int, int],
+        probability: bool = False,
+        dtype: type = np.uint8,
     ) -> None:
         self.path, self.chunks = path, chunks
         self.group = zarr.open_group(str(path), mode="w", zarr_format=2)
-        self.labels = _array(self.group, "0", (height, width), chunks, np.uint8)
+        self.labels = _array(self.group, "0", (height, width), chunks, dtype)
         self.probability: zarr.Array[Any] | None = None
         if probability:
             prob = self.group.create_group("probability")
@@ -83,9 +92,32 @@ class LabelStore:
         store = cls.__new__(cls)
         store.path, store.group = path, zarr.open_group(str(path), mode="r+", zarr_format=2)
         store.labels = store.group["0"]  # type: ignore[assignment]
-        store.chunks = store.labels.chunks  # type: ignore[assignment]
+        rows, cols = store.labels.chunks
+        store.chunks = (int(rows), int(cols))
         store.probability = store.group["probability/0"] if "probability" in store.group else None  # type: ignore[assignment]
         return store
+
+    def work(self, name: str, dtype: type | None = None) -> Any:
+        """The scratch array ``work/<name>`` (the image's shape and chunks): made when a
+        ``dtype`` is given, else opened. Removed with ``drop_work``."""
+        if dtype is None:
+            return self.group[f"work/{name}"]
+        work = self.group.require_group("work")
+        height, width = self.labels.shape
+        return _array(work, name, (height, width), self.chunks, dtype)
+
+    def has_work(self, name: str) -> bool:
+        return f"work/{name}" in self.group
+
+    @property
+    def classes(self) -> Any:
+        """Where the class map goes: the image itself, or ``work/classes`` when the image
+        holds object ids."""
+        return self.work("classes") if self.has_work("classes") else self.labels
+
+    def drop_work(self) -> None:
+        if "work" in self.group:
+            del self.group["work"]
 
     def groups(self) -> list[zarr.Group]:
         """The multiscale groups: the labels' (the root), then the probability's."""
@@ -120,8 +152,9 @@ class LabelStore:
         count = len(level_shapes(*self.labels.shape))
         return [group[str(k)] for k in range(count) if str(k) in group]
 
-    def describe(self, name: str, classes: list[str], model: dict[str, str]) -> None:
-        """Write the OME-NGFF 0.4 metadata: multiscales, and image-label with class colours."""
+    def describe(self, name: str, classes: list[str] | None, model: dict[str, str]) -> None:
+        """Write the OME-NGFF 0.4 metadata: multiscales, and image-label with the class
+        names and colours (``classes``; None: the values are object ids)."""
         for group in self.groups():
             count = len(self.levels(group))
             group.attrs["multiscales"] = [
@@ -142,6 +175,9 @@ class LabelStore:
                     "metadata": {"method": "every other pixel ([::2, ::2])", "model": model},
                 }
             ]
+        if classes is None:
+            self.group.attrs["image-label"] = {"version": NGFF}
+            return
         rgb = palette(len(classes))
         self.group.attrs["image-label"] = {
             "version": NGFF,

@@ -26,7 +26,7 @@ the reference the chunked one must equal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -110,15 +110,31 @@ def _watershed(
     num_classes: int,
     recipe: Recipe,
 ) -> Objects:
-    boundary = class_probability(probabilities, recipe.boundary_class)
-    seeds, n = ndimage.label(boundary < recipe.seed_threshold, structure=FOUR)
+    levels, seed = watershed_inputs(probabilities, recipe)
+    seeds, n = ndimage.label(seed, structure=FOUR)
     if n == 0:
         return Objects(np.zeros(mask.shape, dtype=np.int32), np.zeros(1, dtype=np.int64))
+    labels = flood(levels, seeds).astype(np.int32)
+    return Objects(labels, vote_classes(votes(labels, mask, n, num_classes), recipe))
+
+
+def watershed_inputs(
+    probabilities: npt.NDArray[np.float32], recipe: Recipe
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
+    """(p(boundary) on 256 levels, the seed pixels p(boundary) < seed_threshold), H x W."""
+    boundary = class_probability(probabilities, recipe.boundary_class)
     # Flooded on 256 levels, like an 8-bit probability image: 2.4x faster than on float32
-    # (2048^2 EM: 1.2 s against 2.9 s), 0.5 % of the pixels differ, at ties. And only the
-    # pixels that are no seed are flooded, from each seed's one-pixel rim (a seed's inside
-    # never changes): 2.2x faster again, 2.4e-6 of the pixels differ (the order of ties).
-    levels = np.rint(boundary * 255).astype(np.uint8)
+    # (2048^2 EM: 1.2 s against 2.9 s), 0.5 % of the pixels differ, at ties.
+    return np.rint(boundary * 255).astype(np.uint8), boundary < recipe.seed_threshold
+
+
+def flood(levels: npt.NDArray[np.uint8], seeds: npt.NDArray[np.integer]) -> npt.NDArray[Any]:
+    """Every pixel labelled by the seed whose flood over ``levels`` reaches it first.
+
+    Only the pixels that are no seed are flooded, from each seed's one-pixel rim (a
+    seed's inside never changes): 2.2x faster, 2.4e-6 of the pixels differ (the order
+    of ties).
+    """
     free = seeds == 0
     rim = ndimage.binary_dilation(free, structure=FOUR) & ~free
     region = free | rim
@@ -126,16 +142,29 @@ def _watershed(
         levels, markers=np.where(rim, seeds, 0), connectivity=1, mask=region
     )
     flooded[~region] = seeds[~region]
-    labels = flooded.astype(np.int32)
-    # Each object's class: its most frequent non-boundary class.
-    others = [c for c in range(num_classes) if c != recipe.boundary_class]
+    return np.asarray(flooded)
+
+
+def votes(
+    labels: npt.NDArray[np.integer], mask: npt.NDArray[np.uint8], n: int, num_classes: int
+) -> npt.NDArray[np.int64]:
+    """(n + 1) x K: how many pixels of each class each object (0..n) holds."""
     pairs = labels.ravel().astype(np.int64) * num_classes + mask.ravel()
-    votes = np.bincount(pairs, minlength=(n + 1) * num_classes).reshape(n + 1, num_classes)
-    votes[:, recipe.boundary_class] = -1
-    classes = votes.argmax(axis=1)
-    classes[votes[:, others].sum(axis=1) == 0] = others[0]
+    counts = np.bincount(pairs, minlength=(n + 1) * num_classes)
+    return counts.reshape(n + 1, num_classes)
+
+
+def vote_classes(votes: npt.NDArray[np.int64], recipe: Recipe) -> npt.NDArray[np.int64]:
+    """Each object's class: its most frequent non-boundary class (index 0 stays 0)."""
+    num_classes = votes.shape[1]
+    others = [c for c in range(num_classes) if c != recipe.boundary_class]
+    ballot = votes.copy()
+    ballot[:, recipe.boundary_class] = -1
+    classes = ballot.argmax(axis=1)
+    classes[ballot[:, others].sum(axis=1) == 0] = others[0]
     classes[0] = 0
-    return Objects(labels, classes.astype(np.int64))
+    result: npt.NDArray[np.int64] = classes.astype(np.int64)
+    return result
 
 
 def _drop_small(objects: Objects, min_area: int) -> Objects:

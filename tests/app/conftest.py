@@ -170,3 +170,17 @@ def http(server: Server) -> Iterator[httpx.Client]:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     with httpx.Client(base_url=server.url, headers=headers, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[str]:
+    """A Dask LocalCluster of 2 worker processes on 127.0.0.1: its scheduler's address."""
+    distributed = pytest.importorskip("distributed", reason="the `dask` extra is not installed")
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as local:
+        yield local.scheduler_address

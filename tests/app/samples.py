@@ -174,3 +174,10 @@ def write_ome_zarr(path: object, image: np.ndarray, zarr_format: int = 2) -> Non
         group.attrs["multiscales"] = [{"version": "0.4", **multiscales[0]}]
     else:
         group.attrs["ome"] = {"version": "0.5", "multiscales": multiscales}
+
+
+def smooth_noise(height: int, width: int, seed: int) -> np.ndarray:
+    """Blobs the size of cells plus pixel noise: a class map with structure at every scale."""
+    coarse = noise(height // 32 + 2, width // 32 + 2, seed=seed).astype(np.float32)
+    blobs = np.kron(coarse, np.ones((32, 32), np.float32))[:height, :width]
+    return np.clip(blobs * 0.8 + noise(height, width, seed=seed + 1) * 0.2, 0, 255).astype(np.uint8)

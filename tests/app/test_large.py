@@ -5,7 +5,6 @@ open in ome-zarr, zarr, tifffile and ome-types; the command line's batch semanti
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from app.inference import Predictor, load_model
 from app.inference.objects import class_probability
 from app.streaming import segment_large
 from bench.nets import UNetSpec, default_card, save_model
-from tests.app.samples import noise, png, truncated, write_ome_tiff
+from tests.app.samples import noise, png, smooth_noise, truncated, write_ome_tiff
 
 # The paper's geometry (depth 4: halo 92, sizes 16k + 12), 2 channels: tiles like the real net's.
 PAPER = UNetSpec(depth=4, base=2)
@@ -37,13 +36,6 @@ class Reference:
     mask: np.ndarray
     probability: np.ndarray  # uint16, round(p * 65535)
     threshold: float
-
-
-def smooth_noise(height: int, width: int, seed: int) -> np.ndarray:
-    """Blobs the size of cells plus pixel noise: a class map with structure at every scale."""
-    coarse = noise(height // 32 + 2, width // 32 + 2, seed=seed).astype(np.float32)
-    blobs = np.kron(coarse, np.ones((32, 32), np.float32))[:height, :width]
-    return np.clip(blobs * 0.8 + noise(height, width, seed=seed + 1) * 0.2, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -97,16 +89,6 @@ def run_cli(reference: Reference, out: Path, *inputs: Path | str, **flags: objec
         name = "--" + flag.replace("_", "-")
         argv += [name] if value is True else [name, str(value)]
     return cli.main(argv)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    distributed = pytest.importorskip("distributed", reason="the `dask` extra is not installed")
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None,
-    ) as local:  # fmt: skip
-        yield local.scheduler_address
 
 
 @pytest.mark.parametrize("dask", [False, True], ids=["in-process", "dask"])

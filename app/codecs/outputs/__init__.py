@@ -33,7 +33,11 @@ __all__ = [
 ]
 
 # The formats of images beyond memory, written from the store on disk (app/codecs/pyramid.py).
-LARGE_OUTPUTS = {o.name: o for o in (ome_zarr.OUTPUT, ome_tiff.OUTPUT)}
+# ``instances`` and ``geojson`` are also in-memory formats: an image above the size limit
+# gets these.
+LARGE_OUTPUTS = {
+    o.name: o for o in (ome_zarr.OUTPUT, ome_tiff.OUTPUT, ome_zarr.INSTANCES, geojson.LARGE)
+}
 
 
 def default_outputs() -> Outputs:

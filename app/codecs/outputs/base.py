@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from app.codecs.errors import FrameCountError, OptionError, UnsupportedOutputError
 from app.codecs.images import DecodedImage
@@ -102,18 +102,26 @@ class Output:
         return self.inputs is None or input_format in self.inputs
 
 
+OUTLINES = "objects.geojson"  # the GeoJSON of a large image's objects, in its store's folder
+
+
 @dataclass(frozen=True)
 class LargeOutput:
     """A format written from the store on disk of the large-image path (any image size).
 
-    finish(store, path): turn the finished store (levels built, metadata written;
-    app/codecs/pyramid.py) into the file or folder ``path``; the store is gone after.
+    content: what the store's image holds -- ``classes`` (class indices), ``objects``
+    (object ids), ``outlines`` (object ids, and the objects' GeoJSON as OUTLINES in
+    the store's folder); pyramid: whether the store gets its lower levels.
+    finish(store, path): turn the finished store (app/codecs/pyramid.py) into the file
+    or folder ``path``; the store is gone after.
     """
 
     name: str
     description: str
     finish: Callable[[LabelStore, Path], None]
     extension: str
+    content: Literal["classes", "objects", "outlines"] = "classes"
+    pyramid: bool = True
 
 
 def either(names: list[str]) -> str:

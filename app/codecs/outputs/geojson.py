@@ -6,14 +6,43 @@ properties, so that File > Import objects opens it over the image."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from app.codecs.images import DecodedImage
 from app.codecs.outputs._objects import colour, objects_of
-from app.codecs.outputs.base import Model, Options, Output
-from app.codecs.polygons import polygons
+from app.codecs.outputs.base import OUTLINES, LargeOutput, Model, Options, Output
+from app.codecs.polygons import Polygon, polygons
+from app.codecs.pyramid import LabelStore
 from app.inference.objects import measure
 from app.inference.predictor import Prediction
+
+
+def feature(
+    parts: list[Polygon],
+    object_id: int,
+    classes: list[str],
+    class_index: int,
+    area: int,
+    score: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One object's Feature: its polygons and QuPath's properties (class, colour, area, score)."""
+    geometry = (
+        {"type": "Polygon", "coordinates": parts[0]}
+        if len(parts) == 1
+        else {"type": "MultiPolygon", "coordinates": parts}
+    )
+    properties: dict[str, Any] = {
+        "objectType": "detection",
+        "id": object_id,
+        "classification": {"name": classes[class_index], "color": list(colour(class_index))},
+        "measurements": {"area": area, "score": round(score, 6)},
+        **(extra or {}),
+    }
+    return {"type": "Feature", "geometry": geometry, "properties": properties}
 
 
 class GeoJsonEncoder:
@@ -29,28 +58,18 @@ class GeoJsonEncoder:
         objects = objects_of(prediction, self.model, self.options)
         m = measure(objects, prediction.probabilities)
         shapes = polygons(objects.labels)
-        classes = self.model.card.classes
         for i in range(1, objects.count + 1):
-            parts = shapes[i]
-            geometry = (
-                {"type": "Polygon", "coordinates": parts[0]}
-                if len(parts) == 1
-                else {"type": "MultiPolygon", "coordinates": parts}
-            )
-            class_index = int(objects.classes[i])
-            properties: dict[str, Any] = {
-                "objectType": "detection",
-                "id": len(self.features) + 1,
-                "classification": {
-                    "name": classes[class_index],
-                    "color": list(colour(class_index)),
-                },
-                "measurements": {"area": int(m.area[i]), "score": round(float(m.score[i]), 6)},
-            }
-            if self.multi:
-                properties["frame"] = index
+            properties = {"frame": index} if self.multi else {}
             self.features.append(
-                {"type": "Feature", "geometry": geometry, "properties": properties}
+                feature(
+                    shapes[i],
+                    len(self.features) + 1,
+                    self.model.card.classes,
+                    int(objects.classes[i]),
+                    int(m.area[i]),
+                    float(m.score[i]),
+                    properties,
+                )
             )
 
     def finish(self) -> bytes:
@@ -64,4 +83,20 @@ OUTPUT = Output(
     GeoJsonEncoder,
     multi_frame=True,
     extension="geojson",
+)
+
+
+def finish_large(store: LabelStore, path: Path) -> None:
+    """A large image's GeoJSON, written into its store's folder, moved into place."""
+    os.replace(store.path / OUTLINES, path)
+    shutil.rmtree(store.path)
+
+
+LARGE = LargeOutput(
+    "geojson",
+    "the objects of a large image as GeoJSON polygons, written block by block",
+    finish_large,
+    extension="geojson",
+    content="outlines",
+    pyramid=False,
 )

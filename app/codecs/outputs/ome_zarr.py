@@ -1,7 +1,8 @@
 """``format=ome-zarr``: the class map as an OME-NGFF 0.4 label image with its pyramid.
 
 The large-image store (app/codecs/pyramid.py) is already that image: finishing
-it is renaming its folder into place. Readable by ``ome-zarr``, zarr and napari;
+it is renaming its folder into place. ``instances`` of a large image is the same,
+with object ids (uint32) for values. Readable by ``ome-zarr``, zarr and napari;
 label values are the class indices, ``image-label`` names and colours them.
 """
 
@@ -18,6 +19,13 @@ def finish(store: LabelStore, path: Path) -> None:
     os.replace(store.path, path)
 
 
+INSTANCES = LargeOutput(
+    "instances",
+    "object ids (uint32) as an OME-NGFF label image with its pyramid, for large images",
+    finish,
+    extension="instances.ome.zarr",
+    content="objects",
+)
 OUTPUT = LargeOutput(
     "ome-zarr",
     "the class map as an OME-NGFF label image (zarr v2, multiscale), for images of any size",
