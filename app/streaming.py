@@ -52,7 +52,9 @@ def write_block(
     16-bit p(k) of each class k (``work/p<k>``: object scores) and, for a watershed
     ``recipe``, its flooding levels and seeds (``work/levels``, ``work/seeds``).
     """
-    prediction = predictor.predict_block(image, grid, block, threshold=options.threshold)
+    prediction = predictor.predict_block(
+        image, grid, block, threshold=options.threshold, tta=options.tta
+    )
     here, probs = (block.rows, block.cols), prediction.probabilities
     store.classes[here] = prediction.mask
     if store.probability is not None:
@@ -158,8 +160,6 @@ def segment_large(
     progress(stage, done, total): stages ``blocks``, ``objects``, ``outlines``, ``levels``.
     block_size: the target side of a block and of a chunk of the store, px.
     """
-    if options.tta:
-        raise ValueError("tta is not available for large images yet (blocks run without flips)")
     options.check(model.card)
     card, (height, width) = model.card, image.shape[:2]
     grid = block_grid(predictor.plan(height, width), block_size)

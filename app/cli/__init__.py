@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import zarr
 from tqdm import tqdm
 
 from app.batch import Context, Large, Setup, Small
@@ -220,6 +221,9 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
 def main(argv: Sequence[str] | None = None) -> int:
     outputs = default_outputs()
     args = parse_args(argv, outputs)
+    # One zarr codec thread: a block is one chunk, so more threads add nothing but malloc
+    # arenas (measured, 16384² OME-TIFF, tiny model: peak RSS 397 -> 344 MB, same time).
+    zarr.config.set({"threading.max_workers": 1})
     try:
         return run(args, outputs)
     except KeyboardInterrupt:

@@ -32,6 +32,7 @@ from app.codecs.masks import palette
 
 COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
 SMALLEST = 512  # px: levels are added until the largest side fits in this
+BAND = 256  # rows of a level made at once (from 512 rows of the level above)
 NGFF = "0.4"
 AXES = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
 
@@ -136,11 +137,11 @@ class LabelStore:
             source: Any = group[str(k - 1)]
             target = _array(group, str(k), shapes[k], self.chunks, source.dtype)
             for rows, cols in chunk_slices(shapes[k], self.chunks):
-                region = (
-                    slice(2 * rows.start, 2 * rows.stop),
-                    slice(2 * cols.start, 2 * cols.stop),
-                )
-                target[rows, cols] = source[region][::2, ::2]
+                for top in range(rows.start, rows.stop, BAND):  # a few MB in memory at a time
+                    band = slice(top, min(top + BAND, rows.stop))
+                    source_rows = slice(2 * band.start, 2 * band.stop)
+                    source_cols = slice(2 * cols.start, 2 * cols.stop)
+                    target[band, cols] = source[source_rows, source_cols][::2, ::2]
                 done += 1
                 if progress is not None:
                     progress(done, total)

@@ -125,3 +125,26 @@ class Window:
     def __getitem__(self, key: tuple[slice, slice]) -> npt.NDArray[Any]:
         (rows, cols), (r0, c0) = key, self.origin
         return self.data[rows.start - r0 : rows.stop - r0, cols.start - c0 : cols.stop - c0]
+
+
+class Flipped:
+    """An image mirrored along its rows (``fy = -1``) and/or columns (``fx = -1``), read
+    lazily: ``image[::fy, ::fx]`` for any Region."""
+
+    def __init__(self, image: Region, fy: int, fx: int) -> None:
+        self.image, self.fy, self.fx = image, fy, fx
+        self.shape, self.dtype = image.shape, image.dtype
+
+    def _mirror(self, part: slice, length: int, flip: int) -> slice:
+        return part if flip == 1 else slice(length - part.stop, length - part.start)
+
+    def block(self, block: Block) -> Block:
+        """Where ``block`` of the image lies in the mirrored image (and back)."""
+        height, width = self.shape[:2]
+        return Block(
+            self._mirror(block.rows, height, self.fy), self._mirror(block.cols, width, self.fx)
+        )
+
+    def __getitem__(self, key: tuple[slice, slice]) -> npt.NDArray[Any]:
+        mirror = self.block(Block(*key))
+        return np.asarray(self.image[mirror.rows, mirror.cols])[:: self.fy, :: self.fx]

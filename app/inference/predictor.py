@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from app.inference.blocks import Block, BlockGrid, Window
+from app.inference.blocks import Block, BlockGrid, Flipped, Window
 from app.inference.card import ModelCard
 from app.inference.errors import ImageShapeError
 from app.inference.plan import DEFAULT_CONTEXT, TilePlan, plan_tiles
@@ -195,25 +195,51 @@ class Predictor:
         return mask
 
     def predict_block(
-        self, image: Region, grid: BlockGrid, block: Block, *, threshold: float = 0.5
+        self,
+        image: Region,
+        grid: BlockGrid,
+        block: Block,
+        *,
+        threshold: float = 0.5,
+        tta: bool = False,
     ) -> Prediction:
         """One block of a large H x W x C image (uint8/uint16, C = 1 or 3; a lazy reader or
-        an array): equal, bit for bit, to that block of ``predict`` of the whole image."""
-        window = Window(image, grid.reads(block))
-        sink = BlockSink(block.rows, block.cols, self.card.out_channels)
+        an array): equal, bit for bit, to that block of ``predict`` of the whole image.
+
+        tta: the mean over the four flips, as ``predict`` makes it: for each flip, the
+        block's mirror in the flipped image is predicted with the same plan and added
+        back in place, in the same order, then divided by four.
+        """
+        total, tiles = self._mirrored_block(image, grid, block, *FLIPS[0])
+        for fy, fx in FLIPS[1:] if tta else ():
+            probs, more = self._mirrored_block(image, grid, block, fy, fx)
+            total += probs[:, ::fy, ::fx]
+            tiles += more
+        if tta:
+            total *= np.float32(1 / len(FLIPS))
+        return Prediction(total, self.mask(total, threshold), tiles)
+
+    def _mirrored_block(
+        self, image: Region, grid: BlockGrid, block: Block, fy: int, fx: int
+    ) -> tuple[npt.NDArray[np.float32], int]:
+        """The probabilities of ``block``'s mirror in ``image[::fy, ::fx]``, and the tiles run."""
+        view = Flipped(image, fy, fx)
+        mirror = view.block(block)
+        window = Window(view, grid.reads(mirror))
+        sink = BlockSink(mirror.rows, mirror.cols, self.card.out_channels)
         tiles = run_plan(
             window,
             self._predict,
             self.geometry,
             sink,
             grid.plan,
-            grid.tiles(block),
+            grid.tiles(mirror),
             channels=self.card.in_channels,
             batch_size=self.batch_size,
             prepare=Normalizer(self.card, image.shape[2], window.dtype),
             fixed_shape=self.fixed_shape,
         )
-        return Prediction(sink.array, self.mask(sink.array, threshold), tiles)
+        return sink.array, tiles
 
     def predict(
         self,

@@ -81,6 +81,28 @@ def test_streamed_equals_in_memory_for_any_block_size(
     assert list(tmp_path.iterdir()) == [path]  # the temporary store is gone
 
 
+@pytest.mark.parametrize("block_size", [500, 6000])
+def test_tta_streamed_equals_tta_in_memory(
+    block_size: int, reference: Reference, tmp_path: Path
+) -> None:
+    """The mean over four flips, block by block (mirrored blocks meet other tiles)."""
+    image = smooth_noise(900, 1300, seed=7)
+    loaded = load_model(reference.model, "cpu")
+    predictor = Predictor(loaded.engine.run, loaded.card, tile_size=TILE)
+    probs, _ = predictor.probabilities(image, tta=True)
+    options = Options(threshold=reference.threshold, tta=True)
+    path = tmp_path / "tta.ome.zarr"
+    result = segment_large(
+        image[:, :, None], path, LARGE_OUTPUTS["ome-zarr"], predictor,
+        Model(loaded.card, loaded.engine.sha256), options, probability=True,
+        block_size=block_size,
+    )  # fmt: skip
+    labels, probability = read_store(path)
+    assert np.array_equal(labels, probs[0] >= reference.threshold)
+    assert np.array_equal(probability, to_uint16(class_probability(probs, 1)))
+    assert result.tiles >= 4 * len(predictor.plan(900, 1300))
+
+
 def run_cli(reference: Reference, out: Path, *inputs: Path | str, **flags: object) -> int:
     argv = [str(i) for i in inputs]
     argv += ["--model", str(reference.model), "--out", str(out), "--tile", str(TILE)]
