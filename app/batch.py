@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from app.codecs.errors import FrameCountError
-from app.codecs.images import Decoders, Limits
+from app.codecs.images import DecodedImage, Decoders, Limits
 from app.codecs.outputs import LARGE_OUTPUTS, Model, Options, Outputs
-from app.codecs.slides import is_slide, open_slide
+from app.codecs.slides import is_slide, is_tiff_file, open_slide
 from app.inference import Predictor, load_model
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, check_frame
 from app.inference.tiler import Region
@@ -66,11 +67,23 @@ class Small:
     def __init__(self, context: Context, outputs: Outputs, output: str) -> None:
         self.context, self.outputs, self.output = context, outputs, output
 
+    def decode(self, source: Path) -> DecodedImage:
+        """The input's frames: its bytes through the service's decoders, or, for what only
+        a lazy reader opens (OME-Zarr, OpenSlide formats), its one plane read whole."""
+        c = self.context
+        if not is_slide(source) or is_tiff_file(source):
+            return c.decoders.decode(source.read_bytes(), c.limits)
+        with open_slide(source) as slide:
+            c.limits.check(slide.width, slide.height, 1, slide.format)
+            frame = np.asarray(slide[slice(0, slide.height), slice(0, slide.width)])
+        return DecodedImage(slide.format, [frame[:, :, 0] if frame.shape[2] == 1 else frame],
+                            slide.width, slide.height)  # fmt: skip
+
     def __call__(
         self, source: Path, tiles: tqdm | None = None
     ) -> tuple[bytes, str, dict[str, Any]]:
         c = self.context
-        image = c.decoders.decode(source.read_bytes(), c.limits)
+        image = self.decode(source)
         encoder = self.outputs.encoder(self.output, image, c.model, c.options)
         segment_frames(
             image, encoder, c.predictor, c.options, None if tiles is None else _bar(tiles)

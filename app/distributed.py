@@ -17,6 +17,7 @@ system (NFS, a Kubernetes volume) on a real cluster.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,11 @@ from app.inference.objects import Recipe
 from app.inference.tiler import ProgressFn
 from app.streaming import Pass, write_block
 
+SCATTER_BYTES = 1 << 20  # arrays at least this big go to the workers once, not with each task
+STOP_WAIT_S = 600  # the longest a failed or interrupted run waits for its running tasks
 
-@functools.cache
+
+@functools.lru_cache(maxsize=2)
 def _context(setup: Setup, sha256: str) -> Context:
     """This worker's model and predictor for ``setup``, loaded at its first task."""
     context = Context(setup)
@@ -46,9 +50,22 @@ def _context(setup: Setup, sha256: str) -> Context:
     return context
 
 
-@functools.lru_cache(maxsize=4)
+_SLIDES: dict[str, tuple[tuple[int, int], Slide]] = {}
+
+
 def _slide(path: str) -> Slide:
-    return open_slide(path)
+    """The slide at ``path``, opened once per worker while the file stays the same."""
+    stat = Path(path).stat()
+    version = (stat.st_mtime_ns, stat.st_size)
+    cached = _SLIDES.get(path)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    if cached is not None:
+        cached[1].close()
+    while len(_SLIDES) >= 4:
+        _SLIDES.pop(next(iter(_SLIDES)))[1].close()
+    _SLIDES[path] = (version, open_slide(path))
+    return _SLIDES[path][1]
 
 
 def _block_task(
@@ -68,6 +85,11 @@ def _block_task(
 
 def _small_task(setup: Setup, sha256: str, source: str, output: str) -> Any:
     return Small(_context(setup, sha256), default_outputs(), output)(Path(source))
+
+
+def _executing(dask_worker: Any) -> list[Any]:
+    """The keys of the tasks a worker is running now (cancelled ones too)."""
+    return [task.key for task in dask_worker.state.executing]
 
 
 class Cluster:
@@ -118,8 +140,20 @@ class Cluster:
                 tiles += future.result()
                 progress(done, len(futures))
         finally:
-            self.client.cancel(futures)
+            self._stop(futures)
         return tiles
+
+    def _stop(self, futures: list[Any]) -> None:
+        """Cancel what is left and wait until none of it runs any more (a running task
+        cannot be stopped: it would write into a store being removed)."""
+        self.client.cancel(futures)
+        keys = {f.key for f in futures}
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:
+            running = {k for tasks in self.client.run(_executing).values() for k in tasks}
+            if not running & keys:
+                return
+            time.sleep(0.2)
 
     def map(self, task: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> Iterator[Any]:
         """``task(*args)`` for each of ``jobs`` as tasks; the results in the jobs' order.
@@ -127,7 +161,9 @@ class Cluster:
         sent: dict[int, Any] = {}
 
         def once(value: Any) -> Any:
-            if not isinstance(value, np.ndarray):
+            if isinstance(value, tuple):
+                return tuple(once(v) for v in value)
+            if not isinstance(value, np.ndarray) or value.nbytes < SCATTER_BYTES:
                 return value
             if id(value) not in sent:
                 sent[id(value)] = self.client.scatter(value, broadcast=True)
@@ -138,7 +174,7 @@ class Cluster:
             for future in futures:
                 yield future.result()
         finally:
-            self.client.cancel(futures)
+            self._stop(futures)
 
     def close(self) -> None:
         self.client.cancel(list(self._small.values()))

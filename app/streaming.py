@@ -59,7 +59,7 @@ def write_block(
     store.classes[here] = prediction.mask
     if store.probability is not None:
         store.probability[here] = to_uint16(class_probability(probs, options.class_index))
-    for k in range(1, len(predictor.card.classes)):
+    for k in range(len(predictor.card.classes)):
         if store.has_work(f"p{k}"):
             store.work(f"p{k}")[here] = to_uint16(class_probability(probs, k))
     if recipe is not None and recipe.method == "watershed":
@@ -133,9 +133,17 @@ def _store(
         if recipe.method == "watershed":
             for name, kind in (("levels", np.uint8), ("seeds", np.uint8), ("flooded", np.uint32)):
                 store.work(name, kind)
-        for k in range(1, num_classes) if output.content == "outlines" else ():
-            store.work(f"p{k}", np.uint16)
+        for k in object_classes(recipe, num_classes) if output.content == "outlines" else ():
+            store.work(f"p{k}", np.uint16)  # for the objects' scores
     return store
+
+
+def object_classes(recipe: Recipe, num_classes: int) -> list[int]:
+    """The classes an object can have: every non-background class for components; for
+    a watershed, every class but the boundary (background too: the ISBI cells)."""
+    if recipe.method == "components":
+        return list(range(1, num_classes))
+    return [k for k in range(num_classes) if k != recipe.boundary_class]
 
 
 def segment_large(

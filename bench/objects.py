@@ -9,24 +9,30 @@ issue's ~20,000). Timed in one process, one run each after a warm-up:
 inference (probabilities + mask, the service's tiling),
 objects by the card's recipe (the watershed for the shipped model), then the
 encoders of ``format=objects`` and ``format=geojson`` (and ``instances``) on the
-prediction. Each is reported as a share of the inference time.
+prediction. Each is reported as a share of the inference time. Then the large-image
+path on the same mosaic (``format=instances`` block by block, app/large_objects.py):
+its time end to end and how its objects agree with the in-memory ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 from PIL import Image
+from scipy import sparse
 
 from app.codecs.images import DecodedImage
-from app.codecs.outputs import Model, Options, default_outputs
+from app.codecs.outputs import LARGE_OUTPUTS, Model, Options, default_outputs
 from app.codecs.outputs._objects import objects_of
 from app.inference import Predictor, load_model
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
+from app.streaming import segment_large
 from bench.report import report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +102,30 @@ def main(argv: list[str] | None = None) -> None:
         results[f"{name}_s"] = round(seconds, 2)  # objects found again inside: end to end
         results[f"{name}_mb"] = round(len(body) / 1e6, 1)
         results[f"{name}_share_of_inference"] = round(seconds / inference_s, 3)
+    results |= streamed(frame, predictor, model, options, objects.labels)
     report(results, args.json)
+
+
+def streamed(
+    frame: np.ndarray, predictor: Predictor, model: Model, options: Options, labels: np.ndarray
+) -> dict[str, Any]:
+    """The large-image path on the same mosaic (``instances``, blocks of 2304 px): its time,
+    and how its objects agree with the in-memory ones (share of the pixels outside the
+    in-memory object that their streamed object overlaps most)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "mosaic.instances.ome.zarr"
+        output = LARGE_OUTPUTS["instances"]
+        result, seconds = timed(
+            lambda: segment_large(frame[:, :, None], path, output, predictor, model, options)
+        )
+        ours = zarr.open_group(str(path), mode="r")["0"][:].astype(np.int64)
+    overlap = sparse.coo_matrix((np.ones(ours.size), (ours.ravel(), labels.ravel()))).tocsr()
+    best = np.asarray(overlap.argmax(axis=1)).ravel()
+    return {
+        "streamed_instances_s": round(seconds, 2),
+        "streamed_objects": result.objects,
+        "streamed_pixels_in_another_object": float((best[ours] != labels).mean()),
+    }
 
 
 if __name__ == "__main__":

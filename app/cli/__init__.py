@@ -21,16 +21,19 @@ name, renamed); an input whose output exists is skipped (resume; ``--overwrite``
 redoes it); an input that fails is reported and the others go on;
 ``DIR/summary.json`` lists every input with its status, time, size and error.
 Progress bars for the files and for the tiles or blocks of each (tqdm, on
-stderr). Exit 0 when every input succeeded, 1 when any failed, 130 on Ctrl-C
-(nothing half-written is left); 2 for bad arguments or a model or tiling that
-cannot run. ``--dask ADDRESS`` runs the blocks of large images and the small
-images of the batch on a Dask cluster (app/distributed.py).
+stderr). Exit 0 when every input succeeded, 1 when any failed, 130 on Ctrl-C or
+SIGTERM (nothing half-written is left); 2 for bad arguments, a model or tiling
+that cannot run, or a Dask scheduler that cannot be reached. ``--dask ADDRESS``
+runs the blocks of large images and the small images of the batch on a Dask
+cluster (app/distributed.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -41,16 +44,14 @@ import zarr
 from tqdm import tqdm
 
 from app.batch import Context, Large, Setup, Small
-from app.cli.files import expand, remove, size, target, write_atomically
+from app.cli.files import expand, remove, set_aside, size, target, write_atomically
 from app.codecs.errors import CodecError, ImageTooLargeError
 from app.codecs.outputs import LARGE_OUTPUTS, Outputs, default_outputs
 from app.codecs.outputs.base import either
-from app.codecs.slides import is_slide, open_slide
+from app.codecs.slides import is_slide, is_tiff_file, open_slide
 from app.inference import InferenceError
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
 from app.settings import DEFAULT_MODEL
-
-FAILURES = (CodecError, InferenceError, ValueError, OSError)
 
 
 class Run:
@@ -73,7 +74,9 @@ class Run:
             with open_slide(source) as slide:
                 return slide.width * slide.height
         except CodecError:
-            return None  # the in-memory decoders will say what is wrong with it
+            if is_tiff_file(source):  # pages, say: the in-memory decoders may read it
+                return None
+            raise
 
     def route(self, source: Path) -> tuple[str, bool]:
         """(format, whether it goes the large way): ``--format``, else ``png`` up to
@@ -110,49 +113,62 @@ class Run:
         """The format of an in-memory input still to do, else None."""
         try:
             name, large = self.route(source)
-        except ImageTooLargeError:
+        except Exception:  # reported when its turn comes (``one``)
             return None
         done = self.done(source, self.extension(name, large))
         return None if large or (done and not self.args.overwrite) else name
 
     def one(self, source: Path) -> dict[str, Any]:
-        """Segment one input; its row of the summary."""
-        args = self.args
+        """Segment one input; its row of the summary. Whatever goes wrong with this input
+        is reported in its row, and the batch goes on (Ctrl-C stops it)."""
         row: dict[str, Any] = {"input": str(source)}
         began = time.perf_counter()
         try:
             name, large = self.route(source)
             extension = self.extension(name, large)
+            if target(self.args.out, source, extension).resolve() == source.resolve():
+                raise ValueError(f"the output would replace the input {source}: use another --out")
             done = self.done(source, extension)
-            if done is not None and not args.overwrite:
+            if done is not None and not self.args.overwrite:
                 return row | {"output": str(done), "status": "skipped", "format": name}
-            if done is not None:
-                remove(done)
-            path = target(args.out, source, extension)
-            with tqdm(desc="tiles", leave=False, file=sys.stderr) as bar:
-                if large:
-                    c = self.cluster
-                    streamed = Large(
-                        self.context, name, c.blocks if c else None, c.map if c else None
-                    )
-                    facts = streamed(source, path, bar)
-                else:
-                    small = self.cluster.small if self.cluster else self.small
-                    body, media_type, facts = small(source, name, bar)
-                    path = target(args.out, source, extension, media_type)
-                    write_atomically(path, body)
+            old = set_aside(done) if done is not None else None  # back in place on failure
+            try:
+                path, facts = self.produce(source, name, large, extension)
+            except BaseException:
+                if old is not None and done is not None:
+                    os.replace(old, done)
+                raise
+            if old is not None:
+                remove(old)
             row |= {"output": str(path), "status": "ok", "format": name, **facts}
             row["bytes"] = size(path)
-        except FAILURES as exc:
+        except Exception as exc:
             row |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
             tqdm.write(f"unet-segment: {source}: {exc}", file=sys.stderr)
         row["seconds"] = round(time.perf_counter() - began, 3)
         return row
 
+    def produce(
+        self, source: Path, name: str, large: bool, extension: str
+    ) -> tuple[Path, dict[str, Any]]:
+        """Write the output of ``source``: (its path, facts for the summary)."""
+        path = target(self.args.out, source, extension)
+        with tqdm(desc="tiles", leave=False, file=sys.stderr) as bar:
+            if large:
+                c = self.cluster
+                streamed = Large(self.context, name, c.blocks if c else None, c.map if c else None)
+                return path, streamed(source, path, bar)
+            small = self.cluster.small if self.cluster else self.small
+            body, media_type, facts = small(source, name, bar)
+            path = target(self.args.out, source, extension, media_type)
+            write_atomically(path, body)
+            return path, facts
+
 
 def setup(args: argparse.Namespace) -> Setup:
-    fields = ("model", "providers", "tile", "batch", "threshold", "tta", "min_area")
+    fields = ("providers", "tile", "batch", "threshold", "tta", "min_area")
     more = {"max_pixels": args.max_pixels, "probability": args.probability}
+    more["model"] = args.model.absolute()  # Dask workers elsewhere open it by this path
     return Setup(**{f: getattr(args, f) for f in fields}, **more)
 
 
@@ -218,9 +234,14 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
     return args
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     outputs = default_outputs()
     args = parse_args(argv, outputs)
+    signal.signal(signal.SIGTERM, _interrupt)  # a batch system's stop: clean up as on Ctrl-C
     # One zarr codec thread: a block is one chunk, so more threads add nothing but malloc
     # arenas (measured, 16384² OME-TIFF, tiny model: peak RSS 397 -> 344 MB, same time).
     zarr.config.set({"threading.max_workers": 1})
@@ -232,6 +253,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except (InferenceError, ValueError) as exc:  # the model, or a tiling it cannot take
+    except (InferenceError, ValueError, OSError) as exc:  # the model, a tiling, the cluster
         print(f"unet-segment: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import glob
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -72,6 +73,14 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an output to be redone (``--overwrite``) to a hidden name beside it; the
+    caller removes it once the new output is in place, or renames it back."""
+    aside = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
+    os.replace(path, aside)
+    return aside
 
 
 def remove(path: Path) -> None:

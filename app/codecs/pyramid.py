@@ -79,7 +79,7 @@ class LabelStore:
         probability: bool = False,
         dtype: type = np.uint8,
     ) -> None:
-        self.path, self.chunks = path, chunks
+        self.path, self.chunks = path.absolute(), chunks  # absolute: workers elsewhere open it
         self.group = zarr.open_group(str(path), mode="w", zarr_format=2)
         self.labels = _array(self.group, "0", (height, width), chunks, dtype)
         self.probability: zarr.Array[Any] | None = None

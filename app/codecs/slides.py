@@ -33,6 +33,7 @@ from app.codecs.errors import CorruptImageError, NotAnImageError, UnsupportedFor
 from app.codecs.images import is_tiff
 
 SPATIAL = ("Y", "X")
+LARGEST_CHUNK = 256 << 20  # bytes of one TIFF strip or tile: more is refused (not tiled)
 CHANNELS = ("C", "S")  # tifffile: S = samples of a pixel (RGB), C = separate channels
 
 
@@ -85,6 +86,8 @@ class Slide:
         index = tuple(parts.get(a, 0) for a in self._axes)
         try:
             block = np.asarray(self._array[index])
+        except MemoryError:
+            raise
         except Exception as exc:  # a tile's bytes: truncated, corrupt, unknown codec
             raise CorruptImageError(
                 f"{self.name}: the region rows {rows.start}-{rows.stop}, columns "
@@ -132,19 +135,24 @@ def _ngff_axes(attrs: dict[str, Any]) -> tuple[str, str] | None:
 def _open_zarr(path: Path) -> Slide:
     import zarr
 
-    node = zarr.open(str(path), mode="r")
-    if isinstance(node, zarr.Array):  # a bare array: YX, YXS (<= 4 samples) or CYX
-        shape = node.shape
-        guess = {2: "YX", 3: "YXS" if shape[-1] <= 4 else "CYX"}.get(len(shape), "")
-        return Slide(node, guess, "zarr", path)
-    found = _ngff_axes(dict(node.attrs))
-    if found is None:
-        raise UnsupportedFormatError(
-            f"{path.name}: a zarr group without OME-NGFF 'multiscales' metadata; give the "
-            "path of an OME-Zarr image or of one zarr array"
-        )
-    level, axes = found
-    return Slide(node[level], axes, "ome-zarr", path)
+    try:
+        node = zarr.open(str(path), mode="r")
+        if isinstance(node, zarr.Array):  # a bare array: YX, YXS (<= 4 samples) or CYX
+            shape = node.shape
+            guess = {2: "YX", 3: "YXS" if shape[-1] <= 4 else "CYX"}.get(len(shape), "")
+            return Slide(node, guess, "zarr", path)
+        found = _ngff_axes(dict(node.attrs))
+        if found is None:
+            raise UnsupportedFormatError(
+                f"{path.name}: a zarr group without OME-NGFF 'multiscales' metadata; give the "
+                "path of an OME-Zarr image or of one zarr array"
+            )
+        level, axes = found
+        return Slide(node[level], axes, "ome-zarr", path)
+    except (UnsupportedFormatError, CorruptImageError):
+        raise
+    except Exception as exc:  # metadata that is not what NGFF says: a missing level, ...
+        raise CorruptImageError(f"{path.name}: not a readable OME-Zarr ({exc!r})") from exc
 
 
 def _open_tiff(path: Path) -> Slide:
@@ -157,8 +165,15 @@ def _open_tiff(path: Path) -> Slide:
         raise CorruptImageError(f"{path.name}: not a readable TIFF ({exc})") from exc
     try:
         series = tif.series[0]
-        store = series.aszarr(level=0)
-        return Slide(zarr.open(store, mode="r"), series.axes, "tiff", path, tif.close)
+        array: Any = zarr.open(series.aszarr(level=0), mode="r")
+        chunk = int(np.prod(array.chunks)) * array.dtype.itemsize
+        if chunk > LARGEST_CHUNK:  # a strip or tile this big is read whole for every block
+            raise UnsupportedFormatError(
+                f"{path.name}: its strips or tiles hold {chunk >> 20} MiB each, too much to read "
+                "a region at a time; convert it to a tiled TIFF (e.g. vips tiffsave --tile, or "
+                "tifffile's tile=)"
+            )
+        return Slide(array, series.axes, "tiff", path, tif.close)
     except (UnsupportedFormatError, CorruptImageError):
         tif.close()
         raise
@@ -168,18 +183,26 @@ def _open_tiff(path: Path) -> Slide:
 
 
 class _OpenSlideLevel0:
-    """OpenSlide's level 0 as an H x W x 4 (RGBA) array that reads rectangles."""
+    """OpenSlide's level 0 as an H x W x 3 (RGB) array that reads rectangles: where the
+    scan has no data (alpha < 255), the slide's background colour shows, as in viewers."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
         width, height = handle.level_dimensions[0]
-        self.shape, self.dtype = (height, width, 4), np.dtype(np.uint8)
+        self.shape, self.dtype = (height, width, 3), np.dtype(np.uint8)
+        colour = handle.properties.get("openslide.background-color") or "FFFFFF"
+        self.background = np.array([int(colour[i : i + 2], 16) for i in (0, 2, 4)], np.float32)
 
     def __getitem__(self, key: tuple[slice, slice, slice]) -> npt.NDArray[np.uint8]:
         rows, cols, channels = key
         size = (cols.stop - cols.start, rows.stop - rows.start)
-        region = self.handle.read_region((cols.start, rows.start), 0, size)
-        return np.asarray(region)[:, :, channels]
+        rgba = np.asarray(self.handle.read_region((cols.start, rows.start), 0, size))
+        rgb, alpha = rgba[:, :, :3], rgba[:, :, 3:]
+        if alpha.min() < 255:  # OpenSlide's RGBA is not premultiplied
+            weight = alpha.astype(np.float32) / 255
+            mixed = rgb * weight + self.background * (1 - weight)
+            rgb = np.rint(mixed).astype(np.uint8)
+        return rgb[:, :, channels]
 
 
 def _is_openslide(path: Path) -> bool:
@@ -197,12 +220,19 @@ def _open_openslide(path: Path) -> Slide:
         handle = openslide.OpenSlide(str(path))
     except openslide.OpenSlideError as exc:
         raise CorruptImageError(f"{path.name}: OpenSlide cannot read it ({exc})") from exc
-    return Slide(_OpenSlideLevel0(handle), "YXS", "openslide", path, handle.close)
+    try:
+        return Slide(_OpenSlideLevel0(handle), "YXS", "openslide", path, handle.close)
+    except BaseException:
+        handle.close()
+        raise
 
 
-def _head(path: Path) -> bytes:
+def is_tiff_file(path: Path) -> bool:
+    """A file that starts like a TIFF (SVS, OME-TIFF, BigTIFF included)."""
+    if not path.is_file():
+        return False
     with path.open("rb") as file:
-        return file.read(8)
+        return is_tiff(file.read(8))
 
 
 @dataclass(frozen=True)
@@ -217,7 +247,7 @@ class Reader:
 # Tried in this order: TIFF-based slides (SVS too) go to tifffile before OpenSlide.
 READERS = (
     Reader("OME-Zarr", _is_zarr, _open_zarr),
-    Reader("TIFF", lambda p: p.is_file() and is_tiff(_head(p)), _open_tiff),
+    Reader("TIFF", lambda p: is_tiff_file(p), _open_tiff),
     Reader("OpenSlide", _is_openslide, _open_openslide),
 )
 

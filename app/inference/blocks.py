@@ -11,8 +11,10 @@ result equals the in-memory prediction bit for bit, however the image is cut.
 Block sides are whole multiples of the plan's tile step, so that block borders
 fall on keep-range borders and almost no tile runs twice: for a valid network
 only the last tile of an axis (pulled back to end at the image border) can
-straddle two blocks. Worked example, paper net, 764 px tiles: tiles step by 576 px,
-a 2048 px target gives blocks of 4 x 576 = 2304 px.
+straddle two blocks. (The mirrored blocks of test-time augmentation do not fall on
+the step: their border tiles run twice, about a quarter more tiles.) Worked
+example, paper net, 764 px tiles: tiles step by 576 px, a 2048 px target gives
+blocks of 4 x 576 = 2304 px.
 
 Each block reads its input once: the rectangle that holds every (reflected)
 pixel its tiles need -- the block plus the halo, about 2.5k x 2.5k px -- from a

@@ -5,6 +5,9 @@ open in ome-zarr, zarr, tifffile and ome-types; the command line's batch semanti
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +16,11 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from PIL import Image
 
+import app.batch
 from app import cli
+from app.codecs.errors import CorruptImageError
 from app.codecs.masks import to_uint16
 from app.codecs.outputs import LARGE_OUTPUTS, Model, Options
 from app.codecs.slides import open_slide
@@ -22,7 +28,14 @@ from app.inference import Predictor, load_model
 from app.inference.objects import class_probability
 from app.streaming import segment_large
 from bench.nets import UNetSpec, default_card, save_model
-from tests.app.samples import noise, png, smooth_noise, truncated, write_ome_tiff
+from tests.app.samples import (
+    noise,
+    png,
+    smooth_noise,
+    truncated,
+    write_ome_tiff,
+    write_ome_zarr,
+)
 
 # The paper's geometry (depth 4: halo 92, sizes 16k + 12), 2 channels: tiles like the real net's.
 PAPER = UNetSpec(depth=4, base=2)
@@ -207,4 +220,61 @@ def test_ctrl_c_in_a_large_image_leaves_nothing_half_written(
 
     monkeypatch.setattr(app.streaming, "write_block", interrupted)
     assert run_cli(reference, tmp_path, reference.tif, format="ome-tiff") == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_the_output_never_replaces_the_input(reference: Reference, tmp_path: Path) -> None:
+    """x.ome.zarr segmented into its own folder would be x.ome.zarr: refused, input kept."""
+    source = tmp_path / "slide.ome.zarr"
+    write_ome_zarr(source, smooth_noise(1100, 1000, seed=9))
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    for flags in ({}, {"overwrite": True}):
+        assert run_cli(reference, tmp_path, source, format="ome-zarr", **flags) == 1
+        row = json.loads((tmp_path / "summary.json").read_text())[0]
+        assert "would replace the input" in row["error"]
+        assert sorted(p.relative_to(source) for p in source.rglob("*")) == before
+
+
+def test_a_failed_overwrite_puts_the_old_output_back(
+    reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run_cli(reference, tmp_path, reference.tif, format="ome-tiff") == 0
+    old = (tmp_path / "slide.ome.tif").read_bytes()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise CorruptImageError("the disk went away")
+
+    monkeypatch.setattr(app.batch, "segment_large", broken)
+    assert run_cli(reference, tmp_path, reference.tif, format="ome-tiff", overwrite=True) == 1
+    assert (tmp_path / "slide.ome.tif").read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slide.ome.tif", "summary.json"]
+
+
+def test_a_small_ome_zarr_goes_the_in_memory_way(reference: Reference, tmp_path: Path) -> None:
+    """Below --max-pixels an OME-Zarr gets the default png, read through its lazy reader."""
+    image = smooth_noise(600, 700, seed=8)
+    write_ome_zarr(tmp_path / "small.ome.zarr", image)
+    out = tmp_path / "out"
+    assert run_cli(reference, out, tmp_path / "small.ome.zarr") == 0
+    loaded = load_model(reference.model, "cpu")
+    expected = Predictor(loaded.engine.run, loaded.card, tile_size=TILE).predict(
+        image, threshold=reference.threshold
+    )
+    with Image.open(out / "small.png") as png_file:
+        assert np.array_equal(np.asarray(png_file), expected.mask)
+
+
+def test_sigterm_stops_like_ctrl_c_leaving_nothing_half_written(
+    reference: Reference, tmp_path: Path
+) -> None:
+    command = [sys.executable, "-m", "app.cli", str(reference.tif), "--model", str(reference.model)]
+    command += ["--out", str(tmp_path), "--tile", str(TILE), "--tta", "--max-pixels", "1000"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:  # tqdm's bar: the blocks are running
+        if "blocks" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 130, rest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]

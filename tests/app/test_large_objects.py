@@ -163,6 +163,21 @@ def test_the_geojson_of_a_large_image_is_the_in_memory_one(
     assert [p.name for p in tmp_path.iterdir()] == ["out.geojson"]
 
 
+def test_the_geojson_of_a_watershed_model_scores_its_cells(watershed: Case, tmp_path: Path) -> None:
+    """The ISBI card's objects are cells of class 0 (background, between membranes):
+    their scores come from p(class 0), stored for it."""
+    path = tmp_path / "cells.geojson"
+    options = replace(watershed.options, min_area=30)
+    result = segment_large(
+        IMAGE[:, :, None], path, LARGE_OUTPUTS["geojson"], watershed.predictor,
+        watershed.info, options, block_size=450,
+    )  # fmt: skip
+    features = json.loads(path.read_text())["features"]
+    assert len(features) == result.objects > 100
+    assert {f["properties"]["classification"]["name"] for f in features} == {"background"}
+    assert all(0 < f["properties"]["measurements"]["score"] <= 1 for f in features)
+
+
 def test_the_command_line_picks_the_large_form_above_max_pixels(
     components: Case, tmp_path: Path
 ) -> None:

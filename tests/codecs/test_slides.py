@@ -159,3 +159,56 @@ def test_refused_with_the_reason(tmp_path: Path) -> None:
         open_slide(group)
     assert is_slide(group)
     assert not is_slide(tmp_path / "missing.tif")
+
+
+def test_a_tiff_in_huge_strips_is_refused_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.codecs.slides
+
+    monkeypatch.setattr(app.codecs.slides, "LARGEST_CHUNK", 10_000)
+    path = tmp_path / "strips.tif"
+    tifffile.imwrite(path, np.zeros((200, 300), np.uint8), rowsperstrip=200)
+    with pytest.raises(UnsupportedFormatError, match="convert it to a tiled TIFF"):
+        open_slide(path)
+
+
+def test_an_ome_zarr_whose_metadata_lies_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "lies.ome.zarr"
+    write_ome_zarr(path, noise(50, 60), 2)
+    group = zarr.open_group(str(path), mode="r+")
+    multiscales = group.attrs["multiscales"]
+    multiscales[0]["datasets"][0]["path"] = "missing"
+    group.attrs["multiscales"] = multiscales
+    with pytest.raises(CorruptImageError, match=r"lies\.ome\.zarr: not a readable OME-Zarr"):
+        open_slide(path)
+
+
+def test_openslide_no_data_shows_the_background_colour() -> None:
+    """OpenSlide's RGBA is not premultiplied: alpha 0 is the slide's background colour."""
+    from PIL import Image
+
+    from app.codecs.slides import _OpenSlideLevel0
+
+    class Handle:  # the two things _OpenSlideLevel0 asks of openslide.OpenSlide
+        level_dimensions = ((4, 2),)
+
+        def __init__(self) -> None:
+            self.properties = {"openslide.background-color": "F0E0D0"}
+
+        def read_region(
+            self, at: tuple[int, int], level: int, size: tuple[int, int]
+        ) -> Image.Image:
+            rgba = np.zeros((size[1], size[0], 4), np.uint8)
+            rgba[..., :3] = 100
+            rgba[:, 0, 3] = 255  # scanned
+            rgba[:, 1, 3] = 0  # no data
+            rgba[:, 2:, 3] = 128  # half
+            return Image.fromarray(rgba, "RGBA")
+
+    level = _OpenSlideLevel0(Handle())
+    rgb = level[slice(0, 2), slice(0, 4), slice(0, 3)]
+    assert rgb[0, 0].tolist() == [100, 100, 100]
+    assert rgb[0, 1].tolist() == [0xF0, 0xE0, 0xD0]
+    half = 128 / 255
+    assert rgb[0, 2].tolist() == [round(100 * half + c * (1 - half)) for c in (0xF0, 0xE0, 0xD0)]
