@@ -48,6 +48,11 @@ def _slices() -> list[np.ndarray]:
     return [np.asarray(Image.open(p).convert("L")) for p in paths]
 
 
+def content() -> str:
+    """What the synthetic images are made of (stated in the results)."""
+    return "ISBI 2012 slices" if _slices() else f"seeded noise (no slices under {ISBI})"
+
+
 def tiles(side: int) -> Iterator[np.ndarray]:
     """The image's 512 x 512 tiles, row-major: ISBI slices in turn, else seeded noise."""
     slices = _slices()
@@ -115,7 +120,8 @@ def flat(scratch: Path, sides: list[int]) -> dict[str, Any]:
     for kind in ("ome-tiff", "ome-zarr"):
         peaks = [r["peak_rss_mb"] for r in rows if r["input"] == kind]
         ratios[kind] = round(max(peaks) / min(peaks), 3)
-    return {"model": "depth 4, 2 channels (tiny)", "runs": rows, "rss_ratio": ratios}
+    model_name = "depth 4, 2 channels (tiny)"
+    return {"model": model_name, "content": content(), "runs": rows, "rss_ratio": ratios}
 
 
 def _worker_peak() -> int:
@@ -144,7 +150,8 @@ def gigapixel(scratch: Path, side: int, dask_only: bool) -> dict[str, Any]:
         rows[-1]["equal_to_in_process"] = all(
             np.array_equal(a[r : r + 4096], b[r : r + 4096]) for r in range(0, side, 4096)
         )
-    return {"side": side, "megapixels": round(mp, 1), "model": str(model.name), "runs": rows}
+    facts = {"side": side, "megapixels": round(mp, 1), "model": str(model.name)}
+    return facts | {"content": content(), "runs": rows}
 
 
 def main() -> None:
