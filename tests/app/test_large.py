@@ -205,6 +205,22 @@ def test_a_batch_of_good_and_bad_files_goes_on_and_resumes(
     assert rows["slide.ome.tif"]["status"] == rows["small.png"]["status"] == "skipped"
 
 
+def test_a_block_failing_on_dask_leaves_nothing_behind(
+    reference: Reference, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A truncated tiled TIFF: some blocks fail on the workers while others run; the run
+    cancels the rest, waits for the running ones, and removes the unfinished store."""
+    cut = tmp_path / "cut.tif"
+    tifffile.imwrite(cut, smooth_noise(3000, 2500, 4), tile=(256, 256), compression="zlib")
+    cut.write_bytes(truncated(cut.read_bytes(), 0.6))
+    out = tmp_path / "out"
+    flags = {"dask": request.getfixturevalue("cluster")}
+    assert run_cli(reference, out, cut, format="ome-zarr", **flags) == 1
+    row = json.loads((out / "summary.json").read_text())[0]
+    assert "cut.tif: the region rows" in row["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+
+
 def test_ctrl_c_in_a_large_image_leaves_nothing_half_written(
     reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
