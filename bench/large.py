@@ -3,6 +3,7 @@
     python -m bench.large flat                       # tiny model: 4096², 16384², 32768²
     python -m bench.large gigapixel --side 32768     # the shipped model, in-process vs --dask
     python -m bench.large gigapixel --side 8192 --dask-only --json out.json
+    python -m bench.large gigapixel --providers cuda  # on a GPU machine
 
 ``flat``: peak RSS and time of ``unet-segment`` (each run a fresh process, its
 peak RSS from ``ru_maxrss``) on tiled OME-TIFF and OME-Zarr inputs of each side,
@@ -128,7 +129,7 @@ def _worker_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
-def gigapixel(scratch: Path, side: int, dask_only: bool) -> dict[str, Any]:
+def gigapixel(scratch: Path, side: int, dask_only: bool, providers: str) -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
     source = scratch / "mosaic.ome.tif"
@@ -136,10 +137,12 @@ def gigapixel(scratch: Path, side: int, dask_only: bool) -> dict[str, Any]:
     model, mp = REPO / "model" / "unet.onnx", side * side / 1e6
     rows = []
     if not dask_only:
-        rows.append({"run": "in-process", **segment(source, scratch / "a", model)})
+        run = segment(source, scratch / "a", model, "--providers", providers)
+        rows.append({"run": f"in-process, {providers}", **run})
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
-        on_dask = segment(source, scratch / "b", model, "--dask", cluster.scheduler_address)
+        address = cluster.scheduler_address
+        on_dask = segment(source, scratch / "b", model, "--dask", address, "--providers", providers)
         row = {"run": "dask, 2 local workers", **on_dask}
         row["worker_peak_rss_mb"] = sorted(client.run(_worker_peak).values())
         rows.append(row)
@@ -160,6 +163,7 @@ def main() -> None:
     parser.add_argument("--sides", type=int, nargs="+", default=[4096, 16384, 32768])
     parser.add_argument("--side", type=int, default=32768)
     parser.add_argument("--dask-only", action="store_true")
+    parser.add_argument("--providers", default="cpu", help="gigapixel: cpu, cuda or tensorrt")
     parser.add_argument("--scratch", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -168,7 +172,7 @@ def main() -> None:
         if args.what == "flat":
             results = flat(Path(folder), args.sides)
         else:
-            results = gigapixel(Path(folder), args.side, args.dask_only)
+            results = gigapixel(Path(folder), args.side, args.dask_only, args.providers)
         results["bench_seconds"] = round(time.perf_counter() - began)
     report(results, args.json)
 
