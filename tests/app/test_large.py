@@ -130,17 +130,33 @@ def run_cli(reference: Reference, out: Path, *inputs: Path | str, **flags: objec
 def test_the_command_line_with_and_without_dask_equals_in_memory(
     dask: bool, reference: Reference, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    """A batch of a large OME-TIFF (blocks as tasks) and two small PNGs (one task each)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "slide.ome.tif").symlink_to(reference.tif)
+    small = [smooth_noise(300, 400, seed=s) for s in (11, 12)]
+    for index, image in enumerate(small):
+        (inputs / f"small{index}.png").write_bytes(png(image))
     flags: dict[str, object] = {"probability": True}
     if dask:
         flags["dask"] = request.getfixturevalue("cluster")
-    assert run_cli(reference, tmp_path, reference.tif, **flags) == 0  # above --max-pixels
-    labels, probability = read_store(tmp_path / "slide.ome.zarr")
+    out = tmp_path / "out"
+    assert run_cli(reference, out, inputs, **flags) == 0  # the slide is above --max-pixels
+    labels, probability = read_store(out / "slide.ome.zarr")
     assert np.array_equal(labels, reference.mask)
     assert np.array_equal(probability, reference.probability)
-    row = json.loads((tmp_path / "summary.json").read_text())[0]
-    assert row["status"] == "ok"
-    assert row["format"] == "ome-zarr"
-    assert (row["width"], row["height"], row["levels"]) == (5000, 3000, 5)
+    rows = {Path(r["input"]).name: r for r in json.loads((out / "summary.json").read_text())}
+    assert {name: (r["status"], r["format"]) for name, r in rows.items()} == {
+        "slide.ome.tif": ("ok", "ome-zarr"), "small0.png": ("ok", "png"),
+        "small1.png": ("ok", "png"),
+    }  # fmt: skip
+    assert (rows["slide.ome.tif"]["width"], rows["slide.ome.tif"]["levels"]) == (5000, 5)
+    loaded = load_model(reference.model, "cpu")
+    predictor = Predictor(loaded.engine.run, loaded.card, tile_size=TILE)
+    for index, image in enumerate(small):
+        with Image.open(out / f"small{index}.png") as written:
+            expected = predictor.predict(image, threshold=reference.threshold).mask
+            assert np.array_equal(np.asarray(written), expected)
 
 
 def test_the_ome_zarr_opens_in_ome_zarr_with_its_pyramid(
