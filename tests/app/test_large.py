@@ -29,12 +29,14 @@ from app.inference.objects import class_probability
 from app.streaming import segment_large
 from bench.nets import UNetSpec, default_card, save_model
 from tests.app.samples import (
+    gradient_rgb,
     noise,
     png,
     smooth_noise,
     truncated,
     write_ome_tiff,
     write_ome_zarr,
+    write_svs,
 )
 
 # The paper's geometry (depth 4: halo 92, sizes 16k + 12), 2 channels: tiles like the real net's.
@@ -310,3 +312,31 @@ def test_sigterm_stops_like_ctrl_c_leaving_nothing_half_written(
     _, rest = process.communicate(timeout=60)
     assert process.returncode == 130, rest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+@pytest.mark.parametrize("kind", ["rgb-svs", "gray-16-bit"])
+def test_rgb_slides_and_16_bit_images_stream_exactly(
+    kind: str, rgb_model: Path, binary_model: Path, tmp_path: Path
+) -> None:
+    """An Aperio SVS (JPEG tiles, RGB model) and a 16-bit OME-TIFF: streamed with blocks
+    of ~300 px, the class map equals the in-memory prediction of the decoded pixels."""
+    if kind == "rgb-svs":
+        model, source = rgb_model, tmp_path / "scan.svs"
+        write_svs(source, gradient_rgb(900, 1300))
+    else:
+        model, source = binary_model, tmp_path / "deep.ome.tif"
+        write_ome_tiff(source, (smooth_noise(900, 1300, seed=5).astype(np.uint16) * 257) + 100)
+    pixels = tifffile.imread(source)  # tifffile's whole level 0, as a user would read it
+    loaded = load_model(model, "cpu")
+    predictor = Predictor(loaded.engine.run, loaded.card)
+    probs, _ = predictor.probabilities(pixels)
+    threshold = float(np.median(probs[0]))
+    path = tmp_path / "out.ome.zarr"
+    with open_slide(source) as slide:
+        segment_large(
+            slide, path, LARGE_OUTPUTS["ome-zarr"], predictor,
+            Model(loaded.card, loaded.engine.sha256), Options(threshold=threshold),
+            block_size=300,
+        )  # fmt: skip
+    labels, _ = read_store(path)
+    assert np.array_equal(labels, probs[0] >= threshold)
