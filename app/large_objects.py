@@ -35,7 +35,7 @@ from scipy import ndimage
 from app.codecs.pyramid import LabelStore
 from app.inference.blocks import Block, BlockGrid
 from app.inference.merge import border_pairs, merge, offsets
-from app.inference.objects import FOUR, Recipe, flood, vote_classes
+from app.inference.objects import FOUR, Recipe, components, flood, renumber, vote_classes
 
 MARGIN = 256  # px of seeds around a block that its watershed sees
 
@@ -63,19 +63,14 @@ def label_block(path: str, block: Block, method: str, num_classes: int) -> tuple
     store = LabelStore.open(Path(path))
     mask = np.asarray(store.classes[block.rows, block.cols])
     if method == "components":
-        labels = np.zeros(mask.shape, dtype=np.uint32)
-        classes = [0]
-        for c in range(1, num_classes):
-            pieces, n = ndimage.label(mask == c, structure=FOUR)
-            labels[pieces > 0] = pieces[pieces > 0] + (len(classes) - 1)
-            classes += [c] * n
-        count = len(classes) - 1
+        pieces = components(mask, num_classes)
+        labels, classes, count = pieces.labels, pieces.classes, pieces.count
     else:
         seeds = np.asarray(store.work("seeds")[block.rows, block.cols])
         labels, count = ndimage.label(seeds, structure=FOUR)
-        classes = [0] * (count + 1)
+        classes = np.zeros(count + 1, dtype=np.int64)
     store.work("local")[block.rows, block.cols] = labels
-    return count, np.asarray(classes), np.bincount(labels.ravel(), minlength=count + 1)
+    return count, classes, np.bincount(labels.ravel(), minlength=count + 1)
 
 
 def _neighbours(grid: BlockGrid) -> Iterator[tuple[slice, slice, slice, slice]]:
@@ -158,15 +153,6 @@ def relabel_block(
     store.labels[block.rows, block.cols] = final[ids].astype(np.uint32)
 
 
-def _keep(areas: npt.NDArray[np.int64], min_area: int) -> npt.NDArray[np.int64]:
-    """Merged id -> final id: objects of >= min_area px renumbered 1..M in order."""
-    keep = areas >= max(min_area, 1)
-    keep[0] = True
-    final = np.cumsum(keep) - 1
-    final[~keep] = 0
-    return final.astype(np.int64)
-
-
 def find_large_objects(
     store: LabelStore,
     grid: BlockGrid,
@@ -206,7 +192,7 @@ def find_large_objects(
         tick(3)
         areas, classes = votes.sum(axis=1), vote_classes(votes, recipe)
         source, shifts, final_of = "flooded", [0] * len(blocks), np.arange(total + 1)
-    final = _keep(areas, recipe.min_area)
+    final = renumber(areas, recipe.min_area)
     mapping = final[final_of]
     jobs = [(path, b, source, s, mapping) for b, s in zip(blocks, shifts, strict=True)]
     list(run(relabel_block, jobs))

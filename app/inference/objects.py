@@ -89,11 +89,12 @@ def find_objects(
     if recipe.method == "watershed":
         objects = _watershed(probabilities, mask, num_classes, recipe)
     else:
-        objects = _components(mask, num_classes)
+        objects = components(mask, num_classes)
     return _drop_small(objects, recipe.min_area) if recipe.min_area > 0 else objects
 
 
-def _components(mask: npt.NDArray[np.uint8], num_classes: int) -> Objects:
+def components(mask: npt.NDArray[np.uint8], num_classes: int) -> Objects:
+    """Each 4-connected component of each non-background class is one object (1..N)."""
     labels = np.zeros(mask.shape, dtype=np.int32)
     classes = [0]
     for c in range(1, num_classes):
@@ -167,14 +168,25 @@ def vote_classes(votes: npt.NDArray[np.int64], recipe: Recipe) -> npt.NDArray[np
     return result
 
 
-def _drop_small(objects: Objects, min_area: int) -> Objects:
-    areas = np.bincount(objects.labels.ravel(), minlength=objects.count + 1)
+def renumber(areas: npt.NDArray[np.int64], min_area: int) -> npt.NDArray[np.int64]:
+    """Object id -> new id: objects of >= min_area px renumbered 1..M in order, the others 0.
+
+    areas: pixels of each object, index 0 (no object) first; it stays 0.
+    """
     keep = areas >= min_area
     keep[0] = True
-    new_ids = np.cumsum(keep) - 1  # kept objects renumbered 1..N in order
+    new_ids = np.cumsum(keep) - 1
     new_ids[~keep] = 0
+    return new_ids.astype(np.int64)
+
+
+def _drop_small(objects: Objects, min_area: int) -> Objects:
+    areas = np.bincount(objects.labels.ravel(), minlength=objects.count + 1)
+    new_ids = renumber(areas, min_area)
     labels = new_ids[objects.labels].astype(np.int32)
-    return Objects(labels, objects.classes[keep])
+    kept = new_ids > 0
+    kept[0] = True
+    return Objects(labels, objects.classes[kept])
 
 
 @dataclass(frozen=True)
