@@ -61,10 +61,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     ORT_DISABLE_TELEMETRY=1 \
-    UNET_MODEL_PATH=/app/model/unet.onnx
+    UNET_MODEL_PATH=/app/model/unet.onnx \
+    UNET_JOBS_DIR=/jobs
+# /jobs: jobs, their inputs and results (SQLite + files), the one writable place besides /tmp.
 RUN groupadd --gid 10001 unet \
     && useradd --uid 10001 --gid unet --home-dir /tmp --no-create-home \
-       --shell /usr/sbin/nologin unet
+       --shell /usr/sbin/nologin unet \
+    && mkdir /jobs && chown 10001:10001 /jobs
+VOLUME /jobs
 WORKDIR /app
 COPY --from=cpu-venv /opt/venv /opt/venv
 COPY --from=model /src/model/ model/
@@ -114,10 +118,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     ORT_DISABLE_TELEMETRY=1 \
-    UNET_MODEL_PATH=/app/model/unet.onnx
+    UNET_MODEL_PATH=/app/model/unet.onnx \
+    UNET_JOBS_DIR=/jobs
+# /jobs: jobs, their inputs and results (SQLite + files), the one writable place besides /tmp.
 RUN groupadd --gid 10001 unet \
     && useradd --uid 10001 --gid unet --home-dir /tmp --no-create-home \
-       --shell /usr/sbin/nologin unet
+       --shell /usr/sbin/nologin unet \
+    && mkdir /jobs && chown 10001:10001 /jobs
+VOLUME /jobs
 WORKDIR /app
 COPY --from=gpu-venv /opt/venv /opt/venv
 COPY --from=model /src/model/ model/

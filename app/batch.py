@@ -4,20 +4,21 @@ or the block-by-block path of images beyond memory (``Large``), with what they s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from app.codecs.errors import FrameCountError
+from app.codecs.errors import CodecError, FrameCountError, ImageTooLargeError
 from app.codecs.images import DecodedImage, Decoders, Limits
 from app.codecs.outputs import LARGE_OUTPUTS, Model, Options, Outputs
+from app.codecs.outputs.base import either
 from app.codecs.slides import is_slide, is_tiff_file, open_slide
 from app.inference import Predictor, load_model
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, check_frame
-from app.inference.tiler import Region
+from app.inference.tiler import ProgressFn, Region
 from app.large_objects import Mapper, local_map
 from app.service import input_formats, segment_frames
 from app.streaming import Blocks, segment_large
@@ -39,26 +40,75 @@ class Setup:
 
 
 class Context:
-    """The model, predictor, decoders and options every input of a batch shares."""
+    """The model, predictor, decoders and options every input of a batch shares.
 
-    def __init__(self, setup: Setup) -> None:
+    probability: large formats also store round(p(class 1) * 65535).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        predictor: Predictor,
+        decoders: Decoders,
+        options: Options,
+        limits: Limits,
+        probability: bool = False,
+    ) -> None:
+        self.model, self.predictor, self.decoders = model, predictor, decoders
+        self.options, self.limits, self.probability = options, limits, probability
+
+    @classmethod
+    def load(cls, setup: Setup) -> Context:
+        """Load ``setup``'s model and build everything else from it."""
         loaded = load_model(setup.model, setup.providers)
-        self.setup, self.model = setup, Model(loaded.card, loaded.engine.sha256)
-        self.predictor = Predictor(
+        predictor = Predictor(
             loaded.engine.run, loaded.card, tile_size=setup.tile, batch_size=setup.batch
         )
-        self.decoders: Decoders = input_formats(loaded.card)
         threshold = setup.threshold or loaded.card.threshold or 0.5
-        self.options = Options(threshold, 1, setup.tta, setup.min_area)
-        self.limits = Limits(setup.max_pixels)
+        return cls(
+            Model(loaded.card, loaded.engine.sha256),
+            predictor,
+            input_formats(loaded.card),
+            Options(threshold, 1, setup.tta, setup.min_area),
+            Limits(setup.max_pixels),
+            setup.probability,
+        )
 
 
-def _bar(bar: tqdm) -> Any:
-    def progress(done: int, total: int) -> None:
-        bar.total, bar.n = total, done
-        bar.refresh()
+def slide_pixels(source: Path) -> int | None:
+    """Width x height of a file a lazy reader takes, else None (decoded in memory)."""
+    if not is_slide(source):
+        return None
+    try:
+        with open_slide(source) as slide:
+            return slide.width * slide.height
+    except CodecError:
+        if is_tiff_file(source):  # pages, say: the in-memory decoders may read it
+            return None
+        raise
 
-    return progress
+
+def route(
+    source: Path, name: str | None, max_pixels: int, outputs: Outputs, limit: str
+) -> tuple[str, bool]:
+    """(format, whether ``source`` goes the large way, block by block): format ``name``,
+    else ``png`` up to ``max_pixels`` and ``ome-zarr`` above; a format that has both
+    forms (``instances``, ``geojson``) takes the large one above ``max_pixels``.
+    ImageTooLargeError for an in-memory-only format above ``max_pixels`` (named
+    ``limit`` in its message)."""
+    pixels = slide_pixels(source)
+    big = pixels is not None and pixels > max_pixels
+    if name is None:
+        return ("ome-zarr", True) if big else ("png", False)
+    if name not in outputs:
+        return name, True
+    if big and name not in LARGE_OUTPUTS:
+        large = either(list(LARGE_OUTPUTS))
+        raise ImageTooLargeError(
+            f"{source.name} has {pixels} pixels, above {limit} {max_pixels}; "
+            f"format={name} holds images up to that: use format={large}"
+        )
+    return name, big
 
 
 class Small:
@@ -80,14 +130,13 @@ class Small:
                             slide.width, slide.height)  # fmt: skip
 
     def __call__(
-        self, source: Path, tiles: tqdm | None = None
+        self, source: Path, progress: ProgressFn | None = None
     ) -> tuple[bytes, str, dict[str, Any]]:
+        """(body, media type, facts); progress: tiles done of each frame."""
         c = self.context
         image = self.decode(source)
         encoder = self.outputs.encoder(self.output, image, c.model, c.options)
-        segment_frames(
-            image, encoder, c.predictor, c.options, None if tiles is None else _bar(tiles)
-        )
+        segment_frames(image, encoder, c.predictor, c.options, progress)
         size = {"width": image.width, "height": image.height, "frames": len(image.frames)}
         return encoder.finish(), encoder.media_type, size
 
@@ -122,19 +171,17 @@ class Large:
             )
         return check_frame(decoded.frames[0])
 
-    def __call__(self, source: Path, path: Path, bar: tqdm) -> dict[str, Any]:
+    def __call__(
+        self, source: Path, path: Path, progress: Callable[[str, int, int], None]
+    ) -> dict[str, Any]:
+        """Write ``path``; facts for a summary. progress(stage, done, total): segment_large's."""
         c = self.context
-
-        def progress(stage: str, done: int, total: int) -> None:
-            bar.set_description(stage)
-            _bar(bar)(done, total)
-
         image = self.image(source)
         try:
             result = segment_large(
                 image, path, self.output, c.predictor, c.model, c.options,
                 blocks=self.blocks, mapper=self.mapper or local_map,
-                probability=c.setup.probability, progress=progress,
+                probability=c.probability, progress=progress,
             )  # fmt: skip
         finally:
             close = getattr(image, "close", None)

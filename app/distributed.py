@@ -41,7 +41,7 @@ STOP_WAIT_S = 600  # the longest a failed or interrupted run waits for its runni
 @functools.lru_cache(maxsize=2)
 def _context(setup: Setup, sha256: str) -> Context:
     """This worker's model and predictor for ``setup``, loaded at its first task."""
-    context = Context(setup)
+    context = Context.load(setup)
     if context.model.sha256 != sha256:
         raise ModelLoadError(
             f"{setup.model} on this worker is not the client's model (SHA-256 "

@@ -97,6 +97,26 @@ class UnavailableError(ServiceError):
         return {**headers, "Connection": "close"} if self.close else headers
 
 
+class SourceRefusedError(ServiceError):
+    """A job's ``source`` outside UNET_JOB_SOURCE_ROOT, or any source when it is unset (403)."""
+
+
+class SourceNotFoundError(ServiceError):
+    """A job's ``source`` names nothing under UNET_JOB_SOURCE_ROOT (422)."""
+
+
+class JobNotFoundError(ServiceError):
+    """No job has this id (any more) (404)."""
+
+
+class JobStateError(ServiceError):
+    """The job is not in a state that allows this, e.g. its result before it succeeded (409)."""
+
+
+class StorageFullError(ServiceError):
+    """The jobs volume is (nearly) full: no new job, no more upload bytes (507)."""
+
+
 class ErrorBody(BaseModel):
     """Every error response: one string a person can act on."""
 
@@ -110,7 +130,10 @@ STATUS: list[tuple[type[Exception], int]] = [
     (CorruptImageError, 400),
     (BadUploadError, 400),
     (UnauthorizedError, 401),
+    (SourceRefusedError, 403),
+    (JobNotFoundError, 404),
     (BodyTimeoutError, 408),
+    (JobStateError, 409),
     (ImageTooLargeError, 413),
     (BodyTooLargeError, 413),
     (TooMuchWorkError, 413),
@@ -122,7 +145,9 @@ STATUS: list[tuple[type[Exception], int]] = [
     (ImageShapeError, 422),
     (DicomSegError, 422),
     (DicomSeriesError, 422),
+    (SourceNotFoundError, 422),
     (UnavailableError, 503),
+    (StorageFullError, 507),
     (RequestCancelledError, 499),
     (CodecError, 400),
     (InferenceError, 500),

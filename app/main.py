@@ -13,23 +13,21 @@ import asyncio
 import copy
 import logging
 import os
-import signal
-import threading
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
-from types import FrameType
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import errors
-from app.api import router
+from app.api import methods_at, router
 from app.api.admission import Admission
 from app.api.middleware import Cors, RequestContext
 from app.codecs.images import Decoders
@@ -37,9 +35,12 @@ from app.codecs.outputs import Outputs, default_outputs
 from app.inference import InferenceError, Predictor, load_model
 from app.inference.card import ModelCard
 from app.inference.providers import GPU, ProviderOptions
+from app.jobs.gate import Gate
+from app.jobs.runner import JobRunner
+from app.jobs.store import JobStore
 from app.logging import configure_logging
 from app.metrics import Metrics
-from app.service import Service, WorkLimit, input_formats
+from app.service import Service, WorkLimit, input_formats, stop_reading_on_signals
 from app.settings import Settings, describe
 
 log = logging.getLogger("app")
@@ -120,34 +121,12 @@ def start_service(settings: Settings, metrics: Metrics, outputs: Outputs | None 
     return Service(settings, model, predictor, metrics, work, inputs, outputs or default_outputs())
 
 
-def stop_reading_on_signals(service: Service) -> Callable[[], None]:
-    """On SIGTERM/SIGINT set ``service.stopping`` first, then run the handler already there.
-
-    That handler is uvicorn's (it stops accepting and waits for the requests in
-    flight); ``stopping`` makes bodies still being read answer 503 at once, so
-    that a client stalling its upload cannot hold the shutdown up. Returns the undo.
-    Outside the main thread (TestClient) signals cannot be handled: nothing to do.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        service.stopping.set()
-        before = previous[signal.Signals(signum)]
-        if callable(before):
-            before(signum, frame)
-        else:  # the default action (or ignore), as if we had never been here
-            signal.signal(signum, before)
-            signal.raise_signal(signum)
-
-    def undo() -> None:
-        for sig, before in previous.items():
-            signal.signal(sig, before)
-
-    for sig in previous:
-        signal.signal(sig, handler)
-    return undo
+def open_jobs(settings: Settings) -> JobStore:
+    """The job store under UNET_JOBS_DIR (made if absent); StartupError when it cannot be."""
+    try:
+        return JobStore(settings.jobs_dir)
+    except (OSError, sqlite3.Error) as exc:
+        raise StartupError(f"UNET_JOBS_DIR={settings.jobs_dir}: {exc}") from None
 
 
 class QuietStartupFailure:
@@ -185,7 +164,7 @@ class QuietStartupFailure:
 def make_lifespan(
     settings: Settings | None, outputs: Outputs | None, metrics: Metrics
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """Start-up and shutdown: settings, logging, the Service and the admission queue."""
+    """Start-up and shutdown: settings, logging, the Service, the admission queue, the jobs."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -194,13 +173,17 @@ def make_lifespan(
             config = config if config is not None else read_settings()
             configure_logging(config.log_format, config.log_level)
             service = await asyncio.to_thread(start_service, config, metrics, outputs)
+            store = await asyncio.to_thread(open_jobs, config)
         except StartupError as exc:
             fmt = config.log_format if config else os.environ.get("UNET_LOG_FORMAT", "")
             configure_logging(fmt.strip().lower())
             log.error("start-up failed: %s", exc)
             raise
-        admission = Admission(config.max_queue, metrics)
-        app.state.service, app.state.admission = service, admission
+        gate = Gate()
+        runner = JobRunner(store, service, gate)
+        await asyncio.to_thread(runner.start)
+        admission = Admission(config.max_queue, metrics, gate)
+        app.state.service, app.state.admission, app.state.jobs = service, admission, runner
         undo_signals = stop_reading_on_signals(service)
         service.ready = True
         card, predictor = service.model.card, service.predictor
@@ -217,7 +200,9 @@ def make_lifespan(
         finally:
             service.ready = False
             undo_signals()
+            await asyncio.to_thread(runner.stop)  # the running job is queued again
             admission.close()
+            store.close()
 
     return lifespan
 
@@ -241,6 +226,7 @@ def create_app(settings: Settings | None = None, outputs: Outputs | None = None)
     app.state.metrics = metrics
     errors.install(app)
     app.include_router(router)
+    app.add_exception_handler(405, method_not_allowed)
     app.openapi = model_openapi(app)  # type: ignore[method-assign]
 
     @app.get("/metrics", tags=["monitoring"], response_class=Response, summary="Prometheus")
@@ -252,6 +238,13 @@ def create_app(settings: Settings | None = None, outputs: Outputs | None = None)
     app.add_middleware(RequestContext, metrics=metrics)
     app.add_middleware(QuietStartupFailure)
     return app
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    """405 with ``Allow`` naming every method of the path (GET and POST at /jobs)."""
+    given = getattr(exc, "headers", None) or {}  # starlette's, for routes of the app itself
+    methods = {*methods_at(request.url.path), *filter(None, given.get("Allow", "").split(", "))}
+    return errors.error_response(405, "Method Not Allowed", {"Allow": ", ".join(sorted(methods))})
 
 
 def model_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:

@@ -17,6 +17,8 @@ from prometheus_client import (
 
 # Seconds: a tiny image on a GPU takes ~10 ms, a 8192 x 8192 stack on a CPU a minute.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
+# A job: a second for a small image, hours for a gigapixel mosaic with the default model.
+JOB_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 3 * 3600.0, 12 * 3600.0)
 
 
 class Metrics:
@@ -59,6 +61,14 @@ class Metrics:
             "unet_model_info",
             "The model being served (value 1)",
             ["name", "version", "provider"],
+            registry=r,
+        )
+        self.jobs = Gauge("unet_jobs", "Jobs by status, now", ["status"], registry=r)
+        self.job_tiles = Counter("unet_job_tiles", "Tiles run for jobs", registry=r)
+        self.job_duration = Histogram(
+            "unet_job_duration_seconds",
+            "Time from a job's start to its end (succeeded or failed), seconds",
+            buckets=JOB_BUCKETS,
             registry=r,
         )
         ProcessCollector(registry=r)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
+from types import FrameType
 
 from app.codecs.frames import DecodedImage
 from app.codecs.images import Decoders, Limits, default_decoders
@@ -28,6 +31,7 @@ from app.settings import Settings
 # images served; a 1 x 1,000,000 strip costs 2x the square of 8192 x 8192 and 10,000
 # pages of 1 x 1 px 2.8x: refused.
 SHAPE_ALLOWANCE = 1.25
+LARGE_WORK = "large images go through POST /jobs (or unet-segment)"
 
 
 def input_formats(card: ModelCard) -> Decoders:
@@ -109,7 +113,7 @@ class WorkLimit:
                 f"would run the network over {cost} pixels, {cost / self.square:.1f} times what "
                 f"an image of UNET_MAX_IMAGE_PIXELS in square tiles costs ({self.square}; "
                 f"{SHAPE_ALLOWANCE:g}x is allowed); send smaller or squarer images, fewer "
-                "frames, or no tta"
+                f"frames, or no tta; {LARGE_WORK}"
             )
 
 
@@ -141,3 +145,33 @@ class Service:
             self.work.check(width, height, frames, tta)
 
         return Limits(settings.max_image_pixels, settings.max_frames, work)
+
+
+def stop_reading_on_signals(service: Service) -> Callable[[], None]:
+    """On SIGTERM/SIGINT set ``service.stopping`` first, then run the handler already there.
+
+    That handler is uvicorn's (it stops accepting and waits for the requests in
+    flight); ``stopping`` makes bodies still being read answer 503 at once, so
+    that a client stalling its upload cannot hold the shutdown up. Returns the undo.
+    Outside the main thread (TestClient) signals cannot be handled: nothing to do.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        service.stopping.set()
+        before = previous[signal.Signals(signum)]
+        if callable(before):
+            before(signum, frame)
+        else:  # the default action (or ignore), as if we had never been here
+            signal.signal(signum, before)
+            signal.raise_signal(signum)
+
+    def undo() -> None:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    return undo

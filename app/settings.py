@@ -6,6 +6,7 @@ stops start-up with one log line naming the variable and what it accepts.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,6 +19,7 @@ from app.inference.providers import AUTO, CHOICES, AlgoSearch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "model" / "unet.onnx"
 MiB = 1 << 20
+GiB = 1 << 30
 
 
 class Settings(BaseSettings):
@@ -66,6 +68,23 @@ class Settings(BaseSettings):
     )
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="comma-separated origins allowed by CORS; empty = no CORS"
+    )
+    jobs_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "unet-jobs",
+        description="where jobs, their inputs and results live (a volume in Docker)",
+    )
+    job_max_bytes: int = Field(20 * GiB, ge=1, description="largest job upload, bytes")
+    job_source_root: Path | None = Field(
+        None, description="the folder whose files jobs may name as source; unset: uploads only"
+    )
+    job_ttl: float = Field(
+        86400.0, gt=0, description="seconds a finished job and its result are kept"
+    )
+    job_max_queue: int = Field(
+        32, ge=1, description="jobs queued, running or uploading at once; beyond: 503"
+    )
+    job_min_free_bytes: int = Field(
+        GiB, ge=0, description="new jobs and uploads stop (507) below this much free space"
     )
 
     @field_validator("api_keys", "cors_origins", mode="before")

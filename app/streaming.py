@@ -45,15 +45,17 @@ def write_block(
     options: Options,
     store: LabelStore,
     recipe: Recipe | None = None,
+    progress: ProgressFn | None = None,
 ) -> int:
     """Predict ``block`` and write it into ``store``; the number of tiles run.
 
     Always its class map; when the store has them, its 16-bit probability, the
     16-bit p(k) of each class k (``work/p<k>``: object scores) and, for a watershed
     ``recipe``, its flooding levels and seeds (``work/levels``, ``work/seeds``).
+    progress: the tiles of the block, as ``Predictor.predict_block`` reports them.
     """
     prediction = predictor.predict_block(
-        image, grid, block, threshold=options.threshold, tta=options.tta
+        image, grid, block, threshold=options.threshold, tta=options.tta, progress=progress
     )
     here, probs = (block.rows, block.cols), prediction.probabilities
     store.classes[here] = prediction.mask
@@ -83,17 +85,17 @@ class Pass:
 Blocks = Callable[[Pass, ProgressFn], int]
 
 
-def local_blocks(predictor: Predictor, options: Options) -> Blocks:
-    """The blocks one after another in this process."""
+def local_blocks(predictor: Predictor, options: Options, tiles: ProgressFn | None = None) -> Blocks:
+    """The blocks one after another in this process; ``tiles``: each block's tile progress."""
 
     def run(work: Pass, progress: ProgressFn) -> int:
-        tiles = 0
+        count = 0
         for done, block in enumerate(work.grid, start=1):
-            tiles += write_block(
-                predictor, work.image, work.grid, block, options, work.store, work.recipe
+            count += write_block(
+                predictor, work.image, work.grid, block, options, work.store, work.recipe, tiles
             )
             progress(done, len(work.grid))
-        return tiles
+        return count
 
     return run
 

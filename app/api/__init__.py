@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.routing import APIRoute
 
-from app.api import health, model, segment
+from app.api import health, jobs, model, segment
 
+ROUTERS = (segment.router, jobs.router, model.router, health.router)
 router = APIRouter()
-router.include_router(segment.router)
-router.include_router(model.router)
-router.include_router(health.router)
+for part in ROUTERS:
+    router.include_router(part)
 
-__all__ = ["router"]
+
+def methods_at(path: str) -> list[str]:
+    """Every method routed at ``path``, for a 405's ``Allow`` (starlette's names only the
+    first matching route's: ``Allow: POST`` at /jobs, which also has GET)."""
+    found: set[str] = set()
+    for part in ROUTERS:
+        for route in part.routes:
+            if isinstance(route, APIRoute) and route.path_regex.match(path):
+                found |= route.methods or set()
+    return sorted(found)
+
+
+__all__ = ["methods_at", "router"]

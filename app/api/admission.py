@@ -11,6 +11,7 @@ from time import perf_counter
 from typing import TypeVar
 
 from app.errors import UnavailableError
+from app.jobs.gate import Gate
 from app.metrics import Metrics
 
 T = TypeVar("T")
@@ -26,12 +27,14 @@ class Admission:
     instead of growing memory. A slot frees when the work ends, when the body
     is refused or times out, or when the client leaves (the work stops at its
     next tile batch). The work runs in a single worker thread, off the event
-    loop. Counters are touched on the event loop only.
+    loop, ahead of job tiles (``gate``: a running job pauses between its tile
+    batches). Counters are touched on the event loop only.
     """
 
-    def __init__(self, max_queue: int, metrics: Metrics) -> None:
+    def __init__(self, max_queue: int, metrics: Metrics, gate: Gate) -> None:
         self.max_queue = max_queue
         self.metrics = metrics
+        self.gate = gate
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unet-inference")
         self.admitted = 0  # slots taken: running + waiting (+ bodies being read)
         self.mean_s = 1.0  # moving average of a pipeline's duration, for Retry-After
@@ -76,17 +79,25 @@ class Ticket:
         if self.submitted:
             raise RuntimeError("a ticket runs one piece of work")
         loop = asyncio.get_running_loop()
+        gate = self.admission.gate
 
         def timed() -> tuple[T, float]:
+            gate.wait_turn()  # at most the job batch in flight
             start = perf_counter()
             return work(), perf_counter() - start
 
-        future = self.admission.executor.submit(timed)
+        gate.arrive()
+        try:
+            future = self.admission.executor.submit(timed)
+        except BaseException:
+            gate.leave()
+            raise
         self.submitted = True
 
         def done(f: Future[tuple[T, float]]) -> None:
             # Freed when the work ends, even if the client went away (cancelling
             # the await does not stop a running inference).
+            gate.leave()
             seconds = None if f.cancelled() or f.exception() else f.result()[1]
             if not loop.is_closed():
                 loop.call_soon_threadsafe(self.admission.release, seconds)

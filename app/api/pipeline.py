@@ -14,10 +14,11 @@ from time import perf_counter
 from typing import IO
 
 from app.codecs.dicom_series import assemble
+from app.codecs.errors import ImageTooLargeError
 from app.codecs.frames import DecodedImage
 from app.codecs.outputs import Model, Options
 from app.errors import RequestCancelledError
-from app.service import Service, segment_frames
+from app.service import LARGE_WORK, Service, segment_frames
 
 
 @dataclass
@@ -71,7 +72,10 @@ def run_job(
 
     check()  # it may have gone while the request waited in the queue
     start = perf_counter()
-    image = decode_all(sources, service, options.tta)
+    try:
+        image = decode_all(sources, service, options.tta)
+    except ImageTooLargeError as exc:
+        raise ImageTooLargeError(f"{exc}; {LARGE_WORK}") from None
     model = Model(service.model.card, service.model.engine.sha256)
     encoder = service.outputs.encoder(output, image, model, options)
     decoded = perf_counter()

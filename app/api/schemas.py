@@ -102,3 +102,35 @@ class ModelInfo(BaseModel):
     objects: dict[str, Any] = Field(description="how pixels become objects (the card's recipe)")
     providers: list[str]
     tiling: Tiling
+
+
+class JobInput(BaseModel):
+    name: str = Field(description="the uploaded file's name, or the source's; 'image' if none")
+    width: int
+    height: int
+    frames: int
+
+
+class JobProgress(BaseModel):
+    tiles_done: int = Field(description="network tiles run so far (rises to tiles_total)")
+    tiles_total: int
+
+
+class JobView(BaseModel):
+    """A job, as ``POST /jobs``, ``GET /jobs`` and ``GET /jobs/{id}`` show it."""
+
+    id: str = Field(description="UUID4")
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    format: str
+    input: JobInput
+    progress: JobProgress
+    eta_seconds: float | None = Field(description="seconds left at the pace so far")
+    created: str = Field(description="ISO 8601, UTC")
+    started: str | None
+    finished: str | None
+    error: str | None = Field(description="why it failed")
+    result: str | None = Field(description="the result's URL once the job has succeeded")
+
+
+class JobList(BaseModel):
+    jobs: list[JobView] = Field(description="newest first")

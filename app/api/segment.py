@@ -26,7 +26,7 @@ DEFAULT_THRESHOLD = 0.5  # when neither the request nor the model card gives one
 
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff", "application/dicom")
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-_REQUEST_BODY: dict[str, Any] = {
+IMAGE_BODY: dict[str, Any] = {
     "required": True,
     "description": "The image, as multipart field `file` or as the raw body. The format is "
     "recognised from the bytes (PNG, JPEG, TIFF, DICOM), not from Content-Type.",
@@ -117,6 +117,13 @@ ObjectsQuery = Annotated[
 ]
 
 
+def choose_threshold(service: Service, threshold: float | None) -> float:
+    """The request's threshold, else the model card's calibrated one, else 0.5."""
+    if threshold is not None:
+        return threshold
+    return service.model.card.threshold or DEFAULT_THRESHOLD
+
+
 def _check_format(service: Service, output: str) -> None:
     """422 for a ``format`` this app does not write, listing those it does (its registry)."""
     if output not in service.outputs:
@@ -147,7 +154,7 @@ def _record(request: Request, service: Service, outcome: Outcome) -> None:
     summary="Segment an image",
     response_class=Response,
     responses=_RESPONSES,
-    openapi_extra={"requestBody": _REQUEST_BODY},
+    openapi_extra={"requestBody": IMAGE_BODY},
     dependencies=[Authorized],
 )
 async def segment(
@@ -163,9 +170,7 @@ async def segment(
 ) -> Response:
     """Segment the image in the body; see the `format` parameter for what comes back."""
     _check_format(service, output)
-    card_threshold = service.model.card.threshold
-    chosen = threshold if threshold is not None else card_threshold or DEFAULT_THRESHOLD
-    options = Options(chosen, class_index, tta, min_area, objects)
+    options = Options(choose_threshold(service, threshold), class_index, tta, min_area, objects)
     with admission.reserve() as ticket:  # 503 before reading a body we cannot serve
         async with (
             received_images(request, service.settings, service.stopping) as images,

@@ -34,6 +34,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Receive
 
 from app.errors import BadUploadError, BodyTimeoutError, BodyTooLargeError, UnavailableError
+from app.service import LARGE_WORK
 from app.settings import Settings
 
 SPOOL_BYTES = 1 << 20  # bodies above this go to a temporary file
@@ -67,29 +68,41 @@ async def _next_message(receive: Receive, timeout_s: float, stopping: threading.
             pending.cancel()
 
 
-async def read_body(request: Request, settings: Settings, stopping: threading.Event) -> IO[bytes]:
-    """The whole body in a spooled temporary file (rewound); the caller closes it."""
-    limit = settings.max_upload_bytes
+async def body_chunks(
+    request: Request, limit: int, setting: str, timeout_s: float, stopping: threading.Event
+) -> AsyncIterator[bytes]:
+    """The body's bytes as they come, under ``limit`` bytes (413 naming ``setting``), 408
+    after ``timeout_s`` without a byte, 503 on shutdown; ClientDisconnect if the client goes."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLargeError(
-            f"the body is {declared} bytes, the limit is {limit} (UNET_MAX_UPLOAD_BYTES)"
-        )
+        raise BodyTooLargeError(f"the body is {declared} bytes, the limit is {limit} ({setting})")
+    size, more = 0, True
+    while more:
+        message = await _next_message(request.receive, timeout_s, stopping)
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"the body passed {limit} bytes, the limit ({setting})")
+        more = message.get("more_body", False)
+        if chunk:
+            yield chunk
+
+
+async def read_body(request: Request, settings: Settings, stopping: threading.Event) -> IO[bytes]:
+    """The whole body in a spooled temporary file (rewound); the caller closes it."""
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 -- returned
     try:
-        size, more = 0, True
-        while more:
-            message = await _next_message(request.receive, settings.body_timeout, stopping)
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnect()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLargeError(
-                    f"the body passed {limit} bytes, the limit (UNET_MAX_UPLOAD_BYTES)"
-                )
+        chunks = body_chunks(
+            request,
+            settings.max_upload_bytes,
+            f"UNET_MAX_UPLOAD_BYTES; {LARGE_WORK}",
+            settings.body_timeout,
+            stopping,
+        )
+        async for chunk in chunks:
             spool.write(chunk)
-            more = message.get("more_body", False)
         spool.seek(0)
         return spool
     except BaseException:

@@ -95,6 +95,16 @@ class BlockGrid:
         rows, cols = _meets(self.plan.rows, block.rows), _meets(self.plan.cols, block.cols)
         return list(itertools.product(rows, cols))
 
+    def tile_count(self, flips: Sequence[tuple[int, int]] = ((1, 1),)) -> int:
+        """The tiles that predicting every block runs, for each of ``flips`` (mirrored
+        blocks, as with test-time augmentation): a tile meeting two blocks counts twice."""
+        height, width = self.plan.height, self.plan.width
+        count = 0
+        for block, (fy, fx) in itertools.product(self, flips):
+            rows, cols = mirror(block.rows, height, fy), mirror(block.cols, width, fx)
+            count += len(_meets(self.plan.rows, rows)) * len(_meets(self.plan.cols, cols))
+        return count
+
     def reads(self, block: Block) -> Block:
         """The input rectangle that ``block``'s tiles read."""
         rows = _reads(_meets(self.plan.rows, block.rows), self.plan.height)
@@ -110,6 +120,11 @@ def block_grid(plan: TilePlan, target: int = BLOCK_SIZE) -> BlockGrid:
         plan,
         (_side(plan.rows, plan.height, target), _side(plan.cols, plan.width, target)),
     )
+
+
+def mirror(part: slice, length: int, flip: int) -> slice:
+    """Where ``part`` of an axis of ``length`` lies once the axis is reversed (flip -1)."""
+    return part if flip == 1 else slice(length - part.stop, length - part.start)
 
 
 class Window:
@@ -137,15 +152,10 @@ class Flipped:
         self.image, self.fy, self.fx = image, fy, fx
         self.shape, self.dtype = image.shape, image.dtype
 
-    def _mirror(self, part: slice, length: int, flip: int) -> slice:
-        return part if flip == 1 else slice(length - part.stop, length - part.start)
-
     def block(self, block: Block) -> Block:
         """Where ``block`` of the image lies in the mirrored image (and back)."""
         height, width = self.shape[:2]
-        return Block(
-            self._mirror(block.rows, height, self.fy), self._mirror(block.cols, width, self.fx)
-        )
+        return Block(mirror(block.rows, height, self.fy), mirror(block.cols, width, self.fx))
 
     def __getitem__(self, key: tuple[slice, slice]) -> npt.NDArray[Any]:
         mirror = self.block(Block(*key))

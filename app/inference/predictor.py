@@ -202,6 +202,7 @@ class Predictor:
         *,
         threshold: float = 0.5,
         tta: bool = False,
+        progress: ProgressFn | None = None,
     ) -> Prediction:
         """One block of a large H x W x C image (uint8/uint16, C = 1 or 3; a lazy reader or
         an array): equal, bit for bit, to that block of ``predict`` of the whole image.
@@ -209,10 +210,11 @@ class Predictor:
         tta: the mean over the four flips, as ``predict`` makes it: for each flip, the
         block's mirror in the flipped image is predicted with the same plan and added
         back in place, in the same order, then divided by four.
+        progress: ``(tiles done, tiles)`` after each batch, counted afresh for each flip.
         """
-        total, tiles = self._mirrored_block(image, grid, block, *FLIPS[0])
+        total, tiles = self._mirrored_block(image, grid, block, *FLIPS[0], progress)
         for fy, fx in FLIPS[1:] if tta else ():
-            probs, more = self._mirrored_block(image, grid, block, fy, fx)
+            probs, more = self._mirrored_block(image, grid, block, fy, fx, progress)
             total += probs[:, ::fy, ::fx]
             tiles += more
         if tta:
@@ -220,7 +222,13 @@ class Predictor:
         return Prediction(total, self.mask(total, threshold), tiles)
 
     def _mirrored_block(
-        self, image: Region, grid: BlockGrid, block: Block, fy: int, fx: int
+        self,
+        image: Region,
+        grid: BlockGrid,
+        block: Block,
+        fy: int,
+        fx: int,
+        progress: ProgressFn | None = None,
     ) -> tuple[npt.NDArray[np.float32], int]:
         """The probabilities of ``block``'s mirror in ``image[::fy, ::fx]``, and the tiles run."""
         view = Flipped(image, fy, fx)
@@ -237,6 +245,7 @@ class Predictor:
             channels=self.card.in_channels,
             batch_size=self.batch_size,
             prepare=Normalizer(self.card, image.shape[2], window.dtype),
+            progress=progress,
             fixed_shape=self.fixed_shape,
         )
         return sink.array, tiles

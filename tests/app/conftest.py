@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ def rgb_model(model_dir: Path) -> Path:
 
 
 def settings(model: Path, **overrides: Any) -> Settings:
+    """Settings for a test app; its jobs in a folder of its own unless ``jobs_dir`` is given."""
+    overrides.setdefault("jobs_dir", Path(tempfile.mkdtemp(prefix="unet-test-jobs-")))
     return Settings(model_path=model, threads=1, **overrides)
 
 
@@ -111,6 +114,8 @@ def start_server(
 ) -> Server:
     """uvicorn app.main:app on 127.0.0.1 (``port``, else a free one), once /health/ready is 200."""
     port = port or free_port()
+    if "UNET_JOBS_DIR" not in env:  # its jobs beside its log, not in the shared temp dir
+        env = {**env, "UNET_JOBS_DIR": str(log.parent / f"jobs-{port}")}
     command = [sys.executable, "-m", "uvicorn", "app.main:app", "--http", "h11"]
     command += ["--host", "127.0.0.1"]
     with log.open("ab") as out:

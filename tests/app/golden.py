@@ -28,8 +28,8 @@ from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 
 from app.main import create_app
-from app.settings import Settings
 from bench.nets import UNetSpec, default_card, save_model
+from tests.app.conftest import settings
 from tests.app.samples import dicom_without_pixels, encode, jpeg, noise, png, png_bomb, tiff
 
 FOLDER = Path(__file__).with_name("golden")
@@ -133,7 +133,7 @@ def answers(model_folder: Path) -> Iterator[tuple[Case, int, str, bytes]]:
     paths = models(model_folder)
     with ExitStack() as stack:
         clients = {
-            name: stack.enter_context(TestClient(create_app(Settings(model_path=path, threads=1))))
+            name: stack.enter_context(TestClient(create_app(settings(path))))
             for name, path in paths.items()
         }
         for case in cases():

@@ -18,8 +18,8 @@ from PIL import Image
 
 from app import cli
 from app.batch import Small
-from app.cli.files import write_atomically
 from app.codecs.outputs import default_outputs
+from app.files import write_atomically
 from tests.app.samples import noise, png, tiff, truncated
 
 IMAGES = {

@@ -27,6 +27,7 @@ from app.inference.providers import (
 from app.main import StartupError, create_app, provider_options
 from app.settings import Settings
 from bench.nets import UNetSpec, default_card, save_model
+from tests.app.conftest import settings as app_settings
 from tests.app.samples import png
 
 
@@ -109,7 +110,7 @@ def test_an_fp16_model_is_served_with_float32_in_and_out(
     image = np.random.default_rng(1).integers(0, 256, (70, 90), dtype=np.uint8)
     answers = {}
     for path in (fp32, fp16):
-        with TestClient(create_app(Settings(model_path=path, threads=1))) as client:
+        with TestClient(create_app(app_settings(path))) as client:
             answer = client.post("/segment?format=probability", content=png(image))
             assert answer.status_code == 200
             pixels = np.asarray(Image.open(io.BytesIO(answer.content)), dtype=np.float64)

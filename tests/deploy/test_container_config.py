@@ -85,6 +85,7 @@ def test_final_stage_is_non_root_read_only_friendly_and_stops_gracefully(
     assert stage.cmd[:3] == ["python", "deploy/serve.py", "app.main:app"]  # exec form
     assert 0 < graceful_timeout(stage) <= 25
     assert stage.env["UNET_MODEL_PATH"] == "/app/model/unet.onnx"
+    assert stage.env["UNET_JOBS_DIR"] == "/jobs"  # a volume (compose, Kubernetes)
     assert stage.workdir == "/app"
 
 
@@ -233,6 +234,8 @@ def test_compose_cpu_service(compose: dict[str, Any], cpu_stage: Stage) -> None:
     assert unet["healthcheck"]["test"] == ["CMD", *cpu_stage.healthcheck]
     assert int(unet["stop_grace_period"].removesuffix("s")) > graceful_timeout(cpu_stage)
     assert any(volume.endswith(":/models:ro") for volume in unet["volumes"])
+    assert "jobs:/jobs" in unet["volumes"]
+    assert "jobs" in compose["volumes"]
     assert unet["environment"]["UNET_MODEL_PATH"].endswith(":-/app/model/unet.onnx}")
 
 
@@ -270,8 +273,14 @@ def test_compose_monitoring_profile_scrapes_every_replica(
 
 @pytest.fixture(scope="module")
 def manifests() -> dict[str, dict[str, Any]]:
-    docs = [doc for path in sorted(K8S.glob("*.yaml")) for doc in load_yaml_documents(path)]
+    paths = sorted(p for p in K8S.glob("*.yaml") if p.name != "jobs.yaml")
+    docs = [doc for path in paths for doc in load_yaml_documents(path)]
     return {doc["kind"]: doc for doc in docs}
+
+
+@pytest.fixture(scope="module")
+def jobs_manifests() -> dict[str, dict[str, Any]]:
+    return {doc["kind"]: doc for doc in load_yaml_documents(K8S / "jobs.yaml")}
 
 
 def test_kubernetes_manifests_match_the_published_schemas(
@@ -321,3 +330,24 @@ def test_service_and_autoscaler_point_at_the_deployment(
     assert (
         hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
     )
+
+
+def test_jobs_run_on_one_replica_with_a_persistent_volume(
+    jobs_manifests: dict[str, dict[str, Any]], cpu_stage: Stage
+) -> None:
+    assert set(jobs_manifests) == {"PersistentVolumeClaim", "Deployment", "Service"}
+    for doc in jobs_manifests.values():
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    deployment = jobs_manifests["Deployment"]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env["UNET_JOBS_DIR"]]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    claim = jobs_manifests["PersistentVolumeClaim"]["metadata"]["name"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim
+    assert str(pod["securityContext"]["fsGroup"]) == cpu_stage.user.split(":")[1]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert jobs_manifests["Service"]["spec"]["selector"].items() <= labels.items()

@@ -91,7 +91,8 @@ def run_as() -> dict[str, Any]:
 
 @dataclass
 class ImageTree:
-    """A stand-in for the image's file system: ``root/app``, ``root/tmp``, ``root/home``."""
+    """A stand-in for the image's file system: ``root/app``, ``root/tmp``, ``root/jobs``
+    (the jobs volume), ``root/home``."""
 
     root: Path
 
@@ -100,8 +101,9 @@ class ImageTree:
         for prefix, here in (("/opt/venv", sys.prefix), ("/app", self.root / "app")):
             if image_path == prefix or image_path.startswith(prefix + "/"):
                 return str(here) + image_path[len(prefix) :]
-        if image_path == "/tmp" or image_path.startswith("/tmp/"):
-            return str(self.root / "tmp") + image_path[4:]
+        for writable in ("/tmp", "/jobs"):
+            if image_path == writable or image_path.startswith(writable + "/"):
+                return str(self.root / writable[1:]) + image_path[len(writable) :]
         return image_path
 
     def env(self, stage: Stage) -> dict[str, str]:
@@ -112,11 +114,12 @@ class ImageTree:
         return env
 
     def snapshot(self) -> dict[str, tuple[int, int]]:
-        """Every file and folder outside tmp/, with size and mtime: writes change it."""
+        """Every file and folder outside tmp/ and jobs/, with size and mtime: writes change it."""
         return {
             str(path): (path.lstat().st_size, path.lstat().st_mtime_ns)
             for path in self.root.rglob("*")
             if not path.is_relative_to(self.root / "tmp")
+            and not path.is_relative_to(self.root / "jobs")
         }
 
 
@@ -152,6 +155,8 @@ def image_tree(cpu_stage: Stage) -> Iterator[ImageTree]:
         (root / "app" / "model").mkdir()
         (root / "tmp").mkdir()
         (root / "tmp").chmod(0o1777)  # as the tmpfs: anyone may write
+        (root / "jobs").mkdir()
+        (root / "jobs").chmod(0o1777)  # as the volume, owned by the service's user
         (root / "home").mkdir()
         yield tree
     finally:

@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from app.service import Service
-from app.settings import Settings
 from tests.app.conftest import Server
+from tests.app.conftest import settings as app_settings
 from tests.app.samples import png, tiff
 from tests.reliability.conftest import strip_png, tiny_pages
 
@@ -70,7 +70,7 @@ LIMIT = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def small(model: Path) -> TestClient:
-    app = create_app(Settings(model_path=model, threads=1, max_image_pixels=LIMIT, max_frames=3))
+    app = create_app(app_settings(model, max_image_pixels=LIMIT, max_frames=3))
     with TestClient(app) as client:
         yield client  # type: ignore[misc]
 

@@ -113,13 +113,15 @@ class LargeOutput:
     (object ids), ``outlines`` (object ids, and the objects' GeoJSON as OUTLINES in
     the store's folder); pyramid: whether the store gets its lower levels.
     finish(store, path): turn the finished store (app/codecs/pyramid.py) into the file
-    or folder ``path``; the store is gone after.
+    or folder ``path``; the store is gone after. media_type: of the file as a job's
+    result is served (a folder is served as a zip of it, made on the fly).
     """
 
     name: str
     description: str
     finish: Callable[[LabelStore, Path], None]
     extension: str
+    media_type: str = "application/zip"
     content: Literal["classes", "objects", "outlines"] = "classes"
     pyramid: bool = True
 
@@ -151,6 +153,10 @@ class Outputs:
 
     def names(self) -> list[str]:
         return list(self._outputs)
+
+    def extension(self, name: str) -> str:
+        """The file extension of format ``name``'s answers (``png``, ``rle.json``, ...)."""
+        return self._outputs[name].extension or name
 
     def encoder(self, name: str, image: DecodedImage, model: Model, options: Options) -> Encoder:
         """The encoder of format ``name`` for this input, or the 415/422 that says why not."""

@@ -97,6 +97,7 @@ LARGE = LargeOutput(
     "the objects of a large image as GeoJSON polygons, written block by block",
     finish_large,
     extension="geojson",
+    media_type="application/geo+json",
     content="outlines",
     pyramid=False,
 )

@@ -64,4 +64,5 @@ OUTPUT = LargeOutput(
     "the class map as a tiled pyramidal OME-TIFF (BigTIFF, sub-IFDs), for images of any size",
     finish,
     extension="ome.tif",
+    media_type="image/tiff",
 )

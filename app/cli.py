@@ -36,21 +36,19 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import zarr
 from tqdm import tqdm
 
-from app.batch import Context, Large, Setup, Small
-from app.cli.files import expand, remove, set_aside, size, target, write_atomically
-from app.codecs.errors import CodecError, ImageTooLargeError
+from app.batch import Context, Large, Setup, Small, route
 from app.codecs.outputs import LARGE_OUTPUTS, Outputs, default_outputs
-from app.codecs.outputs.base import either
-from app.codecs.slides import is_slide, is_tiff_file, open_slide
+from app.files import expand, remove, set_aside, size, target, write_atomically
 from app.inference import InferenceError
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
+from app.inference.tiler import ProgressFn
 from app.settings import DEFAULT_MODEL
 
 
@@ -59,50 +57,26 @@ class Run:
 
     def __init__(self, args: argparse.Namespace, outputs: Outputs) -> None:
         self.args, self.outputs = args, outputs
-        self.context = Context(setup(args))
+        chosen = setup(args)
+        self.context = Context.load(chosen)
         self.cluster = None
         if args.dask:
             from app.distributed import Cluster
 
-            self.cluster = Cluster(args.dask, self.context.setup, self.context.model.sha256)
-
-    def pixels(self, source: Path) -> int | None:
-        """Width x height of a file a lazy reader takes, else None (decoded in memory)."""
-        if not is_slide(source):
-            return None
-        try:
-            with open_slide(source) as slide:
-                return slide.width * slide.height
-        except CodecError:
-            if is_tiff_file(source):  # pages, say: the in-memory decoders may read it
-                return None
-            raise
+            self.cluster = Cluster(args.dask, chosen, self.context.model.sha256)
 
     def route(self, source: Path) -> tuple[str, bool]:
-        """(format, whether it goes the large way): ``--format``, else ``png`` up to
-        ``--max-pixels`` and ``ome-zarr`` above; a format that has both forms
-        (``instances``, ``geojson``) takes the large one above ``--max-pixels``."""
-        name, pixels = self.args.format, self.pixels(source)
-        big = pixels is not None and pixels > self.args.max_pixels
-        if name is None:
-            return ("ome-zarr", True) if big else ("png", False)
-        if name not in self.outputs:
-            return name, True
-        if big and name not in LARGE_OUTPUTS:
-            large = either(list(LARGE_OUTPUTS))
-            raise ImageTooLargeError(
-                f"{source.name} has {pixels} pixels, above --max-pixels {self.args.max_pixels}; "
-                f"format={name} holds images up to that: use format={large}"
-            )
-        return name, big
+        """(format, whether it goes the large way): batch.route with --format, --max-pixels."""
+        args = self.args
+        return route(source, args.format, args.max_pixels, self.outputs, "--max-pixels")
 
     def extension(self, name: str, large: bool) -> str:
         if large:
             return LARGE_OUTPUTS[name].extension
-        return next(o for o in self.outputs if o.name == name).extension or name
+        return self.outputs.extension(name)
 
     def small(self, source: Path, name: str, bar: tqdm) -> tuple[bytes, str, dict[str, Any]]:
-        return Small(self.context, self.outputs, name)(source, bar)
+        return Small(self.context, self.outputs, name)(source, tile_bar(bar))
 
     def done(self, source: Path, extension: str) -> Path | None:
         """The output of ``source`` with ``extension`` when it exists already."""
@@ -157,12 +131,33 @@ class Run:
             if large:
                 c = self.cluster
                 streamed = Large(self.context, name, c.blocks if c else None, c.map if c else None)
-                return path, streamed(source, path, bar)
+                return path, streamed(source, path, stage_bar(bar))
             small = self.cluster.small if self.cluster else self.small
             body, media_type, facts = small(source, name, bar)
             path = target(self.args.out, source, extension, media_type)
             write_atomically(path, body)
             return path, facts
+
+
+def tile_bar(bar: tqdm) -> ProgressFn:
+    """progress(done, total) that moves ``bar``."""
+
+    def progress(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    return progress
+
+
+def stage_bar(bar: tqdm) -> Callable[[str, int, int], None]:
+    """progress(stage, done, total) that names the stage on ``bar`` and moves it."""
+    move = tile_bar(bar)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar.set_description(stage)
+        move(done, total)
+
+    return progress
 
 
 def setup(args: argparse.Namespace) -> Setup:
@@ -256,3 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InferenceError, ValueError, OSError) as exc:  # the model, a tiling, the cluster
         print(f"unet-segment: {exc}", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":  # python -m app.cli: the same as unet-segment
+    sys.exit(main())

@@ -1,5 +1,5 @@
-"""The command line's files: which inputs a folder or glob names, where outputs go,
-and writing them so that none is ever seen half-written."""
+"""Files of the command line and of jobs: which inputs a folder or glob names, where
+outputs go, and writing them so that none is ever seen half-written."""
 
 from __future__ import annotations
 

@@ -1,0 +1,108 @@
+"""What a job is given, checked before it is queued: where its input is, what it is, how
+it will run (block by block or in memory) and how many tiles that takes.
+
+A ``source`` names a file (or an OME-Zarr folder) under UNET_JOB_SOURCE_ROOT;
+it is resolved (symlinks followed) and must stay under the root, so ``..``,
+absolute paths and symlinks pointing out are refused (SourceRefusedError, 403).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from app.batch import route
+from app.codecs.errors import FrameCountError, ImageTooLargeError, NotAnImageError
+from app.codecs.frames import Limits
+from app.codecs.outputs import Options
+from app.codecs.slides import is_slide, open_slide
+from app.errors import SourceNotFoundError, SourceRefusedError
+from app.inference.blocks import block_grid
+from app.inference.predictor import FLIPS
+from app.service import Service
+
+# A file the in-memory decoders read whole may be at most this many bytes per pixel of
+# UNET_MAX_IMAGE_PIXELS (16-bit RGB, uncompressed, is 6): a 20 GB PNG is not read.
+BYTES_PER_PIXEL = 8
+
+
+def resolve_source(root: Path | None, source: str) -> Path:
+    """The file ``source`` names under ``root``; 403 when it would leave the root (or no
+    root is configured), 422 when nothing is there."""
+    if root is None:
+        raise SourceRefusedError(
+            "jobs may not name a source on this server (UNET_JOB_SOURCE_ROOT is unset): "
+            "upload the image as the body"
+        )
+    given = PurePosixPath(source)
+    if not source or given.is_absolute() or ".." in given.parts or "\\" in source:
+        raise SourceRefusedError(
+            "source must be a relative path under UNET_JOB_SOURCE_ROOT, without '..'"
+        )
+    base = root.resolve()
+    path = (base / given).resolve()  # symlinks followed: where the bytes really are
+    if not path.is_relative_to(base):
+        raise SourceRefusedError("source leads outside UNET_JOB_SOURCE_ROOT (a symlink?)")
+    if not path.exists():
+        raise SourceNotFoundError(f"no file {source} under UNET_JOB_SOURCE_ROOT")
+    return path
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the input is: its format's route, size, frames, and the tiles it will take."""
+
+    output: str
+    large: bool
+    width: int
+    height: int
+    frames: int
+    tiles: int
+
+
+# One in-memory input decoded at a time, however many jobs are submitted at once: its
+# pixels (up to UNET_MAX_IMAGE_PIXELS) are the memory a submission costs.
+_DECODING = threading.Lock()
+
+
+def _decode(path: Path, service: Service) -> tuple[int, int, int]:
+    """(width, height, frames) of an image the in-memory decoders read, decoded whole
+    (so a corrupt or truncated one is refused now, not failed later) under the
+    service's limits: 413 above UNET_MAX_IMAGE_PIXELS or UNET_MAX_FRAMES."""
+    settings = service.settings
+    largest = BYTES_PER_PIXEL * settings.max_image_pixels
+    if path.stat().st_size > largest:
+        raise ImageTooLargeError(
+            f"{path.name} is {path.stat().st_size} bytes, not a tiled format read a "
+            f"rectangle at a time, and above the {largest} bytes of an image of "
+            "UNET_MAX_IMAGE_PIXELS: send a tiled TIFF, OME-TIFF or OME-Zarr"
+        )
+    limits = Limits(settings.max_image_pixels, settings.max_frames)  # no cost limit: jobs wait
+    with _DECODING:
+        image = service.inputs.decode(path.read_bytes(), limits)
+    return image.width, image.height, len(image.frames)
+
+
+def probe(path: Path, output: str | None, options: Options, service: Service) -> Probe:
+    """Check the input at ``path`` and decide how it runs: 400 not an image, 413 too large
+    for an in-memory format, 415 a format not read here, 422 a format of one frame
+    for several."""
+    if not path.is_file() and not is_slide(path):
+        raise NotAnImageError(f"{path.name} is not an image file or an OME-Zarr folder")
+    settings = service.settings
+    name, large = route(
+        path, output, settings.max_image_pixels, service.outputs, "UNET_MAX_IMAGE_PIXELS"
+    )
+    options.check(service.model.card)
+    if is_slide(path) and (large or not path.is_file()):
+        with open_slide(path) as slide:
+            width, height, frames = slide.width, slide.height, 1
+    else:
+        width, height, frames = _decode(path, service)
+    if large and frames > 1:
+        raise FrameCountError(f"the image has {frames} frames; format={name} carries one")
+    plan, flips = service.predictor.plan(height, width), FLIPS if options.tta else FLIPS[:1]
+    if large:  # block by block: a tile that meets two blocks runs for each
+        return Probe(name, large, width, height, 1, block_grid(plan).tile_count(flips))
+    return Probe(name, large, width, height, frames, len(plan) * len(flips) * frames)

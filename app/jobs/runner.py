@@ -1,0 +1,275 @@
+"""The job runner: one thread that runs queued jobs, oldest first, on the service's engine.
+
+Each job runs through what ``unet-segment`` runs (app/batch.py): in memory for
+formats of one image up to UNET_MAX_IMAGE_PIXELS, block by block into a store on
+disk (app/streaming.py) otherwise, so a job's result equals the command line's
+bit for bit. Its engine calls go through the Gate: one tile batch at a time,
+never while a ``/segment`` request waits (app/jobs/gate.py).
+
+Restart: a job that was running when the process died goes back to the queue and
+starts again from its input (its partial output is removed); the store is then
+swept of orphans. A graceful shutdown stops the running job at its next tile
+batch and queues it again the same way. Finished jobs and their files are
+removed UNET_JOB_TTL seconds after they finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy.typing as npt
+
+from app.batch import Context, Large, Small
+from app.codecs.frames import Limits
+from app.codecs.outputs import LARGE_OUTPUTS, Model, Options
+from app.files import remove, target, write_atomically
+from app.inference import Predictor
+from app.jobs.gate import Gate
+from app.jobs.store import FINISHED, Job, JobStore, Status
+from app.service import Service
+from app.streaming import local_blocks
+
+log = logging.getLogger("app.jobs")
+INPUT = "input"  # an uploaded image, in the job's folder
+
+
+class CancelledError(Exception):
+    """DELETE /jobs/{id} while it ran: it stops at its next tile batch."""
+
+
+class StoppingError(Exception):
+    """The service is shutting down: the job goes back to the queue."""
+
+
+@dataclass
+class Live:
+    """The running job's progress, in memory (the row has it once the job ends)."""
+
+    total: int
+    done: int = 0
+    began: float = field(default_factory=time.monotonic)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def eta(self) -> float | None:
+        """Seconds left at the pace so far; None before the first batch."""
+        if self.done == 0:
+            return None
+        return (time.monotonic() - self.began) / self.done * max(self.total - self.done, 0)
+
+
+class TileCounter:
+    """Tiles done over a job's consecutive tile runs (frames, blocks, flips), each reported
+    as ``(done, total)`` from 1 up to its total, as the tiler does."""
+
+    def __init__(self, report: Callable[[int], None]) -> None:
+        self.report, self.base, self.done, self.total = report, 0, 0, 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.total and self.done == self.total:  # the previous run ended: a new one
+            self.base += self.total
+        self.done, self.total = done, total
+        self.report(self.base + done)
+
+
+def clear_outputs(folder: Path) -> None:
+    """Everything in a job's folder but its input (a partial or finished output)."""
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if path.name != INPUT:
+            remove(path)
+
+
+class JobRunner:
+    """Runs the jobs of ``store`` with ``service``'s model, one at a time, in its thread."""
+
+    def __init__(self, store: JobStore, service: Service, gate: Gate) -> None:
+        self.store, self.service, self.gate = store, service, gate
+        self.ttl = service.settings.job_ttl
+        self.sweep_every = min(60.0, max(0.25, self.ttl / 4))
+        self._live: dict[str, Live] = {}
+        self.uploads = 0  # bodies being received now (touched on the event loop only)
+        self._wake, self._stopping = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="unet-jobs", daemon=True)
+
+    # -- life -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover from the last run (requeue, remove orphans and expired jobs), then run."""
+        for job_id in self.store.requeue_running():
+            clear_outputs(self.store.folder(job_id))
+            log.info("job requeued after a restart", extra={"fields": {"job": job_id}})
+        for orphan in self.store.orphans():
+            remove(orphan)
+        self.sweep()
+        self.count()
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop at the running job's next tile batch (it is queued again), then return."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """A job was queued."""
+        self._wake.set()
+
+    def changed(
+        self, job_id: str, status: Status | Literal["deleted", "expired"], **fields: Any
+    ) -> None:
+        """One log line per state change (``deleted``, ``expired``: the job is gone), and the
+        ``unet_jobs`` gauge."""
+        log.info("job %s", status, extra={"fields": {"job": job_id, **fields}})
+        self.count()
+
+    def count(self) -> None:
+        """The ``unet_jobs{status}`` gauge from the store."""
+        for name, count in self.store.counts().items():
+            self.service.metrics.jobs.labels(name).set(count)
+
+    # -- what the routes ask ----------------------------------------------------------------
+
+    def live(self, job_id: str) -> Live | None:
+        return self._live.get(job_id)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job; False when it had finished already."""
+        now = time.time()
+        if self.store.update(job_id, only_if="queued", status="cancelled", finished=now):
+            self.store.remove_files(job_id)
+            self.changed(job_id, "cancelled")
+            return True
+        live = self._live.get(job_id)
+        if live is not None:
+            live.cancel.set()
+            return True
+        job = self.store.get(job_id)
+        return job is not None and job.status not in FINISHED
+
+    def sweep(self) -> None:
+        """Remove the jobs that finished more than UNET_JOB_TTL seconds ago, with their files."""
+        for job_id in self.store.expired(self.ttl):
+            self.store.delete(job_id)
+            self.changed(job_id, "expired")
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        next_sweep = time.monotonic() + self.sweep_every
+        while not self._stopping.is_set():
+            if time.monotonic() >= next_sweep:
+                self.sweep()
+                next_sweep = time.monotonic() + self.sweep_every
+            self._wake.clear()
+            job = self.store.next_queued()
+            if job is None:
+                self._wake.wait(max(0.0, next_sweep - time.monotonic()))
+            else:
+                self._run(job)
+
+    def _run(self, job: Job) -> None:
+        live = Live(job.tiles_total)
+        self._live[job.id] = live
+        began = time.time()
+        try:
+            if not self.store.update(job.id, only_if="queued", status="running", started=began):
+                return  # cancelled meanwhile
+            self.changed(job.id, "running", tiles_total=job.tiles_total)
+            self._finish(job, live, began)
+        finally:
+            del self._live[job.id]
+
+    def _finish(self, job: Job, live: Live, began: float) -> None:
+        """Run ``job`` and record how it ended."""
+        store, metrics = self.store, self.service.metrics
+        try:
+            result = self._execute(job, live)
+        except StoppingError:
+            clear_outputs(store.folder(job.id))
+            store.update(job.id, status="queued", started=None, tiles_done=0)
+            self.changed(job.id, "queued", reason="shutdown")
+            return
+        except CancelledError:
+            store.update(job.id, status="cancelled", finished=time.time(), tiles_done=live.done)
+            store.remove_files(job.id)
+            self.changed(job.id, "cancelled", tiles_done=live.done)
+            return
+        except Exception as exc:  # the job failed, the service goes on
+            error = failure(exc)
+            store.update(job.id, status="failed", finished=time.time(), error=error)
+            store.remove_files(job.id)
+            metrics.job_duration.observe(time.time() - began)
+            self.changed(job.id, "failed", error=error)
+            return
+        end = time.time()
+        store.update(job.id, status="succeeded", finished=end, tiles_done=live.done, result=result)
+        metrics.job_duration.observe(end - began)
+        self.changed(job.id, "succeeded", tiles=live.done, seconds=round(end - began, 3))
+
+    def _execute(self, job: Job, live: Live) -> dict[str, str]:
+        """Segment the job's input into its folder; the result's file, media type and name."""
+        request, service = job.request, self.service
+
+        def check() -> None:
+            if live.cancel.is_set():
+                raise CancelledError
+            if self._stopping.is_set():
+                raise StoppingError
+
+        def report(done: int) -> None:
+            service.metrics.job_tiles.inc(max(done - live.done, 0))
+            live.done = done
+
+        context = self._context(job, check)
+        counter = TileCounter(report)
+        folder = self.store.folder(job.id)
+        folder.mkdir(exist_ok=True)
+        source, named = Path(request.input), Path(request.name)
+        if request.large:  # named as unet-segment names it: the result equals its file
+            output = LARGE_OUTPUTS[request.output]
+            path = target(folder, named, output.extension)
+            blocks = local_blocks(context.predictor, context.options, counter)
+
+            def between(stage: str, done: int, total: int) -> None:  # object passes, levels
+                self.gate.job_batch(lambda: None, check)
+
+            Large(context, request.output, blocks)(source, path, between)
+            media_type = output.media_type
+        else:
+            body, media_type, _ = Small(context, service.outputs, request.output)(source, counter)
+            extension = service.outputs.extension(request.output)
+            path = target(folder, named, extension, media_type)
+            write_atomically(path, body)
+        download = path.name + (".zip" if path.is_dir() else "")
+        return {"file": path.name, "media_type": media_type, "name": download}
+
+    def _context(self, job: Job, check: Callable[[], None]) -> Context:
+        """The service's model and decoders, with a predictor whose every tile batch waits
+        for its turn at the gate (and stops the job when ``check`` raises)."""
+        service, request = self.service, job.request
+        engine, base = service.model.engine, service.predictor
+
+        def run(batch: npt.NDArray[Any]) -> Any:
+            return self.gate.job_batch(lambda: engine.run(batch), check)
+
+        predictor = Predictor(
+            run, base.card, tile_size=base.tile_size, batch_size=base.batch_size,
+            context=base.context, fixed_shape=base.fixed_shape,
+        )  # fmt: skip
+        options = Options(request.threshold, request.class_index, request.tta, request.min_area)
+        limits = Limits(service.settings.max_image_pixels, service.settings.max_frames)
+        model = Model(base.card, engine.sha256)
+        return Context(model, predictor, service.inputs, options, limits)
+
+
+def failure(exc: BaseException) -> str:
+    """The error of a failed job, as its client reads it (no pixel data, no DICOM values)."""
+    if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
+        return "the jobs volume is full (UNET_JOBS_DIR); free space and submit again"
+    return f"{type(exc).__name__}: {exc}"
