@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make docker-smoke`: build the CPU image with podman (../shared/tools/container-smoke),
-# run it read-only as its non-root user with only /tmp writable, wait for the
-# HEALTHCHECK, segment one PNG, stop it gracefully (exit status 0), print the image size.
+# run it read-only as its non-root user with only /tmp and the /jobs volume writable,
+# wait for the HEALTHCHECK, segment one PNG, run it again as a job (submit, poll, download:
+# the same bytes), stop it gracefully (exit status 0), print the image size.
 set -euo pipefail
 
 SMOKE=${SMOKE:-../shared/tools/container-smoke}
@@ -36,6 +37,18 @@ code=$(curl -s -o "$WORK/out.png" -D "$WORK/headers" -w '%{http_code}' --max-tim
 size=$(python3 -c 'import struct,sys; d=open(sys.argv[1],"rb").read(24); print("%dx%d" % struct.unpack(">II", d[16:24]) if d[:8]==b"\x89PNG\r\n\x1a\n" else "not a PNG")' "$WORK/out.png")
 say "POST /segment (96x96 PNG) -> $code, $(grep -i '^content-type' "$WORK/headers" | tr -d '\r'), mask $size"
 [ "$code" = 200 ] && [ "$size" = 96x96 ] || { say "FAIL: /segment"; podman logs --tail 20 "$CID"; exit 1; }
+
+# The same image as a job: the /jobs volume (SQLite + files) writable by the service's user.
+job=$(curl -s --max-time 60 -H 'Content-Type: image/png' --data-binary @"$WORK/in.png" \
+  "http://127.0.0.1:$PORT/jobs" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+for _ in $(seq 100); do
+  state=$(curl -s "http://127.0.0.1:$PORT/jobs/$job" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
+  [ "$state" = queued ] || [ "$state" = running ] || break
+  sleep 0.2
+done
+curl -s -o "$WORK/job.png" --max-time 60 "http://127.0.0.1:$PORT/jobs/$job/result"
+say "POST /jobs (the same PNG) -> $state; result equals /segment's: $(cmp -s "$WORK/out.png" "$WORK/job.png" && echo yes || echo no)"
+[ "$state" = succeeded ] && cmp -s "$WORK/out.png" "$WORK/job.png" || { say "FAIL: /jobs"; podman logs --tail 20 "$CID"; exit 1; }
 
 t0=$(date +%s)
 podman stop -t 30 "$CID" >/dev/null 2>&1

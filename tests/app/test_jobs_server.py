@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -96,7 +97,7 @@ def test_a_20000_px_job_survives_kill_9_and_equals_unet_segment(
 
 
 @pytest.fixture
-def jobs_server(binary_model: Path, tmp_path: Path) -> Server:
+def jobs_server(binary_model: Path, tmp_path: Path) -> Iterator[Server]:
     server = serve(binary_model, tmp_path / "jobs", tmp_path / "server.log", UNET_JOB_MAX_QUEUE="6")
     yield server
     stop_server(server)
