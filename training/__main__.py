@@ -1,4 +1,4 @@
-"""``python -m training {train,evaluate,export,calibrate}``.
+"""``python -m training {train,evaluate,export,calibrate,quantize}``.
 
     python -m training train --data ../shared/data/isbi2012/train --out runs/isbi \\
         --classes background,membrane --foreground-value 0 --objects background
@@ -6,6 +6,8 @@
     python -m training export --checkpoint runs/isbi/best.pt --out runs/isbi/model.onnx
     python -m training evaluate --model runs/isbi/model.onnx --data ../shared/data/isbi2012/train
     python -m training calibrate --model runs/isbi/model.onnx --data ../shared/data/isbi2012/train
+    python -m training quantize --model runs/isbi/model.onnx --data ../shared/data/isbi2012/train \
+        --out runs/isbi/model-int8.onnx
 
 The train options are generated from training.config (one flag per field, e.g.
 ``--base-channels 32``, ``--batch-norm/--no-batch-norm``); ``--help`` lists them
@@ -21,7 +23,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from training import calibrate, evaluate, export
+from training import calibrate, evaluate, export, quantize
 from training.config import TrainConfig, UNetConfig
 
 
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_arguments(
         commands.add_parser("calibrate", help="threshold and objects recipe into the card")
     )
+    quantize.add_arguments(
+        commands.add_parser("quantize", help="static INT8, written only if as good as float")
+    )
     return parser
 
 
@@ -109,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             evaluate.main(args)
         elif args.command == "calibrate":
             calibrate.main(args)
+        elif args.command == "quantize":
+            return quantize.main(args)
         else:
             export.main(args)
     except (ValueError, FileNotFoundError, export.ExportParityError) as exc:

@@ -79,3 +79,24 @@ def test_the_calibrated_card_beats_0_5_and_finds_the_cells() -> None:
     assert at[threshold]["pixel_error"] < at[0.5]["pixel_error"]
     assert model.card.objects.method == "watershed"
     assert objects_rand_error(predictor, samples, threshold, labels["objects"]) <= 0.04
+
+
+INT8 = REPO / "model" / "unet-int8.onnx"
+
+
+@pytest.mark.skipif(not INT8.is_file(), reason=f"no INT8 variant at {INT8}")
+def test_the_int8_variant_is_within_its_gate_of_the_float_model() -> None:
+    """model/unet-int8.onnx (python -m training quantize): its card's figures are what it
+    gives now, and they are within the recorded tolerance of the float model's."""
+    from training.quantize import figures, split_samples
+
+    card = load_model(INT8, "cpu").card.model_extra or {}
+    record = card["quantization"]
+    assert record["validation_images"] == card["training"]["split"]["val"]
+    samples = split_samples(INT8, ISBI, "val")
+    now = figures(INT8, samples)
+    for key, value in record["int8"].items():
+        assert now[key] == pytest.approx(value, abs=1e-6), key
+    for key in ("mean_dice", "objects_rand_error"):
+        assert abs(now[key] - record["float"][key]) <= record["tolerance"], key
+    assert record["float"] == pytest.approx(figures(MODEL, samples), abs=1e-6)
