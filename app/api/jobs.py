@@ -118,6 +118,7 @@ def view(job: Job, runner: JobRunner) -> dict[str, Any]:
             "frames": request.frames,
         },
         "progress": {"tiles_done": done, "tiles_total": job.tiles_total},
+        "stage": live.stage if live is not None else None,
         "eta_seconds": None if eta is None else round(eta, 1),
         "created": _time(job.created),
         "started": _time(job.started),

@@ -124,7 +124,10 @@ class JobView(BaseModel):
     format: str
     input: JobInput
     progress: JobProgress
-    eta_seconds: float | None = Field(description="seconds left at the pace so far")
+    stage: str | None = Field(
+        description="while running: tiles, then for large images objects, outlines, levels"
+    )
+    eta_seconds: float | None = Field(description="seconds left of the tiles, at their pace")
     created: str = Field(description="ISO 8601, UTC")
     started: str | None
     finished: str | None

@@ -53,6 +53,7 @@ class Live:
 
     total: int
     done: int = 0
+    stage: str = "tiles"  # then, for large images: objects, outlines, levels (the pyramid)
     began: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -237,6 +238,7 @@ class JobRunner:
             blocks = local_blocks(context.predictor, context.options, counter)
 
             def between(stage: str, done: int, total: int) -> None:  # object passes, levels
+                live.stage = "tiles" if stage == "blocks" else stage
                 self.gate.job_batch(lambda: None, check)
 
             Large(context, request.output, blocks)(source, path, between)

@@ -119,6 +119,8 @@ def test_a_large_job_equals_unet_segment_and_its_progress_rises(
     assert seen == sorted(seen)
     assert seen[-1] == total
     assert len(set(seen)) > 2
+    assert job["stage"] is None
+    assert job["eta_seconds"] == 0.0
     answer = paper.get(f"/jobs/{job_id}/result")
     assert answer.headers["content-type"] == "application/zip"
     assert 'filename="slide.ome.zarr.zip"' in answer.headers["content-disposition"]
@@ -210,8 +212,11 @@ def test_unknown_ids_result_before_success_cancel_and_delete(
     assert paper.delete(f"/jobs/{queued}").status_code == 202  # cancelled before it ran
     cancelled, _ = wait(paper, queued)
     assert cancelled["status"] == "cancelled"
-    while paper.get(f"/jobs/{running}").json()["progress"]["tiles_done"] == 0:
+    while (now := paper.get(f"/jobs/{running}").json())["progress"]["tiles_done"] == 0:
         time.sleep(0.01)
+    assert now["status"] == "running"
+    assert now["stage"] == "tiles"
+    assert now["eta_seconds"] > 0
     answer = paper.delete(f"/jobs/{running}")
     assert answer.status_code == 202
     job, _ = wait(paper, running)
