@@ -115,7 +115,13 @@ def write_card(model: Path, out: Path, updates: dict[str, Any]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="an exported .onnx file")
     parser.add_argument("--data", type=Path, required=True, help="folder with image/ and label/")
-    parser.add_argument("--split", choices=["val", "all"], default="val")
+    parser.add_argument(
+        "--split",
+        choices=["val", "select", "all"],
+        default="val",
+        help="val: the validation split; select: its images that chose the epoch (a model "
+        "trained with --select-images), so that the others still report honestly",
+    )
     parser.add_argument("--out", type=Path, help="where to write the model (default: in place)")
 
 
@@ -124,10 +130,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     document = loaded.card.model_dump()
     labels = document.get("labels") or {}
     names = None
-    if args.split == "val":
-        names = ((document.get("training") or {}).get("split") or {}).get("val")
+    if args.split != "all":
+        names = ((document.get("training") or {}).get("split") or {}).get(args.split)
         if not names:
-            raise ValueError("the model records no validation split; use --split all")
+            raise ValueError(f"the model records no {args.split} split; use --split all")
     samples = load_samples(
         args.data,
         names=names,

@@ -119,6 +119,14 @@ class TrainConfig:
     val_fraction: float = field(
         default=0.2, metadata=_help("share of images held out for validation")
     )
+    select_images: int = field(
+        default=0,
+        metadata=_help(
+            "validation images (the first N of the split) that choose the best epoch, and "
+            "later the threshold and seed (calibrate --split select); the rest only report "
+            "(evaluate --split report). 0: every validation image chooses and reports"
+        ),
+    )
     # 2. Model (the network's own options are in UNetConfig)
     model: UNetConfig = field(default_factory=UNetConfig)
     # 3. Loss: soft Dice + pixel-weighted cross-entropy (paper's weight map)
@@ -194,6 +202,8 @@ class TrainConfig:
             )
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.select_images < 0:
+            raise ValueError(f"select_images must be >= 0, got {self.select_images}")
         geometry = self.model.geometry()
         for name in ("tile_size", "val_tile_size"):
             size = getattr(self, name)

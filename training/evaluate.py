@@ -184,9 +184,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder with image/ and label/")
     parser.add_argument(
         "--split",
-        choices=["val", "train", "all"],
+        choices=["val", "train", "select", "report", "all"],
         default="val",
-        help="images of the model's training split, or all (default: val)",
+        help="images of the model's training split (select / report: the validation images "
+        "that chose its epoch and calibration / that did not), or all (default: val)",
     )
     parser.add_argument("--baseline", choices=["otsu"], help="also evaluate an Otsu threshold")
     parser.add_argument("--label-mode", choices=["binary", "multiclass"])
@@ -212,6 +213,9 @@ def _names(card: dict[str, Any] | None, split: str, data: Path) -> list[str] | N
         raise ValueError(
             f"--split {split}: the model records no training split; use --split all for {data}"
         )
+    if split not in recorded:
+        raise ValueError(f"--split {split}: the model records no {split} images (train with "
+                         "--select-images N to have select and report)")  # fmt: skip
     names: list[str] = list(recorded[split])
     return names
 

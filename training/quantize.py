@@ -8,7 +8,8 @@
 2. ONNX Runtime's static quantiser: QDQ, per-channel symmetric int8 weights, uint8
    activations (MinMax ranges over the calibration tiles), after its shape pre-processing;
    the 1 x 1 head that makes the logits stays float (``head``).
-3. The gate: on the validation split, float against int8 at the card's threshold --
+3. The gate: on the validation split (its report images, for a model trained with
+   ``--select-images``), float against int8 at the card's threshold --
    mean Dice of the foreground classes and the adapted Rand error of the objects the
    card's recipe finds. The int8 model is written only when both differ by at most
    ``--tolerance`` (0.005); otherwise nothing is written and the exit status is 1.
@@ -147,13 +148,19 @@ def write_card(source: Path, target: Path, record: dict[str, Any] | None = None)
     onnx.save(proto, str(target))
 
 
+def split_of(model: Path) -> dict[str, list[str]]:
+    """The split the model's card records (train, val, and select / report if it has them)."""
+    document = load_model(model, "cpu").card.model_dump()
+    return dict((document.get("training") or {}).get("split") or {})
+
+
 def split_samples(model: Path, data: Path, split: str) -> list[Sample]:
-    """The samples of the card's ``split`` (train or val), or every one (``all``)."""
+    """The samples of the card's ``split`` (train, val, select, report), or all (``all``)."""
     document = load_model(model, "cpu").card.model_dump()
     labels = document.get("labels") or {}
     names = None
     if split != "all":
-        names = ((document.get("training") or {}).get("split") or {}).get(split)
+        names = split_of(model).get(split)
         if not names:
             raise ValueError(f"the model records no {split} split; use --split all")
     return load_samples(
@@ -180,8 +187,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    recorded = split_of(args.model)
+    honest = "select" in recorded  # trained with --select-images: choose on some, gate on the rest
     calibrate_on = "all" if args.split == "all" else "train"
-    gate_on = "all" if args.split == "all" else "val"
+    choose_on = "all" if args.split == "all" else ("select" if honest else "val")
+    gate_on = "all" if args.split == "all" else ("report" if honest else "val")
     calibration = split_samples(args.model, args.data, calibrate_on)
     validation = split_samples(args.model, args.data, gate_on)
     with tempfile.TemporaryDirectory() as scratch:
@@ -192,7 +202,7 @@ def main(args: argparse.Namespace) -> int:
         # an objects' Rand error can have a cliff next to the float model's seed threshold.
         with contextlib.redirect_stdout(io.StringIO()):
             calibrate.main(argparse.Namespace(model=candidate, data=args.data,
-                                              split=gate_on, out=candidate))  # fmt: skip
+                                              split=choose_on, out=candidate))  # fmt: skip
         before, after = figures(args.model, validation), figures(candidate, validation)
         differences = {k: abs(after[k] - before[k]) for k in ("mean_dice", "objects_rand_error")}
         passed = all(d <= args.tolerance for d in differences.values())

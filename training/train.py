@@ -94,6 +94,26 @@ def validate(
     return evaluate_masks(predictor_masks(predictor), samples, list(cfg.classes), cfg.objects)
 
 
+def honest_split(
+    cfg: TrainConfig, train_names: list[str], val_names: list[str], val_samples: list[Any]
+) -> tuple[dict[str, list[str]], list[Any], list[Any]]:
+    """(the split the card records, the validation samples that choose, those that only
+    report). With ``select_images`` N > 0 the first N validation images choose the best
+    epoch (and, later, the threshold and seed) and the others are only measured."""
+    split = {"train": train_names, "val": val_names}
+    if not cfg.select_images:
+        return split, val_samples, []
+    if cfg.select_images >= len(val_names):
+        raise ValueError(
+            f"select_images {cfg.select_images} leaves none of the {len(val_names)} "
+            "validation images to report on"
+        )
+    select, report = val_names[: cfg.select_images], val_names[cfg.select_images :]
+    chosen = [s for s in val_samples if s.name in set(select)]
+    measured = [s for s in val_samples if s.name in set(report)]
+    return {**split, "select": select, "report": report}, chosen, measured
+
+
 def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) training; returns {"best": ..., "last_epoch": ..., "run_dir": ...}."""
     if not cfg.data or not cfg.out:
@@ -168,7 +188,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             net, device_ids=[env.device.index] if env.device.type == "cuda" else None
         )
     loss_fn = SegmentationLoss(cfg.dice_weight, cfg.ce_weight, cfg.side_weight, cfg.image_weight)
-    split = {"train": train_names, "val": val_names}
+    split, select_samples, report_samples = honest_split(cfg, train_names, val_names, val_samples)
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -208,8 +228,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         metrics = None
         if env.main and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
             card = model_card(cfg, normalization, split=split, epoch=epoch)
-            metrics = validate(model, card, val_samples, cfg, env.device)
+            metrics = validate(model, card, select_samples, cfg, env.device)
             row.update(flatten(metrics))
+            if report_samples:  # measured, never chosen on
+                row.update(
+                    flatten(validate(model, card, report_samples, cfg, env.device), "report_")
+                )
             bar.set_postfix(
                 loss=f"{row['train_loss']:.4f}",
                 val_dice=f"{metrics['mean_dice']:.4f}",

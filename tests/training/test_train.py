@@ -84,6 +84,37 @@ def test_exported_model_reproduces_validation_metrics(run: dict[str, Any]) -> No
     assert {key: evaluated[key] for key in reported} == reported
 
 
+def test_honest_selection_chooses_on_some_validation_images_and_reports_on_the_rest(
+    tmp_path: Path, shapes: Callable[..., Path]
+) -> None:
+    """--select-images 2 of 4: the best epoch is the best on those 2; the other 2 are only
+    measured (report_*), and evaluate / calibrate take the recorded select and report."""
+    data = shapes(tmp_path / "data", 16, size=64)
+    short = ("--tiles-per-epoch", "8", "--val-fraction", "0.25", "--select-images", "2")
+    assert _train(data, tmp_path / "run", "--epochs", "3", *short) == 0
+    record = read_record(tmp_path / "run" / "best.pt")
+    split = record["split"]
+    assert split["select"] + split["report"] == split["val"]
+    assert len(split["select"]) == 2
+    assert len(split["report"]) == 2
+    history = record["history"]
+    assert all(row["val_images"] == 2 and row["report_images"] == 2 for row in history)
+    best = max(history, key=lambda row: row["val_mean_dice"])  # chosen on select alone
+    assert record["epoch"] == best["epoch"]
+    model = tmp_path / "model.onnx"
+    assert (
+        main(["export", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--out", str(model)])
+        == 0
+    )
+    out = tmp_path / "report.json"
+    argv = ["evaluate", "--model", str(model), "--data", str(data), "--tile-size", "92"]
+    assert main([*argv, "--split", "report", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["model"]["images"] == 2
+    assert main(["calibrate", "--model", str(model), "--data", str(data), "--split", "select"]) == 0
+    assert _train(data, tmp_path / "bad", "--epochs", "1", "--tiles-per-epoch", "8",
+                  "--val-fraction", "0.25", "--select-images", "4") == 2  # fmt: skip
+
+
 def test_resume_continues_exactly(tmp_path: Path, shapes: Callable[..., Path]) -> None:
     data = shapes(tmp_path / "data", 6, size=64)
     short = ("--tiles-per-epoch", "8", "--elastic-p", "1.0")
