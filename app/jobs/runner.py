@@ -37,6 +37,7 @@ from app.streaming import local_blocks
 
 log = logging.getLogger("app.jobs")
 INPUT = "input"  # an uploaded image, in the job's folder
+RETRY_S = 5.0  # the runner's pause after a fault of its own
 
 
 class CancelledError(Exception):
@@ -168,11 +169,15 @@ class JobRunner:
                 self.sweep()
                 next_sweep = time.monotonic() + self.sweep_every
             self._wake.clear()
-            job = self.store.next_queued()
-            if job is None:
-                self._wake.wait(max(0.0, next_sweep - time.monotonic()))
-            else:
-                self._run(job)
+            try:
+                job = self.store.next_queued()
+                if job is None:
+                    self._wake.wait(max(0.0, next_sweep - time.monotonic()))
+                else:
+                    self._run(job)
+            except Exception:  # a fault of ours (the database, the disk): jobs must go on
+                log.exception("the job runner failed; it goes on in %s s", RETRY_S)
+                self._stopping.wait(RETRY_S)
 
     def _run(self, job: Job) -> None:
         live = Live(job.tiles_total)
@@ -206,7 +211,8 @@ class JobRunner:
             store.update(job.id, status="failed", finished=time.time(), error=error)
             store.remove_files(job.id)
             metrics.job_duration.observe(time.time() - began)
-            self.changed(job.id, "failed", error=error)
+            # The client reads the message; the log only its kind (a source's path is theirs).
+            self.changed(job.id, "failed", error=type(exc).__name__)
             return
         end = time.time()
         store.update(job.id, status="succeeded", finished=end, tiles_done=live.done, result=result)

@@ -374,3 +374,27 @@ def test_the_jobs_open_api_is_documented(client: TestClient) -> None:
     post = schema["paths"]["/jobs"]["post"]
     assert {"202", "403", "413", "503", "507"} <= set(post["responses"])
     assert "application/json" in post["requestBody"]["content"]
+
+
+def test_the_runner_survives_a_fault_of_its_own(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database failing once (a locked file, a full disk) costs a pause, not the runner."""
+    import app.jobs.runner as runner_module
+
+    runner = client.app.state.jobs  # type: ignore[attr-defined]
+    monkeypatch.setattr(runner_module, "RETRY_S", 0.05)
+    real, calls = runner.store.next_queued, []
+
+    def flaky() -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("disk I/O error")
+        return real()
+
+    monkeypatch.setattr(runner.store, "next_queued", flaky)
+    runner.wake()
+    job, _ = wait(client, submit(client, png(noise(64, 64))))
+    assert job["status"] == "succeeded"
+    assert len(calls) > 1
+    assert "the job runner failed" in caplog.text
