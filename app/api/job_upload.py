@@ -59,6 +59,7 @@ class FilePart:
     def callbacks(self) -> dict[str, object]:
         return {
             "on_part_begin": self._begin,
+            # python-multipart caps a part's header at 4224 bytes (400 past it)
             "on_header_field": lambda d, s, e: setattr(self, "header", self.header + d[s:e]),
             "on_header_value": lambda d, s, e: setattr(self, "value", self.value + d[s:e]),
             "on_header_end": self._header_end,
@@ -155,18 +156,19 @@ async def receive_to_file(
 
 async def read_source(request: Request, service: Service) -> Path:
     """The file a JSON body ``{"source": "<path under UNET_JOB_SOURCE_ROOT>"}`` names."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > SOURCE_BYTES:
-            raise BadUploadError(f"a JSON body names a source in at most {SOURCE_BYTES} bytes")
+    settings = service.settings
+    chunks = body_chunks(
+        request, SOURCE_BYTES, "a JSON body naming a source", settings.body_timeout,
+        service.stopping,
+    )  # fmt: skip
+    body = b"".join([chunk async for chunk in chunks])
     try:
         given = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadUploadError('the JSON body is not JSON: send {"source": "<path>"}') from None
     if not isinstance(given, dict) or not isinstance(given.get("source"), str):
         raise BadUploadError('the JSON body must be {"source": "<path under the source root>"}')
-    return resolve_source(service.settings.job_source_root, given["source"])
+    return resolve_source(settings.job_source_root, given["source"])
 
 
 async def receive_input(
@@ -175,7 +177,7 @@ async def receive_input(
     """The job's input and its name: a source, or the body written to the job's folder."""
     if request.headers.get("content-type", "").lower().startswith("application/json"):
         path = await read_source(request, service)
-        return path, path.name
+        return path, safe_name(path.name)
     upload = runner.store.upload(job_id)
     runner.uploads += 1
     try:

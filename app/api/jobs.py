@@ -180,18 +180,19 @@ async def submit(
     _check_format(service, output)
     admit(request, service, runner)
     options = Options(choose_threshold(service, threshold), class_index, tta, min_area)
+    options.check(service.model.card)  # 422 before a 20 GiB body is read, not after
     job_id = str(uuid.uuid4())
     try:
         path, name = await receive_input(request, service, runner, job_id)
         found = await asyncio.to_thread(probe, path, output, options, service)
+        given = JobRequest(
+            str(path), name, found.output, found.large, found.width, found.height, found.frames,
+            options.threshold, class_index, tta, min_area,
+        )  # fmt: skip
+        job = runner.store.add(job_id, given, found.tiles)
     except BaseException:
         runner.store.remove_files(job_id)
         raise
-    given = JobRequest(
-        str(path), name, found.output, found.large, found.width, found.height, found.frames,
-        options.threshold, class_index, tta, min_area,
-    )  # fmt: skip
-    job = runner.store.add(job_id, given, found.tiles)
     size = f"{found.width}x{found.height}x{found.frames}"
     runner.changed(job_id, "queued", format=found.output, image=size, tiles=found.tiles)
     runner.wake()
@@ -232,6 +233,8 @@ def get_result(job_id: str, runner: RunnerDep) -> Response:
     if job.status != "succeeded" or job.result is None:
         raise JobStateError(f"job {job_id} is {job.status}: its result exists once it succeeded")
     path = runner.store.folder(job_id) / job.result["file"]
+    if not path.exists():  # deleted or expired since the row was read
+        raise JobNotFoundError(f"job {job_id} and its result are gone (deleted or expired)")
     name, media_type = job.result["name"], job.result["media_type"]
     if not path.is_dir():
         return FileResponse(path, media_type=media_type, filename=name)

@@ -17,7 +17,7 @@ from app.codecs.errors import FrameCountError, ImageTooLargeError, NotAnImageErr
 from app.codecs.frames import Limits
 from app.codecs.outputs import Options
 from app.codecs.slides import is_slide, open_slide
-from app.errors import SourceNotFoundError, SourceRefusedError
+from app.errors import SourceNotFoundError, SourceRefusedError, quote
 from app.inference.blocks import block_grid
 from app.inference.predictor import FLIPS
 from app.service import Service
@@ -41,11 +41,14 @@ def resolve_source(root: Path | None, source: str) -> Path:
             "source must be a relative path under UNET_JOB_SOURCE_ROOT, without '..'"
         )
     base = root.resolve()
-    path = (base / given).resolve()  # symlinks followed: where the bytes really are
-    if not path.is_relative_to(base):
-        raise SourceRefusedError("source leads outside UNET_JOB_SOURCE_ROOT (a symlink?)")
-    if not path.exists():
-        raise SourceNotFoundError(f"no file {source} under UNET_JOB_SOURCE_ROOT")
+    try:
+        path = (base / given).resolve()  # symlinks followed: where the bytes really are
+        if not path.is_relative_to(base):
+            raise SourceRefusedError("source leads outside UNET_JOB_SOURCE_ROOT (a symlink?)")
+        if not path.exists():
+            raise SourceNotFoundError(f"no file {quote(source)} under UNET_JOB_SOURCE_ROOT")
+    except (ValueError, OSError) as exc:  # a NUL byte, a name too long, a loop of symlinks
+        raise SourceNotFoundError(f"source {quote(source)} names no file: {exc}") from None
     return path
 
 
@@ -85,6 +88,14 @@ def _decode(path: Path, service: Service) -> tuple[int, int, int]:
 
 
 def probe(path: Path, output: str | None, options: Options, service: Service) -> Probe:
+    """``_probe``; an input that cannot be read (permissions, I/O) is 422, not 500."""
+    try:
+        return _probe(path, output, options, service)
+    except OSError as exc:
+        raise SourceNotFoundError(f"{path.name} cannot be read: {exc.strerror}") from None
+
+
+def _probe(path: Path, output: str | None, options: Options, service: Service) -> Probe:
     """Check the input at ``path`` and decide how it runs: 400 not an image, 413 too large
     for an in-memory format, 415 a format not read here, 422 a format of one frame
     for several."""

@@ -95,6 +95,7 @@ class JobRunner:
         self.sweep_every = min(60.0, max(0.25, self.ttl / 4))
         self._live: dict[str, Live] = {}
         self.uploads = 0  # bodies being received now (touched on the event loop only)
+        self._next_sweep = time.monotonic() + self.sweep_every
         self._wake, self._stopping = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name="unet-jobs", daemon=True)
 
@@ -149,8 +150,7 @@ class JobRunner:
             return True
         live = self._live.get(job_id)
         if live is not None:
-            live.cancel.set()
-            return True
+            live.cancel.set()  # harmless if it has just ended: then it is finished below
         job = self.store.get(job_id)
         return job is not None and job.status not in FINISHED
 
@@ -162,17 +162,20 @@ class JobRunner:
 
     # -- the thread ------------------------------------------------------------------------
 
+    def sweep_due(self) -> None:
+        """``sweep`` when UNET_JOB_TTL / 4 (at most a minute) has passed since the last."""
+        if time.monotonic() >= self._next_sweep:
+            self.sweep()
+            self._next_sweep = time.monotonic() + self.sweep_every
+
     def _loop(self) -> None:
-        next_sweep = time.monotonic() + self.sweep_every
         while not self._stopping.is_set():
-            if time.monotonic() >= next_sweep:
-                self.sweep()
-                next_sweep = time.monotonic() + self.sweep_every
             self._wake.clear()
             try:
+                self.sweep_due()
                 job = self.store.next_queued()
                 if job is None:
-                    self._wake.wait(max(0.0, next_sweep - time.monotonic()))
+                    self._wake.wait(max(0.0, self._next_sweep - time.monotonic()))
                 else:
                     self._run(job)
             except Exception:  # a fault of ours (the database, the disk): jobs must go on
@@ -188,6 +191,10 @@ class JobRunner:
                 return  # cancelled meanwhile
             self.changed(job.id, "running", tiles_total=job.tiles_total)
             self._finish(job, live, began)
+        except Exception:  # recording its end failed: never leave it "running" for good
+            self.store.update(job.id, only_if="running", status="failed", finished=time.time(),
+                              error="internal error while recording the job's end")  # fmt: skip
+            raise
         finally:
             del self._live[job.id]
 
@@ -232,6 +239,7 @@ class JobRunner:
         def report(done: int) -> None:
             service.metrics.job_tiles.inc(max(done - live.done, 0))
             live.done = done
+            self.sweep_due()  # a job of hours must not keep older results past their TTL
 
         context = self._context(job, check)
         counter = TileCounter(report)

@@ -15,6 +15,7 @@ the cleaner share one store.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import threading
@@ -29,6 +30,7 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
 STATUSES: tuple[Status, ...] = ("queued", "running", *FINISHED)
 DATABASE = "jobs.sqlite3"
+JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 UPLOADS = "uploads"
 
 _SCHEMA = """
@@ -136,9 +138,9 @@ class JobStore:
         """Files no row owns: uploads (none is under way at start) and folders of unknown ids."""
         with self._sql() as db:
             known = {row[0] for row in db.execute("SELECT id FROM jobs")}
-        found = list((self.root / UPLOADS).iterdir())
-        for path in self.root.iterdir():
-            if path.name not in known and path.name != UPLOADS and path.is_dir():
+        found = [p for p in (self.root / UPLOADS).iterdir() if p.name.endswith(".part")]
+        for path in self.root.iterdir():  # only what could be a job's: a folder named by a UUID
+            if path.is_dir() and JOB_ID.fullmatch(path.name) and path.name not in known:
                 found.append(path)
         return found
 

@@ -168,8 +168,27 @@ def test_sources_that_leave_the_root_are_403(
     finally:
         link.unlink()
     assert paper.post("/jobs", json={"source": "nothing.png"}).status_code == 422
+    assert paper.post("/jobs", json={"source": "a\u0000b.png"}).status_code == 422
+    assert paper.post("/jobs", json={"source": "x" * 300 + ".png"}).status_code == 422
+    deep = b'{"source": ' + b"[" * 100_00 + b"]" * 100_00 + b"}"
+    assert paper.post("/jobs", content=deep, headers=JSON).status_code == 400
     assert paper.post("/jobs", content=b'{"src": 1}', headers=JSON).status_code == 400
     assert paper.post("/jobs", content=b"{not json", headers=JSON).status_code == 400
+
+
+def test_a_source_named_in_any_script_downloads_under_a_safe_name(
+    paper: TestClient, slide: Slide
+) -> None:
+    odd = slide.folder / 'cellules "été"; x.png'
+    odd.write_bytes(png(noise(80, 80)))
+    try:
+        answer = paper.post("/jobs", json={"source": odd.name})
+        job, _ = wait(paper, answer.json()["id"])
+        result = paper.get(job["result"])
+        assert result.status_code == 200
+        assert result.headers["content-disposition"] == 'attachment; filename="cellules_t_x.png"'
+    finally:
+        odd.unlink()
 
 
 def test_without_a_source_root_every_source_is_403(client: TestClient) -> None:
@@ -187,6 +206,7 @@ def test_bad_input_is_a_4xx_and_leaves_nothing_behind(paper: TestClient, slide: 
         (paper.post("/jobs", content=b"hello, not an image"), 400),
         (paper.post("/jobs", files={"other": ("a.png", png(noise(50, 50)))}), 400),
         (paper.post("/jobs", content=cut, headers=multipart), 400),
+        (paper.post("/jobs", content=b"--XX\r\n" + b"X" * 40_000, headers=multipart), 400),
         (paper.post("/jobs?format=bogus", content=png(noise(50, 50))), 422),
         (paper.post("/jobs?class=7", content=png(noise(50, 50))), 422),
         (paper.post("/jobs?format=png", content=slide.tif.read_bytes()), 413),  # > max pixels
