@@ -81,7 +81,7 @@ class Settings(BaseSettings):
         86400.0, gt=0, description="seconds a finished job and its result are kept"
     )
     job_max_queue: int = Field(
-        32, ge=1, description="jobs queued, running or uploading at once; beyond: 503"
+        32, ge=1, description="jobs queued, running or being submitted at once; beyond: 503"
     )
     job_min_free_bytes: int = Field(
         GiB, ge=0, description="new jobs and uploads stop (507) below this much free space"

@@ -17,6 +17,8 @@ import json
 import re
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -179,11 +181,7 @@ async def receive_input(
         path = await read_source(request, service)
         return path, safe_name(path.name)
     upload = runner.store.upload(job_id)
-    runner.uploads += 1
-    try:
-        filename = await receive_to_file(request, upload, service.settings, service.stopping)
-    finally:
-        runner.uploads -= 1
+    filename = await receive_to_file(request, upload, service.settings, service.stopping)
     folder = runner.store.folder(job_id)
     folder.mkdir()
     path = folder / INPUT
@@ -197,17 +195,24 @@ def safe_name(filename: str | None) -> str:
     return kept[:200] or "image"
 
 
-def admit(request: Request, service: Service, runner: JobRunner) -> None:
-    """503 when UNET_JOB_MAX_QUEUE jobs are queued, running or uploading; 507 when the
-    declared body would leave less than UNET_JOB_MIN_FREE_BYTES free."""
+@contextmanager
+def admitted(request: Request, service: Service, runner: JobRunner) -> Iterator[None]:
+    """A place for one more job while it is submitted (its body received, its input
+    checked, its row added): 503 when UNET_JOB_MAX_QUEUE jobs are queued, running or being
+    submitted; 507 when the declared body would leave less than UNET_JOB_MIN_FREE_BYTES."""
     counts = runner.store.counts()
-    unfinished = counts["queued"] + counts["running"] + runner.uploads
+    unfinished = counts["queued"] + counts["running"] + runner.submitting
     limit = service.settings.job_max_queue
     if unfinished >= limit:
         raise UnavailableError(
-            f"{unfinished} jobs are queued, running or uploading (UNET_JOB_MAX_QUEUE={limit}); "
-            "retry later",
+            f"{unfinished} jobs are queued, running or being submitted "
+            f"(UNET_JOB_MAX_QUEUE={limit}); retry later",
             BUSY_RETRY_S,
         )
     declared = request.headers.get("content-length", "")
     check_free(service.settings, int(declared) if declared.isdigit() else 0)
+    runner.submitting += 1
+    try:
+        yield
+    finally:
+        runner.submitting -= 1

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from app.api.auth import Authorized
 from app.api.deps import ServiceDep
-from app.api.job_upload import admit, receive_input
+from app.api.job_upload import admitted, receive_input
 from app.api.schemas import JobList, JobView
 from app.api.segment import (
     IMAGE_BODY,
@@ -158,7 +158,7 @@ def _check_format(service: Service, output: str | None) -> None:
             s413="body above UNET_JOB_MAX_BYTES, or an image too large for its format",
             s415="a recognised but unsupported image format",
             s422="bad query parameter; a source that names nothing; frames for a 1-frame format",
-            s503="UNET_JOB_MAX_QUEUE jobs queued, running or uploading (see Retry-After)",
+            s503="UNET_JOB_MAX_QUEUE jobs queued, running or being submitted (Retry-After)",
             s507="the jobs volume is nearly full (UNET_JOB_MIN_FREE_BYTES)",
         ),
         202: {"headers": {"Location": {"description": "/jobs/{id}"}}},
@@ -178,21 +178,21 @@ async def submit(
     body `{"source": "<path under UNET_JOB_SOURCE_ROOT>"}`. 202 with the job and its
     Location; poll it, then GET its result."""
     _check_format(service, output)
-    admit(request, service, runner)
     options = Options(choose_threshold(service, threshold), class_index, tta, min_area)
     options.check(service.model.card)  # 422 before a 20 GiB body is read, not after
     job_id = str(uuid.uuid4())
-    try:
-        path, name = await receive_input(request, service, runner, job_id)
-        found = await asyncio.to_thread(probe, path, output, options, service)
-        given = JobRequest(
-            str(path), name, found.output, found.large, found.width, found.height, found.frames,
-            options.threshold, class_index, tta, min_area,
-        )  # fmt: skip
-        job = runner.store.add(job_id, given, found.tiles)
-    except BaseException:
-        runner.store.remove_files(job_id)
-        raise
+    with admitted(request, service, runner):
+        try:
+            path, name = await receive_input(request, service, runner, job_id)
+            found = await asyncio.to_thread(probe, path, output, options, service)
+            given = JobRequest(
+                str(path), name, found.output, found.large, found.width, found.height,
+                found.frames, options.threshold, class_index, tta, min_area,
+            )  # fmt: skip
+            job = runner.store.add(job_id, given, found.tiles)
+        except BaseException:
+            runner.store.remove_files(job_id)
+            raise
     size = f"{found.width}x{found.height}x{found.frames}"
     runner.changed(job_id, "queued", format=found.output, image=size, tiles=found.tiles)
     runner.wake()

@@ -94,7 +94,7 @@ class JobRunner:
         self.ttl = service.settings.job_ttl
         self.sweep_every = min(60.0, max(0.25, self.ttl / 4))
         self._live: dict[str, Live] = {}
-        self.uploads = 0  # bodies being received now (touched on the event loop only)
+        self.submitting = 0  # jobs being received and checked (touched on the event loop only)
         self._next_sweep = time.monotonic() + self.sweep_every
         self._wake, self._stopping = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._loop, name="unet-jobs", daemon=True)

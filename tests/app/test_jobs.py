@@ -418,3 +418,21 @@ def test_the_runner_survives_a_fault_of_its_own(
     assert job["status"] == "succeeded"
     assert len(calls) > 1
     assert "the job runner failed" in caplog.text
+
+
+def test_a_submission_still_being_checked_counts_toward_the_queue_limit(
+    slide: Slide, tmp_path: Path
+) -> None:
+    with paper_app(slide, tmp_path / "jobs", job_max_queue=1) as client:
+        runner = client.app.state.jobs  # type: ignore[attr-defined]
+        runner.submitting += 1  # one received, its input being checked, no row yet
+        try:
+            busy = client.post("/jobs", content=png(noise(64, 64)))
+        finally:
+            runner.submitting -= 1
+        assert busy.status_code == 503
+        assert "being submitted" in busy.json()["detail"]
+        assert int(busy.headers["retry-after"]) > 0
+        job_id = submit(client, png(noise(64, 64)))
+        assert wait(client, job_id)[0]["status"] == "succeeded"
+        assert runner.submitting == 0
