@@ -44,7 +44,7 @@ import zarr
 from tqdm import tqdm
 
 from app.batch import Context, Large, Setup, Small, route
-from app.codecs.outputs import LARGE_OUTPUTS, Outputs, default_outputs
+from app.codecs.outputs import LARGE_OUTPUTS, Outputs, default_outputs, every_format
 from app.files import expand, remove, set_aside, size, target, write_atomically
 from app.inference import InferenceError
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
@@ -208,7 +208,7 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
     add = parser.add_argument
     add("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
     add("--model", type=Path, default=DEFAULT_MODEL, help="the ONNX model")
-    formats = list(dict.fromkeys([*outputs.names(), *LARGE_OUTPUTS]))
+    formats = every_format(outputs)
     add("--format", choices=formats, help="default: png up to --max-pixels, ome-zarr above")
     add("--out", type=Path, default=Path("."), help="the output folder")
     add("--tile", type=count(1), default=CPU_TILE_SIZE, help="largest tile side, px")

@@ -26,12 +26,11 @@ from app.api.segment import (
     MinAreaQuery,
     ThresholdQuery,
     TtaQuery,
+    check_format,
     choose_threshold,
 )
-from app.codecs.outputs import LARGE_OUTPUTS, Options
-from app.codecs.outputs.base import either
+from app.codecs.outputs import Options, every_format
 from app.errors import (
-    BadParameterError,
     ErrorBody,
     JobNotFoundError,
     JobStateError,
@@ -42,7 +41,6 @@ from app.jobs.results import zip_folder
 from app.jobs.runner import JobRunner
 from app.jobs.store import FINISHED, Job
 from app.jobs.store import Request as JobRequest
-from app.service import Service
 
 router = APIRouter(
     prefix="/jobs",
@@ -135,15 +133,6 @@ def _job(runner: JobRunner, job_id: str) -> Job:
     return job
 
 
-def _check_format(service: Service, output: str | None) -> None:
-    names = list(dict.fromkeys([*service.outputs.names(), *LARGE_OUTPUTS]))
-    if output is not None and output not in names:
-        raise BadParameterError(
-            f"query parameter 'format': Input should be {either([repr(n) for n in names])} "
-            f"(got {quote(output)})"
-        )
-
-
 @router.post(
     "",
     status_code=202,
@@ -177,7 +166,8 @@ async def submit(
     """Queue the image of the body (raw or multipart `file`), or the file named by a JSON
     body `{"source": "<path under UNET_JOB_SOURCE_ROOT>"}`. 202 with the job and its
     Location; poll it, then GET its result."""
-    _check_format(service, output)
+    if output is not None:
+        check_format(output, every_format(service.outputs))
     options = Options(choose_threshold(service, threshold), class_index, tta, min_area)
     options.check(service.model.card)  # 422 before a 20 GiB body is read, not after
     job_id = str(uuid.uuid4())

@@ -124,10 +124,10 @@ def choose_threshold(service: Service, threshold: float | None) -> float:
     return service.model.card.threshold or DEFAULT_THRESHOLD
 
 
-def _check_format(service: Service, output: str) -> None:
-    """422 for a ``format`` this app does not write, listing those it does (its registry)."""
-    if output not in service.outputs:
-        listed = either([repr(name) for name in service.outputs.names()])
+def check_format(output: str, names: list[str]) -> None:
+    """422 for a ``format`` not among ``names`` (a registry's), listing them."""
+    if output not in names:
+        listed = either([repr(name) for name in names])
         raise BadParameterError(
             f"query parameter 'format': Input should be {listed} (got {quote(output)})"
         )
@@ -169,7 +169,7 @@ async def segment(
     objects: ObjectsQuery = False,
 ) -> Response:
     """Segment the image in the body; see the `format` parameter for what comes back."""
-    _check_format(service, output)
+    check_format(output, service.outputs.names())
     options = Options(choose_threshold(service, threshold), class_index, tta, min_area, objects)
     with admission.reserve() as ticket:  # 503 before reading a body we cannot serve
         async with (

@@ -30,6 +30,7 @@ __all__ = [
     "Output",
     "Outputs",
     "default_outputs",
+    "every_format",
 ]
 
 # The formats of images beyond memory, written from the store on disk (app/codecs/pyramid.py).
@@ -38,6 +39,12 @@ __all__ = [
 LARGE_OUTPUTS = {
     o.name: o for o in (ome_zarr.OUTPUT, ome_tiff.OUTPUT, ome_zarr.INSTANCES, geojson.LARGE)
 }
+
+
+def every_format(outputs: Outputs) -> list[str]:
+    """The names a batch or a job may ask for: ``outputs``' in-memory formats, then the
+    large ones (a name in both once)."""
+    return list(dict.fromkeys([*outputs.names(), *LARGE_OUTPUTS]))
 
 
 def default_outputs() -> Outputs:
