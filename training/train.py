@@ -80,6 +80,16 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def set_hyperparameters(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> None:
+    """The config's lr (and decay, momentum) over what a restored optimiser state says, so
+    ``--resume --lr 1e-4`` really lowers the rate (load_state_dict restores the old one)."""
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr
+        group["weight_decay"] = cfg.weight_decay
+        if "momentum" in group:
+            group["momentum"] = cfg.momentum
+
+
 def validate(
     model: UNet, card: dict[str, Any], samples: list[Any], cfg: TrainConfig, device: torch.device
 ) -> dict[str, Any]:
@@ -178,6 +188,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if record is not None:
         model.load_state_dict(record["model"])
         optimizer.load_state_dict(record["optimizer"])
+        set_hyperparameters(cfg, optimizer)  # the state dict holds the old run's lr
         scaler.load_state_dict(record["scaler"])
         history, best, first_epoch = record["history"], record["best"], record["epoch"] + 1
     net: torch.nn.Module = model

@@ -129,6 +129,21 @@ def test_resume_continues_exactly(tmp_path: Path, shapes: Callable[..., Path]) -
         torch.testing.assert_close(twice["model"][key], value, rtol=0, atol=0, msg=key)
 
 
+def test_resume_takes_the_given_learning_rate(tmp_path: Path, shapes: Callable[..., Path]) -> None:
+    """--resume --lr: the new rate is used and recorded, not the one in the optimiser state."""
+    data = shapes(tmp_path / "data", 6, size=64)
+    assert _train(data, tmp_path / "run", "--epochs", "1", "--tiles-per-epoch", "8") == 0
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2",
+                 "--lr", "1e-4", "--weight-decay", "1e-5"]) == 0  # fmt: skip
+    record = read_record(tmp_path / "run" / "last.pt")
+    first, second = (row["lr"] for row in record["history"])
+    assert first > 1e-4  # the first run's rate
+    assert second == pytest.approx(1e-4)
+    group = record["optimizer"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(1e-4)
+    assert group["weight_decay"] == pytest.approx(1e-5)
+
+
 def test_cli_maps_every_field_and_reports_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(
         ["train", "--data", "d", "--out", "o", "--classes", "bg,a,b", "--batch-norm"]
