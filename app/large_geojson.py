@@ -9,7 +9,6 @@ as stored at 16 bits (``round(p * 65535)``; within 1e-5 of the in-memory float m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from app.codecs.outputs.base import json_bytes
 from app.codecs.outputs.geojson import feature
 from app.codecs.polygons import polygons
 from app.codecs.pyramid import LabelStore
@@ -71,12 +71,12 @@ def features_block(
     region[~np.isin(region, owned)] = 0
     shapes = polygons(region)
     classes, area, score = facts
-    out = []
+    out, corner = [], np.array([x0, y0])
     for i in owned:
-        parts = [[[[x + x0, y + y0] for x, y in ring] for ring in polygon] for polygon in shapes[i]]
+        parts = [[ring + corner for ring in polygon] for polygon in shapes[i]]
         item = feature(parts, int(i), names, int(classes[i]), int(area[i]), float(score[i]))
-        out.append(json.dumps(item))
-    return ", ".join(out)
+        out.append(json_bytes(item).decode())
+    return ",".join(out)
 
 
 def write_geojson(
@@ -106,11 +106,11 @@ def write_geojson(
         owned = owned[owned > 0]
         jobs.append((path, block, owned, boxes[owned], facts, names))
     with target.open("w") as out:
-        out.write('{"type": "FeatureCollection", "features": [')
+        out.write('{"type":"FeatureCollection","features":[')
         first = True
         for done, text in enumerate(run(features_block, jobs), start=1):
             if text:
-                out.write(text if first else ", " + text)
+                out.write(text if first else "," + text)
                 first = False
             if progress is not None:
                 progress(done, len(jobs))

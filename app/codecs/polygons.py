@@ -8,16 +8,19 @@ whose pixels touch only at corners (4-connectivity) is several polygons.
 How: every boundary edge between two pixels of different labels is an edge of
 the label(s) on either side, directed so that the object lies on its left
 (x right, y down; so exterior rings come out counter-clockwise in (x, y) and
-holes clockwise, as RFC 7946 asks). Edges of one object chain end-to-start
-into rings; at a corner where the object's pixels touch diagonally only, the
-ring turns left, keeping the two pixels apart. Rings are ordered without a
-Python loop per edge: pointer jumping finds each ring's first edge and every
-edge's place in it (O(E log E) array operations for E edges).
+holes clockwise, as RFC 7946 asks). Collinear edges of one object in a row are
+one segment, whose end is a corner: the ring turns left there when the pixel
+ahead on the object's side is not the object's (so at a corner where its pixels
+touch diagonally only, the ring turns left, keeping the two pixels apart), and
+right otherwise. Segments chain end-to-start into rings without a Python loop per
+segment: pointer jumping finds each ring's first segment and every segment's place
+in it (O(S log S) array operations for S segments, the rings' corners).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,58 +28,74 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage import measure
 
-Ring = list[list[int]]  # [[x, y], ...], closed: the last point is the first
+Ring = npt.NDArray[np.int64]  # k x 2 (x, y), closed: the last point is the first
 Polygon = list[Ring]  # exterior ring first, then its holes
 
-# Directions: 0 = +x, 1 = +y, 2 = -x, 3 = -y; a left turn is (d + 1) % 4.
-_STEP = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], dtype=np.int64)
+# Directions: 0 = +x, 1 = +y, 2 = -x, 3 = -y; a left turn is (d + 1) % 4. The pixel ahead on
+# a segment's left (the object's side) at its end vertex v is at v + _AHEAD_LEFT[d].
+_AHEAD_LEFT = np.array([[0, 0], [-1, 0], [-1, -1], [0, -1]], dtype=np.int64)
 
 
 @dataclass(frozen=True)
-class _Edges:
+class _Segments:
     obj: npt.NDArray[np.int64]
     x: npt.NDArray[np.int64]  # start point
     y: npt.NDArray[np.int64]
     d: npt.NDArray[np.int64]  # direction
+    end_x: npt.NDArray[np.int64]
+    end_y: npt.NDArray[np.int64]
 
 
-def _edges(labels: npt.NDArray[np.integer]) -> _Edges:
-    """Every directed boundary edge of every object (object on the left)."""
+def _line_runs(near: npt.NDArray[np.int32], far: npt.NDArray[np.int32]) -> tuple[Any, ...]:
+    """The runs along axis 1 of the edges between ``near`` and ``far`` pixels (lines x
+    positions) that ``near`` owns (near != far, near > 0), one owner per run: each run's
+    line, first and last position and owner."""
+    exists = (near != far) & (near > 0)
+    index = np.flatnonzero(exists)
+    line, position = np.divmod(index, exists.shape[1])
+    owner = near[line, position].astype(np.int64)
+    goes_on = (index[1:] == index[:-1] + 1) & (owner[1:] == owner[:-1]) & (position[1:] != 0)
+    first, last = np.r_[True, ~goes_on], np.r_[~goes_on, True]
+    return line[first], position[first], position[last], owner[first]
+
+
+def _segments(labels: npt.NDArray[np.integer]) -> _Segments:
+    """Every segment (collinear boundary edges of one object in a row), object on its left."""
     p = np.pad(labels.astype(np.int32, copy=False), 1)  # ids < 2^31: half the memory of int64
     parts = []
-    # Horizontal lines y = r (r = 0..H): above = row r - 1, below = row r.
+    # Horizontal lines y = r (r = 0..H): above = row r - 1, below = row r; runs along x.
     above, below = p[:-1, 1:-1], p[1:, 1:-1]
-    r, c = np.nonzero(above != below)
-    for owner, start_x, d in ((below[r, c], c, 0), (above[r, c], c + 1, 2)):
-        keep = owner > 0
-        parts.append((owner[keep], start_x[keep], r[keep], np.full(keep.sum(), d)))
-    # Vertical lines x = c (c = 0..W): left = column c - 1, right = column c.
-    left, right = p[1:-1, :-1], p[1:-1, 1:]
-    r, c = np.nonzero(left != right)
-    for owner, start_y, d in ((right[r, c], r + 1, 3), (left[r, c], r, 1)):
-        keep = owner > 0
-        parts.append((owner[keep], c[keep], start_y[keep], np.full(keep.sum(), d)))
-    obj, x, y, direction = (np.concatenate([part[i] for part in parts]) for i in range(4))
-    return _Edges(obj.astype(np.int64), x, y, direction.astype(np.int64))
+    r, c0, c1, owner = _line_runs(below, above)  # +x, from (c0, r) to (c1 + 1, r)
+    parts.append((owner, c0, r, 0, c1 + 1, r))
+    r, c0, c1, owner = _line_runs(above, below)  # -x, from (c1 + 1, r) to (c0, r)
+    parts.append((owner, c1 + 1, r, 2, c0, r))
+    # Vertical lines x = c (c = 0..W): left = column c - 1, right = column c; runs along y.
+    q = np.ascontiguousarray(p.T)
+    left, right = q[:-1, 1:-1], q[1:, 1:-1]
+    c, r0, r1, owner = _line_runs(left, right)  # +y, from (c, r0) to (c, r1 + 1)
+    parts.append((owner, c, r0, 1, c, r1 + 1))
+    c, r0, r1, owner = _line_runs(right, left)  # -y, from (c, r1 + 1) to (c, r0)
+    parts.append((owner, c, r1 + 1, 3, c, r0))
+    obj, x, y, d, end_x, end_y = (
+        np.concatenate([np.broadcast_to(part[i], part[0].shape) for part in parts]).astype(np.int64)
+        for i in range(6)
+    )
+    return _Segments(obj, x, y, d, end_x, end_y)
 
 
-def _successors(e: _Edges, width: int) -> npt.NDArray[np.int64]:
-    """Index of the edge that follows each edge in its ring."""
-    vertices = (e.y.max(initial=0) + 2) * (width + 1)
-    start = e.obj * vertices + e.y * (width + 1) + e.x
-    end_x, end_y = e.x + _STEP[e.d, 0], e.y + _STEP[e.d, 1]
-    end = e.obj * vertices + end_y * (width + 1) + end_x
-    order = np.lexsort((e.d, start))
-    sorted_start = start[order]
-    first = np.searchsorted(sorted_start, end, side="left")
-    count = np.searchsorted(sorted_start, end, side="right") - first
-    chosen: npt.NDArray[np.int64] = order[first]
-    pinch = np.nonzero(count == 2)[0]  # two ways on: the left turn keeps pixels apart
-    if pinch.size:
-        candidates = order[np.stack([first[pinch], first[pinch] + 1])]
-        left_turn = e.d[candidates] == (e.d[pinch] + 1) % 4
-        chosen[pinch] = np.where(left_turn[0], candidates[0], candidates[1])
-    return chosen
+def _successors(s: _Segments, labels: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
+    """Index of the segment that follows each segment in its ring."""
+    height, width = labels.shape
+    ahead_x, ahead_y = s.end_x + _AHEAD_LEFT[s.d, 0], s.end_y + _AHEAD_LEFT[s.d, 1]
+    inside = (ahead_x >= 0) & (ahead_x < width) & (ahead_y >= 0) & (ahead_y < height)
+    ahead = np.zeros(len(s.obj), dtype=np.int64)
+    ahead[inside] = labels[ahead_y[inside], ahead_x[inside]]
+    turn = np.where(ahead == s.obj, 3, 1)  # the object goes on ahead: right; else left
+    key = (s.y * (width + 1) + s.x) * 4 + s.d
+    next_key = (s.end_y * (width + 1) + s.end_x) * 4 + (s.d + turn) % 4
+    order = np.argsort(key)
+    found: npt.NDArray[np.int64] = order[np.searchsorted(key[order], next_key)]
+    return found
 
 
 def _ring_order(successor: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], ...]:
@@ -104,41 +123,50 @@ def polygons(labels: npt.NDArray[np.integer]) -> dict[int, list[Polygon]]:
     """
     if not labels.any():
         return {}
+    traced = _trace(labels, labels)
+    if all(sum(area > 0 for _, area in rings) == 1 for _, rings in traced.values()):
+        # Each object one piece (one exterior ring): traced on the pieces, it has the same
+        # rings (the rule at a corner looks only at pixels beside the object's own), in order.
+        return {owner: [_one_polygon(rings)] for owner, (_, rings) in sorted(traced.items())}
     pieces = measure.label(labels, background=0, connectivity=1)  # type: ignore[no-untyped-call]
-    owner = np.zeros(int(pieces.max()) + 1, dtype=np.int64)
-    owner[pieces.ravel()] = labels.ravel()
-    traced = _trace(pieces)
     result: dict[int, list[Polygon]] = {}
-    for piece, rings in sorted(traced.items()):
-        result.setdefault(int(owner[piece]), []).append(_one_polygon(rings))
+    for _, (owner, rings) in sorted(_trace(pieces, labels).items()):
+        result.setdefault(owner, []).append(_one_polygon(rings))
     return result
 
 
-def _trace(labels: npt.NDArray[np.integer]) -> dict[int, list[tuple[Ring, float]]]:
-    """Label -> its rings (closed, corner coordinates) with their signed areas."""
-    e = _edges(labels)
-    rep, position = _ring_order(_successors(e, labels.shape[1]))
-    order = np.lexsort((position, rep))
-    ring_of, x, y, d, obj = rep[order], e.x[order], e.y[order], e.d[order], e.obj[order]
-    starts = np.flatnonzero(np.r_[True, ring_of[1:] != ring_of[:-1]])
-    # Keep corners only: a vertex where the direction changes (or a ring's first).
-    previous_d = np.empty_like(d)
-    previous_d[1:] = d[:-1]
-    previous_d[starts] = d[np.r_[starts[1:], len(d)] - 1]  # a ring's last edge
-    corner = d != previous_d
-    ring_index = np.cumsum(np.r_[True, ring_of[1:] != ring_of[:-1]]) - 1
-    area = np.bincount(ring_index, weights=_cross(x, y, starts), minlength=len(starts)) / 2
-    cx, cy, cring = x[corner], y[corner], ring_index[corner]
-    pinched = _pinched_rings(cx, cy, cring, labels.shape[1])
-    result: dict[int, list[tuple[Ring, float]]] = {}
-    bounds = np.flatnonzero(np.r_[True, cring[1:] != cring[:-1], True]).tolist()
-    coordinates = np.stack([cx, cy], axis=1).tolist()  # one conversion for every ring
-    owners, areas, rings = obj[starts].tolist(), area.tolist(), cring[bounds[:-1]].tolist()
-    for a, b, index in zip(bounds[:-1], bounds[1:], rings, strict=True):
-        points = coordinates[a:b]
-        loops = _simple_loops(points) if index in pinched else [(points, areas[index])]
-        for loop, loop_area in loops:
-            result.setdefault(owners[index], []).append(([*loop, loop[0]], loop_area))
+def _trace(
+    pieces: npt.NDArray[np.integer], labels: npt.NDArray[np.integer]
+) -> dict[int, tuple[int, list[tuple[Ring, float]]]]:
+    """Piece -> its label in ``labels`` and its rings (closed, corner coordinates) with their
+    signed areas."""
+    s = _segments(pieces)
+    ring, position = _ring_order(_successors(s, pieces))
+    # Rings one after another (in the order of their labels), each from its first segment.
+    lengths = np.bincount(ring)
+    dest = (np.cumsum(lengths) - lengths)[ring] + lengths[ring] - 1 + position
+    order = np.empty_like(dest)
+    order[dest] = np.arange(len(dest))
+    cring, cx, cy = ring[order], s.x[order], s.y[order]
+    starts = np.flatnonzero(np.r_[True, cring[1:] != cring[:-1]])
+    area = np.bincount(cring, weights=_cross(cx, cy, starts), minlength=len(starts)) / 2
+    pinched = _pinched_rings(cx, cy, cring, pieces.shape[1])
+    bounds = np.r_[starts, len(cring)]
+    # Every ring closed at once: its first point again after its last one.
+    points = np.stack([cx, cy], axis=1)
+    closed = np.insert(points, bounds[1:], points[starts], axis=0)
+    begin, end = starts + np.arange(len(starts)), bounds[1:] + np.arange(1, len(starts) + 1)
+    first = order[starts]  # each ring's first segment: the first pixel on its left is its own
+    ahead = _AHEAD_LEFT[s.d[first]]
+    owners = labels[s.y[first] + ahead[:, 1], s.x[first] + ahead[:, 0]].tolist()
+    result: dict[int, tuple[int, list[tuple[Ring, float]]]] = {}
+    rings = zip(s.obj[first].tolist(), owners, begin.tolist(), end.tolist(), strict=True)
+    for index, (piece, owner, a, b) in enumerate(rings):
+        mine = result.setdefault(piece, (owner, []))[1]
+        if index in pinched:
+            mine += _simple_loops(closed[a : b - 1].tolist())
+        else:
+            mine.append((closed[a:b], float(area[index])))
     return result
 
 
@@ -156,7 +184,7 @@ def _pinched_rings(
     }
 
 
-def _simple_loops(points: list[list[int]]) -> list[tuple[list[list[int]], float]]:
+def _simple_loops(points: list[list[int]]) -> list[tuple[Ring, float]]:
     """A ring that touches itself, cut at the touching vertices into simple loops (with
     their signed areas): an outer ring around a hole that meets it at a corner becomes
     the exterior and the hole, which OGC allows to touch at a point."""
@@ -176,12 +204,14 @@ def _simple_loops(points: list[list[int]]) -> list[tuple[list[list[int]], float]
         else:
             seen[key] = len(stack)
             stack.append(point)
-    return [(loop, _shoelace(loop)) for loop in loops]
+    return [_closed(loop) for loop in loops]
 
 
-def _shoelace(loop: list[list[int]]) -> float:
-    xs, ys = np.asarray([p[0] for p in loop]), np.asarray([p[1] for p in loop])
-    return float((xs * np.roll(ys, -1) - np.roll(xs, -1) * ys).sum() / 2)
+def _closed(loop: list[list[int]]) -> tuple[Ring, float]:
+    """A loop as a closed ring, with its signed area (shoelace)."""
+    ring = np.asarray([*loop, loop[0]], dtype=np.int64)
+    xs, ys = ring[:-1, 0], ring[:-1, 1]
+    return ring, float((xs * np.roll(ys, -1) - np.roll(xs, -1) * ys).sum() / 2)
 
 
 def _cross(

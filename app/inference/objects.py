@@ -33,6 +33,8 @@ import numpy.typing as npt
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from app.inference.runs import Runs, vertical_runs
+
 # 4-connectivity: pixels touching only at a corner are different objects.
 FOUR = ndimage.generate_binary_structure(2, 1)
 
@@ -98,10 +100,13 @@ def components(mask: npt.NDArray[np.uint8], num_classes: int) -> Objects:
     labels = np.zeros(mask.shape, dtype=np.int32)
     classes = [0]
     for c in range(1, num_classes):
-        components, n = ndimage.label(mask == c, structure=FOUR)
-        if n:
-            labels[components > 0] = components[components > 0] + (len(classes) - 1)
-            classes += [c] * n
+        found = np.zeros(mask.shape, dtype=np.int32)
+        n = ndimage.label(mask == c, structure=FOUR, output=found)
+        if n and len(classes) == 1:
+            labels = found  # the first class with objects: its ids as they are
+        elif n:
+            np.add(found, len(classes) - 1, out=labels, where=found > 0)
+        classes += [c] * n
     return Objects(labels, np.asarray(classes, dtype=np.int64))
 
 
@@ -199,29 +204,42 @@ class Measurements:
     score: npt.NDArray[np.float64]
 
 
-def measure(objects: Objects, probabilities: npt.NDArray[np.float32]) -> Measurements:
-    """Area, bounding box, centroid and score (mean probability of the object's class)."""
+def measure(
+    objects: Objects, probabilities: npt.NDArray[np.float32], runs: Runs | None = None
+) -> Measurements:
+    """Area, bounding box and centroid (from the objects' vertical runs) and score."""
+    n = objects.count
+    r = vertical_runs(objects.labels, n) if runs is None else runs
+    area, score = area_and_score(objects, probabilities)
+    safe = np.maximum(area, 1)
+    # The centres of a run's pixels: x = column + 1/2, y from row + 1/2 to row + length - 1/2;
+    # sums of halves, exact in float64 as the per-pixel sums are.
+    sum_x = np.bincount(r.ids, weights=r.length * (r.column + 0.5), minlength=n + 1)
+    sum_y = np.bincount(r.ids, weights=r.length * (r.row + r.length / 2), minlength=n + 1)
+    centroid = np.stack([sum_x / safe, sum_y / safe], axis=1)
+    bbox = np.zeros((n + 1, 4), dtype=np.int64)
+    held = np.flatnonzero(area[1:] > 0) + 1  # objects with pixels: their runs' first index
+    if held.size:
+        at = r.first[held]
+        x0, y0 = np.minimum.reduceat(r.column, at), np.minimum.reduceat(r.row, at)
+        x1 = np.maximum.reduceat(r.column, at) + 1
+        y1 = np.maximum.reduceat(r.row + r.length, at)
+        bbox[held] = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)
+    return Measurements(area, bbox, centroid, score)
+
+
+def area_and_score(
+    objects: Objects, probabilities: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Each object's area (px) and score: the mean probability of its class over its pixels."""
     n = objects.count
     flat = objects.labels.ravel()
     area = np.bincount(flat, minlength=n + 1).astype(np.int64)
-    ys, xs = np.indices(objects.labels.shape)
     safe = np.maximum(area, 1)
-    centroid = np.stack(
-        [
-            np.bincount(flat, weights=xs.ravel() + 0.5, minlength=n + 1) / safe,
-            np.bincount(flat, weights=ys.ravel() + 0.5, minlength=n + 1) / safe,
-        ],
-        axis=1,
-    )
-    bbox = np.zeros((n + 1, 4), dtype=np.int64)
-    for i, box in enumerate(ndimage.find_objects(objects.labels, max_label=n), start=1):
-        if box is not None:
-            rows, cols = box
-            bbox[i] = (cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
     score = np.zeros(n + 1)
     for c in np.unique(objects.classes[1:]):
         p = class_probability(probabilities, int(c)).ravel()
         sums = np.bincount(flat, weights=p, minlength=n + 1)
         mine = objects.classes == c
         score[mine] = sums[mine] / safe[mine]
-    return Measurements(area, bbox, centroid, score)
+    return area, score

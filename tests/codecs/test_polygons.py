@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shapely
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from shapely.geometry import MultiPolygon, Polygon
+from skimage import measure
 
-from app.codecs.polygons import polygons
+from app.codecs.polygons import _trace, polygons
 
 
 def rasterise(parts: list[list[list[list[int]]]], shape: tuple[int, int]) -> np.ndarray:
@@ -72,3 +73,24 @@ def test_exterior_rings_counter_clockwise_holes_clockwise() -> None:
 
 def test_nothing_gives_nothing() -> None:
     assert polygons(np.zeros((3, 4), np.int32)) == {}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    arrays(np.int32, st.tuples(st.integers(1, 20), st.integers(1, 20)), elements=st.integers(0, 3))
+)
+def test_one_piece_objects_trace_the_same_without_the_pieces(labels: np.ndarray) -> None:
+    """polygons() skips labelling the pieces when every object is one piece: an object's rings
+    must then be the very rings (same points, same order) that tracing the pieces gives, or a
+    large image's GeoJSON (objects traced in their box) would differ from the in-memory one."""
+    assume(labels.any())  # polygons() returns {} before tracing nothing
+    pieces = measure.label(labels, background=0, connectivity=1)
+    by_piece = dict(_trace(pieces, labels).values())  # multi-piece owners: one kept, unused
+    single = [owner for owner in by_piece if np.unique(pieces[labels == owner]).size == 1]
+    by_label = _trace(labels, labels)
+    for owner in single:
+        ours, theirs = by_label[owner][1], by_piece[owner]
+        assert len(ours) == len(theirs)
+        for (ring, area), (expected, expected_area) in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(ring, expected)
+            assert area == expected_area

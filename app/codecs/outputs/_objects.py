@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import replace
+from functools import cache
 
 from app.codecs.outputs.base import Model, Options
 from app.inference.objects import Objects, Recipe, find_objects
@@ -23,6 +24,7 @@ def objects_of(prediction: Prediction, model: Model, options: Options) -> Object
     )
 
 
+@cache
 def colour(index: int) -> tuple[int, int, int]:
     """A bright colour per index, neighbours far apart (the golden angle in hue)."""
     r, g, b = colorsys.hsv_to_rgb((index * 0.618033988749895) % 1.0, 0.85, 1.0)

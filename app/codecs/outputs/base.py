@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+import orjson
 
 from app.codecs.errors import FrameCountError, OptionError, UnsupportedOutputError
 from app.codecs.images import DecodedImage
@@ -63,6 +65,12 @@ def json_header(image: DecodedImage, model: Model) -> dict[str, object]:
         "width": image.width,
         "model": {"name": card.name, "version": card.version, "sha256": model.sha256},
     }
+
+
+def json_bytes(document: Any) -> bytes:
+    """The object formats' JSON: orjson, which writes numpy arrays (polygon rings) as they are,
+    without a Python list per point."""
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class Encoder(Protocol):

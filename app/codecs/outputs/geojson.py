@@ -5,7 +5,6 @@ properties, so that File > Import objects opens it over the image."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -13,10 +12,10 @@ from typing import Any
 
 from app.codecs.images import DecodedImage
 from app.codecs.outputs._objects import colour, objects_of
-from app.codecs.outputs.base import OUTLINES, LargeOutput, Model, Options, Output
+from app.codecs.outputs.base import OUTLINES, LargeOutput, Model, Options, Output, json_bytes
 from app.codecs.polygons import Polygon, polygons
 from app.codecs.pyramid import LabelStore
-from app.inference.objects import measure
+from app.inference.objects import area_and_score
 from app.inference.predictor import Prediction
 
 
@@ -56,7 +55,7 @@ class GeoJsonEncoder:
 
     def add(self, index: int, prediction: Prediction) -> None:
         objects = objects_of(prediction, self.model, self.options)
-        m = measure(objects, prediction.probabilities)
+        area, score = area_and_score(objects, prediction.probabilities)
         shapes = polygons(objects.labels)
         for i in range(1, objects.count + 1):
             properties = {"frame": index} if self.multi else {}
@@ -66,14 +65,14 @@ class GeoJsonEncoder:
                     len(self.features) + 1,
                     self.model.card.classes,
                     int(objects.classes[i]),
-                    int(m.area[i]),
-                    float(m.score[i]),
+                    int(area[i]),
+                    float(score[i]),
                     properties,
                 )
             )
 
     def finish(self) -> bytes:
-        return json.dumps({"type": "FeatureCollection", "features": self.features}).encode()
+        return json_bytes({"type": "FeatureCollection", "features": self.features})
 
 
 OUTPUT = Output(

@@ -3,15 +3,15 @@ COCO RLE per object; ``frame`` per object for multi-frame input (ids run over al
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from app.codecs.images import DecodedImage
 from app.codecs.masks import object_rles
 from app.codecs.outputs._objects import objects_of
-from app.codecs.outputs.base import Model, Options, Output, json_header
+from app.codecs.outputs.base import Model, Options, Output, json_bytes, json_header
 from app.inference.objects import measure
 from app.inference.predictor import Prediction
+from app.inference.runs import vertical_runs
 
 
 def object_rows(
@@ -19,20 +19,23 @@ def object_rows(
 ) -> list[dict[str, Any]]:
     """One JSON-ready row per object of a frame, ids from ``first_id``."""
     objects = objects_of(prediction, model, options)
-    m = measure(objects, prediction.probabilities)
-    rles = object_rles(objects.labels, objects.count)
-    classes = model.card.classes
+    runs = vertical_runs(objects.labels, objects.count)
+    m = measure(objects, prediction.probabilities, runs)
+    rles = object_rles(runs, objects.count)
+    names = model.card.classes
+    classes, area = objects.classes.tolist(), m.area.tolist()  # Python numbers at once
+    bbox, centroid, score = m.bbox.tolist(), m.centroid.tolist(), m.score.tolist()
     rows = []
     for i in range(1, objects.count + 1):
         row: dict[str, Any] = {} if frame is None else {"frame": frame}
         row |= {
             "id": first_id + i - 1,
-            "class_index": int(objects.classes[i]),
-            "label": classes[int(objects.classes[i])],
-            "area": int(m.area[i]),
-            "bbox": [int(v) for v in m.bbox[i]],
-            "centroid": [round(float(v), 3) for v in m.centroid[i]],
-            "score": round(float(m.score[i]), 6),
+            "class_index": classes[i],
+            "label": names[classes[i]],
+            "area": area[i],
+            "bbox": bbox[i],
+            "centroid": [round(v, 3) for v in centroid[i]],
+            "score": round(score[i], 6),
             "rle": rles[i - 1],
         }
         rows.append(row)
@@ -54,7 +57,7 @@ class ObjectsEncoder:
         self.rows += object_rows(prediction, self.model, self.options, len(self.rows) + 1, frame)
 
     def finish(self) -> bytes:
-        return json.dumps({**self.document, "objects": self.rows}).encode()
+        return json_bytes({**self.document, "objects": self.rows})
 
 
 OUTPUT = Output(
