@@ -210,7 +210,7 @@ def measure(
     """Area, bounding box and centroid (from the objects' vertical runs) and score."""
     n = objects.count
     r = vertical_runs(objects.labels, n) if runs is None else runs
-    area, score = area_and_score(objects, probabilities)
+    area, score = area_and_score(objects, probabilities, r)
     safe = np.maximum(area, 1)
     # The centres of a run's pixels: x = column + 1/2, y from row + 1/2 to row + length - 1/2;
     # sums of halves, exact in float64 as the per-pixel sums are.
@@ -229,12 +229,16 @@ def measure(
 
 
 def area_and_score(
-    objects: Objects, probabilities: npt.NDArray[np.float32]
+    objects: Objects, probabilities: npt.NDArray[np.float32], runs: Runs | None = None
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """Each object's area (px) and score: the mean probability of its class over its pixels."""
+    """Each object's area (px; from its runs when given) and score: the mean probability of
+    its class over its pixels."""
     n = objects.count
     flat = objects.labels.ravel()
-    area = np.bincount(flat, minlength=n + 1).astype(np.int64)
+    if runs is None:
+        area = np.bincount(flat, minlength=n + 1).astype(np.int64)
+    else:
+        area = np.bincount(runs.ids, weights=runs.length, minlength=n + 1).astype(np.int64)
     safe = np.maximum(area, 1)
     score = np.zeros(n + 1)
     for c in np.unique(objects.classes[1:]):
