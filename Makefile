@@ -77,7 +77,8 @@ run: venv
 docker-smoke:
 	deploy/docker-smoke.sh
 
-# The shipped default model (model/MODEL_CARD.md): 40 epochs at lr 1e-3, 10 more at 1e-4,
+# The shipped default model (model/MODEL_CARD.md): 40 epochs at lr 1e-3, 10 more at 1e-4 (the
+# shipped file's 10 ran at 1e-3: --resume ignored --lr before 3cf45e0),
 # export of the best validation epoch, calibration (threshold, objects recipe), evaluation
 # against the Otsu baseline, the INT8 variant (written if it passes its gate). ~42 min on 2 cores.
 ISBI ?= ../shared/data/isbi2012
