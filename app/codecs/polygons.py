@@ -93,25 +93,30 @@ def _successors(s: _Segments, labels: npt.NDArray[np.integer]) -> npt.NDArray[np
     turn = np.where(ahead == s.obj, 3, 1)  # the object goes on ahead: right; else left
     key = (s.y * (width + 1) + s.x) * 4 + s.d
     next_key = (s.end_y * (width + 1) + s.end_x) * 4 + (s.d + turn) % 4
-    order = np.argsort(key)
-    found: npt.NDArray[np.int64] = order[np.searchsorted(key[order], next_key)]
+    # Each segment is the successor of exactly one (rings are cycles): the k-th smallest key
+    # is the k-th smallest next key, so two sorts pair them (no search).
+    by_key, by_next = np.argsort(key, kind="stable"), np.argsort(next_key, kind="stable")
+    if not np.array_equal(key[by_key], next_key[by_next]):
+        raise RuntimeError("polygon tracing: the boundary segments do not close into rings")
+    found = np.empty_like(by_key)
+    found[by_next] = by_key
     return found
 
 
 def _ring_order(successor: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], ...]:
-    """(ring id, position in the ring) of every edge: rings are the cycles of ``successor``."""
+    """(ring id, position in the ring) of every segment: rings are the cycles of ``successor``."""
     n = len(successor)
     graph = csr_matrix((np.ones(n, dtype=bool), (np.arange(n), successor)), shape=(n, n))
     _, ring = connected_components(graph, directed=True, connection="weak")
     first = np.full(int(ring.max()) + 1, n, dtype=np.int64)
-    np.minimum.at(first, ring, np.arange(n))  # a ring starts at its smallest edge index
-    last = successor == first[ring]  # the edge before the ring's first one
+    np.minimum.at(first, ring, np.arange(n))  # a ring starts at its smallest segment index
+    last = successor == first[ring]  # the segment before the ring's first one
     dist = np.where(last, 0, 1)
     jump = np.where(last, np.arange(n), successor)
-    while not np.array_equal(jump, jump[jump]):  # list ranking: distance to the last edge
-        dist = dist + dist[jump]
+    # List ranking, distance to the last segment: log2 of the longest ring rounds.
+    for _ in range(int(np.bincount(ring).max() - 1).bit_length()):
+        dist += dist[jump]
         jump = jump[jump]
-    dist = dist + dist[jump]
     return ring.astype(np.int64), -dist
 
 
