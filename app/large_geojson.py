@@ -18,8 +18,8 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from app.codecs.outputs.base import json_bytes
-from app.codecs.outputs.geojson import feature
-from app.codecs.polygons import polygons
+from app.codecs.outputs.geojson import HEAD, TAIL, feature
+from app.codecs.polygons import outlines
 from app.codecs.pyramid import LabelStore
 from app.inference.blocks import Block, BlockGrid
 from app.large_objects import Found, Mapper, local_map
@@ -69,7 +69,7 @@ def features_block(
     store = LabelStore.open(Path(path))
     region = np.asarray(store.labels[y0:y1, x0:x1]).astype(np.int64)
     region[~np.isin(region, owned)] = 0
-    shapes = polygons(region)
+    shapes = outlines(region).polygons
     classes, area, score = facts
     out, corner = [], np.array([x0, y0])
     for i in owned:
@@ -106,7 +106,7 @@ def write_geojson(
         owned = owned[owned > 0]
         jobs.append((path, block, owned, boxes[owned], facts, names))
     with target.open("w") as out:
-        out.write('{"type":"FeatureCollection","features":[')
+        out.write(HEAD.decode())
         first = True
         for done, text in enumerate(run(features_block, jobs), start=1):
             if text:
@@ -114,4 +114,4 @@ def write_geojson(
                 first = False
             if progress is not None:
                 progress(done, len(jobs))
-        out.write("]}")
+        out.write(TAIL.decode())

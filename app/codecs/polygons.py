@@ -5,174 +5,122 @@ boundary of the union of its pixels, so rasterising them (a pixel is inside
 when its centre is) gives back exactly its pixels. Holes are kept; an object
 whose pixels touch only at corners (4-connectivity) is several polygons.
 
-How: every boundary edge between two pixels of different labels is an edge of
-the label(s) on either side, directed so that the object lies on its left
-(x right, y down; so exterior rings come out counter-clockwise in (x, y) and
-holes clockwise, as RFC 7946 asks). Collinear edges of one object in a row are
-one segment, whose end is a corner: the ring turns left there when the pixel
-ahead on the object's side is not the object's (so at a corner where its pixels
-touch diagonally only, the ring turns left, keeping the two pixels apart), and
-right otherwise. Segments chain end-to-start into rings without a Python loop per
-segment: pointer jumping finds each ring's first segment and every segment's place
-in it (O(S log S) array operations for S segments, the rings' corners).
+How: app/codecs/boundaries.py finds every boundary segment and chains them into
+rings; here the rings become polygons, an object's exterior ring and its holes (each
+4-connected piece one polygon).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 from skimage import measure
 
-Ring = npt.NDArray[np.int64]  # k x 2 (x, y), closed: the last point is the first
-Polygon = list[Ring]  # exterior ring first, then its holes
+from app.codecs import boundaries
 
-# Directions: 0 = +x, 1 = +y, 2 = -x, 3 = -y; a left turn is (d + 1) % 4. The pixel ahead on
-# a segment's left (the object's side) at its end vertex v is at v + _AHEAD_LEFT[d].
-_AHEAD_LEFT = np.array([[0, 0], [-1, 0], [-1, -1], [0, -1]], dtype=np.int64)
+Ring = npt.NDArray[np.int64]  # k x 2 (x, y), closed: the last point is the first
+Polygon = tuple[Ring, ...]  # exterior ring first, then its holes
 
 
 @dataclass(frozen=True)
-class _Segments:
-    obj: npt.NDArray[np.int64]
-    x: npt.NDArray[np.int64]  # start point
-    y: npt.NDArray[np.int64]
-    d: npt.NDArray[np.int64]  # direction
-    end_x: npt.NDArray[np.int64]
-    end_y: npt.NDArray[np.int64]
+class Outlines:
+    """An id image's polygons by id, and each id's area (px; index = id): its rings' signed
+    areas summed, which is its pixel count."""
+
+    polygons: dict[int, tuple[Polygon, ...]]
+    area: npt.NDArray[np.int64]
 
 
-def _line_runs(near: npt.NDArray[np.int32], far: npt.NDArray[np.int32]) -> tuple[Any, ...]:
-    """The runs along axis 1 of the edges between ``near`` and ``far`` pixels (lines x
-    positions) that ``near`` owns (near != far, near > 0), one owner per run: each run's
-    line, first and last position and owner."""
-    exists = (near != far) & (near > 0)
-    index = np.flatnonzero(exists)
-    line, position = np.divmod(index, exists.shape[1])
-    owner = near[line, position].astype(np.int64)
-    goes_on = (index[1:] == index[:-1] + 1) & (owner[1:] == owner[:-1]) & (position[1:] != 0)
-    first, last = np.r_[True, ~goes_on], np.r_[~goes_on, True]
-    return line[first], position[first], position[last], owner[first]
-
-
-def _segments(labels: npt.NDArray[np.integer]) -> _Segments:
-    """Every segment (collinear boundary edges of one object in a row), object on its left."""
-    p = np.pad(labels.astype(np.int32, copy=False), 1)  # ids < 2^31: half the memory of int64
-    parts = []
-    # Horizontal lines y = r (r = 0..H): above = row r - 1, below = row r; runs along x.
-    above, below = p[:-1, 1:-1], p[1:, 1:-1]
-    r, c0, c1, owner = _line_runs(below, above)  # +x, from (c0, r) to (c1 + 1, r)
-    parts.append((owner, c0, r, 0, c1 + 1, r))
-    r, c0, c1, owner = _line_runs(above, below)  # -x, from (c1 + 1, r) to (c0, r)
-    parts.append((owner, c1 + 1, r, 2, c0, r))
-    # Vertical lines x = c (c = 0..W): left = column c - 1, right = column c; runs along y.
-    q = np.ascontiguousarray(p.T)
-    left, right = q[:-1, 1:-1], q[1:, 1:-1]
-    c, r0, r1, owner = _line_runs(left, right)  # +y, from (c, r0) to (c, r1 + 1)
-    parts.append((owner, c, r0, 1, c, r1 + 1))
-    c, r0, r1, owner = _line_runs(right, left)  # -y, from (c, r1 + 1) to (c, r0)
-    parts.append((owner, c, r1 + 1, 3, c, r0))
-    obj, x, y, d, end_x, end_y = (
-        np.concatenate([np.broadcast_to(part[i], part[0].shape) for part in parts]).astype(np.int64)
-        for i in range(6)
-    )
-    return _Segments(obj, x, y, d, end_x, end_y)
-
-
-def _successors(s: _Segments, labels: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
-    """Index of the segment that follows each segment in its ring."""
-    height, width = labels.shape
-    ahead_x, ahead_y = s.end_x + _AHEAD_LEFT[s.d, 0], s.end_y + _AHEAD_LEFT[s.d, 1]
-    inside = (ahead_x >= 0) & (ahead_x < width) & (ahead_y >= 0) & (ahead_y < height)
-    ahead = np.zeros(len(s.obj), dtype=np.int64)
-    ahead[inside] = labels[ahead_y[inside], ahead_x[inside]]
-    turn = np.where(ahead == s.obj, 3, 1)  # the object goes on ahead: right; else left
-    key = (s.y * (width + 1) + s.x) * 4 + s.d
-    next_key = (s.end_y * (width + 1) + s.end_x) * 4 + (s.d + turn) % 4
-    # Each segment is the successor of exactly one (rings are cycles): the k-th smallest key
-    # is the k-th smallest next key, so two sorts pair them (no search).
-    by_key, by_next = np.argsort(key, kind="stable"), np.argsort(next_key, kind="stable")
-    if not np.array_equal(key[by_key], next_key[by_next]):
-        raise RuntimeError("polygon tracing: the boundary segments do not close into rings")
-    found = np.empty_like(by_key)
-    found[by_next] = by_key
-    return found
-
-
-def _ring_order(successor: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], ...]:
-    """(ring id, position in the ring) of every segment: rings are the cycles of ``successor``."""
-    n = len(successor)
-    graph = csr_matrix((np.ones(n, dtype=bool), (np.arange(n), successor)), shape=(n, n))
-    _, ring = connected_components(graph, directed=True, connection="weak")
-    first = np.full(int(ring.max()) + 1, n, dtype=np.int64)
-    np.minimum.at(first, ring, np.arange(n))  # a ring starts at its smallest segment index
-    last = successor == first[ring]  # the segment before the ring's first one
-    dist = np.where(last, 0, 1)
-    jump = np.where(last, np.arange(n), successor)
-    # List ranking, distance to the last segment: log2 of the longest ring rounds.
-    for _ in range(int(np.bincount(ring).max() - 1).bit_length()):
-        dist += dist[jump]
-        jump = jump[jump]
-    return ring.astype(np.int64), -dist
-
-
-def polygons(labels: npt.NDArray[np.integer]) -> dict[int, list[Polygon]]:
+def outlines(labels: npt.NDArray[np.integer]) -> Outlines:
     """Object id -> its polygons (exterior ring, then holes; rings closed), corner coordinates.
 
     Each 4-connected piece of an object is one polygon: traced on the pieces, a
-    region that two pieces enclose by touching at corners is no one's hole.
+    region that two pieces enclose by touching at corners is no one's hole. Tuples
+    of numpy arrays, which Python's garbage collector need not follow (an image's
+    tens of thousands of objects would otherwise cost it whole collections).
     """
     if not labels.any():
-        return {}
-    traced = _trace(labels, labels)
-    if all(sum(area > 0 for _, area in rings) == 1 for _, rings in traced.values()):
+        return Outlines({}, np.zeros(1, dtype=np.int64))
+    rings = _trace(labels, labels)
+    area = np.bincount(rings.owner, weights=rings.area, minlength=int(labels.max()) + 1)
+    exterior = np.bincount(rings.piece[rings.area > 0], minlength=int(rings.piece.max()) + 1)
+    if (exterior[rings.piece] == 1).all():
         # Each object one piece (one exterior ring): traced on the pieces, it has the same
         # rings (the rule at a corner looks only at pixels beside the object's own), in order.
-        return {owner: [_one_polygon(rings)] for owner, (_, rings) in sorted(traced.items())}
+        shapes: dict[int, tuple[Polygon, ...]] = {
+            owner: (polygon,) for owner, polygon in _by_piece(rings)
+        }
+        return Outlines(shapes, np.rint(area).astype(np.int64))
     pieces = measure.label(labels, background=0, connectivity=1)  # type: ignore[no-untyped-call]
+    rings = _trace(pieces, labels)
+    owner_of = dict(zip(rings.piece.tolist(), rings.owner.tolist(), strict=True))
     result: dict[int, list[Polygon]] = {}
-    for _, (owner, rings) in sorted(_trace(pieces, labels).items()):
-        result.setdefault(owner, []).append(_one_polygon(rings))
-    return result
+    for piece, polygon in _by_piece(rings):
+        result.setdefault(owner_of[piece], []).append(polygon)
+    shapes = {owner: tuple(parts) for owner, parts in sorted(result.items())}
+    return Outlines(shapes, np.rint(area).astype(np.int64))
 
 
-def _trace(
-    pieces: npt.NDArray[np.integer], labels: npt.NDArray[np.integer]
-) -> dict[int, tuple[int, list[tuple[Ring, float]]]]:
-    """Piece -> its label in ``labels`` and its rings (closed, corner coordinates) with their
-    signed areas."""
-    s = _segments(pieces)
-    ring, position = _ring_order(_successors(s, pieces))
-    # Rings one after another (in the order of their labels), each from its first segment.
-    lengths = np.bincount(ring)
-    dest = (np.cumsum(lengths) - lengths)[ring] + lengths[ring] - 1 + position
-    order = np.empty_like(dest)
-    order[dest] = np.arange(len(dest))
-    cring, cx, cy = ring[order], s.x[order], s.y[order]
-    starts = np.flatnonzero(np.r_[True, cring[1:] != cring[:-1]])
+def _by_piece(rings: _Rings) -> list[tuple[int, Polygon]]:
+    """Each piece's polygon (its exterior ring, then its holes in ring order), by piece id."""
+    order = np.lexsort((rings.area < 0, rings.piece))  # stable: holes keep their order
+    piece, area = rings.piece[order], rings.area[order]
+    bounds = np.flatnonzero(np.r_[True, piece[1:] != piece[:-1], True])
+    heads, ends = bounds[:-1], bounds[1:]
+    second = np.minimum(heads + 1, len(area) - 1)
+    if (area[heads] <= 0).any() or ((heads + 1 < ends) & (area[second] > 0)).any():
+        raise RuntimeError("a 4-connected piece traced to other than one exterior ring")
+    ordered = [rings.rings[i] for i in order.tolist()]
+    starts = zip(piece[heads].tolist(), heads.tolist(), ends.tolist(), strict=True)
+    return [(int(p), tuple(ordered[a:b])) for p, a, b in starts]
+
+
+@dataclass(frozen=True)
+class _Rings:
+    """Every ring traced (closed, corner coordinates), with its piece, its label and signed area."""
+
+    rings: list[Ring]
+    piece: npt.NDArray[np.int64]
+    owner: npt.NDArray[np.int64]
+    area: npt.NDArray[np.float64]
+
+
+def _trace(pieces: npt.NDArray[np.integer], labels: npt.NDArray[np.integer]) -> _Rings:
+    """The rings of the pieces, each with its label in ``labels``, ring after ring in the order
+    of their first segment."""
+    s, order, starts = boundaries.rings(pieces)
+    cring = np.repeat(np.arange(len(starts)), np.diff(starts, append=len(order)))
+    cy, cx = np.divmod(s.start[order], s.row)
     area = np.bincount(cring, weights=_cross(cx, cy, starts), minlength=len(starts)) / 2
-    pinched = _pinched_rings(cx, cy, cring, pieces.shape[1])
-    bounds = np.r_[starts, len(cring)]
     # Every ring closed at once: its first point again after its last one.
-    points = np.stack([cx, cy], axis=1)
-    closed = np.insert(points, bounds[1:], points[starts], axis=0)
-    begin, end = starts + np.arange(len(starts)), bounds[1:] + np.arange(1, len(starts) + 1)
-    first = order[starts]  # each ring's first segment: the first pixel on its left is its own
-    ahead = _AHEAD_LEFT[s.d[first]]
-    owners = labels[s.y[first] + ahead[:, 1], s.x[first] + ahead[:, 0]].tolist()
-    result: dict[int, tuple[int, list[tuple[Ring, float]]]] = {}
-    rings = zip(s.obj[first].tolist(), owners, begin.tolist(), end.tolist(), strict=True)
-    for index, (piece, owner, a, b) in enumerate(rings):
-        mine = result.setdefault(piece, (owner, []))[1]
-        if index in pinched:
-            mine += _simple_loops(closed[a : b - 1].tolist())
+    begin = starts + np.arange(len(starts))
+    end = np.r_[begin[1:], len(order) + len(starts)]
+    closed = np.empty((len(order) + len(starts), 2), dtype=np.int64)
+    closed[np.arange(len(order)) + cring] = np.stack([cx, cy], axis=1)
+    closed[end - 1] = closed[begin]
+    # A ring's first segment is a +x one (boundaries.rings): the pixel below its start is its.
+    piece = s.obj[order[starts]]
+    owner = labels[cy[starts], cx[starts]].astype(np.int64)
+    rings = [closed[a:b] for a, b in zip(begin.tolist(), end.tolist(), strict=True)]
+    pinched = _pinched_rings(cx, cy, cring, pieces.shape[1])
+    if not pinched:
+        return _Rings(rings, piece, owner, area)
+    # A ring that passes a vertex twice becomes its simple loops, in its place (rare).
+    loops = {i: _simple_loops(closed[begin[i] : end[i] - 1].tolist()) for i in pinched}
+    count = np.ones(len(rings), dtype=np.int64)
+    for i, found in loops.items():
+        count[i] = len(found)
+    index = np.repeat(np.arange(len(rings)), count)
+    area, spliced = area[index], list[Ring]()
+    for i, ring in enumerate(rings):
+        if i in loops:
+            area[len(spliced) : len(spliced) + count[i]] = [a for _, a in loops[i]]
+            spliced += [loop for loop, _ in loops[i]]
         else:
-            mine.append((closed[a:b], float(area[index])))
-    return result
+            spliced.append(ring)
+    return _Rings(spliced, piece[index], owner[index], area)
 
 
 def _pinched_rings(
@@ -227,12 +175,3 @@ def _cross(
     ends = np.r_[starts[1:], len(x)]
     nxt[ends - 1] = starts
     return (x * y[nxt] - x[nxt] * y).astype(np.float64)
-
-
-def _one_polygon(rings: list[tuple[Ring, float]]) -> Polygon:
-    """A 4-connected piece: its exterior ring (positive area), then its holes."""
-    shells = [ring for ring, area in rings if area > 0]
-    holes = [ring for ring, area in rings if area < 0]
-    if len(shells) != 1:
-        raise RuntimeError(f"a 4-connected piece traced to {len(shells)} exterior rings")
-    return [shells[0], *holes]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 from app.codecs.errors import FrameCountError, OptionError, UnsupportedOutputError
 from app.codecs.images import DecodedImage
 from app.codecs.outputs import Model, Options, Output, Outputs, default_outputs
+from app.codecs.outputs.geojson import collection
 from app.inference import Prediction, load_model
 from app.inference.objects import class_probability
 from bench.nets import UNetSpec, default_card, save_model
@@ -98,3 +100,10 @@ def test_a_new_format_takes_part_in_every_message(softmax: Model) -> None:
         outputs.encoder("png", image(2, "tiff"), softmax, Options())
     with pytest.raises(ValueError, match="registered already"):
         outputs.add(TOY)
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_a_feature_collection_is_its_features_joined(count: int) -> None:
+    features = [{"type": "Feature", "id": i, "geometry": None} for i in range(count)]
+    joined = collection([json.dumps(f, separators=(",", ":")).encode() for f in features])
+    assert json.loads(joined) == {"type": "FeatureCollection", "features": features}

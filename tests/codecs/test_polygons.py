@@ -11,7 +11,8 @@ from hypothesis.extra.numpy import arrays
 from shapely.geometry import MultiPolygon, Polygon
 from skimage import measure
 
-from app.codecs.polygons import _trace, polygons
+from app.codecs.polygons import Polygon as Rings
+from app.codecs.polygons import _trace, outlines
 
 
 def rasterise(parts: list[list[list[list[int]]]], shape: tuple[int, int]) -> np.ndarray:
@@ -22,12 +23,22 @@ def rasterise(parts: list[list[list[list[int]]]], shape: tuple[int, int]) -> np.
     return np.asarray(shapely.contains_xy(geometry, xs + 0.5, ys + 0.5))
 
 
+def polygons(labels: np.ndarray) -> dict[int, tuple[Rings, ...]]:
+    return outlines(labels).polygons
+
+
 def check(labels: np.ndarray) -> None:
-    result = polygons(labels)
+    """Each object's polygons rasterise back to exactly its pixels; its area is their count."""
+    traced = outlines(labels)
+    result = traced.polygons
     ids = set(np.unique(labels[labels > 0]).tolist())
     assert set(result) == ids
     for i in ids:
         np.testing.assert_array_equal(rasterise(result[i], labels.shape), labels == i)
+    pixels = np.bincount(labels.ravel())
+    pixels[0] = 0  # the background is no object
+    np.testing.assert_array_equal(traced.area, pixels)
+    assert traced.area.dtype == np.int64
 
 
 @settings(max_examples=150, deadline=None)
@@ -85,12 +96,12 @@ def test_one_piece_objects_trace_the_same_without_the_pieces(labels: np.ndarray)
     large image's GeoJSON (objects traced in their box) would differ from the in-memory one."""
     assume(labels.any())  # polygons() returns {} before tracing nothing
     pieces = measure.label(labels, background=0, connectivity=1)
-    by_piece = dict(_trace(pieces, labels).values())  # multi-piece owners: one kept, unused
-    single = [owner for owner in by_piece if np.unique(pieces[labels == owner]).size == 1]
-    by_label = _trace(labels, labels)
-    for owner in single:
-        ours, theirs = by_label[owner][1], by_piece[owner]
-        assert len(ours) == len(theirs)
-        for (ring, area), (expected, expected_area) in zip(ours, theirs, strict=True):
-            np.testing.assert_array_equal(ring, expected)
-            assert area == expected_area
+    by_piece, by_label = _trace(pieces, labels), _trace(labels, labels)
+    for owner in np.unique(labels[labels > 0]).tolist():
+        if np.unique(pieces[labels == owner]).size > 1:
+            continue  # several pieces: traced on the pieces only
+        ours, theirs = by_label.piece == owner, by_piece.owner == owner
+        assert ours.sum() == theirs.sum()
+        for i, j in zip(np.flatnonzero(ours), np.flatnonzero(theirs), strict=True):
+            np.testing.assert_array_equal(by_label.rings[i], by_piece.rings[j])
+            assert by_label.area[i] == by_piece.area[j]

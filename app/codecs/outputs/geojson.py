@@ -7,20 +7,21 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from app.codecs.images import DecodedImage
 from app.codecs.outputs._objects import colour, objects_of
 from app.codecs.outputs.base import OUTLINES, LargeOutput, Model, Options, Output, json_bytes
-from app.codecs.polygons import Polygon, polygons
+from app.codecs.polygons import Ring, outlines
 from app.codecs.pyramid import LabelStore
-from app.inference.objects import area_and_score
+from app.inference.objects import mean_score
 from app.inference.predictor import Prediction
 
 
 def feature(
-    parts: list[Polygon],
+    parts: Sequence[Sequence[Ring]],
     object_id: int,
     classes: list[str],
     class_index: int,
@@ -51,28 +52,34 @@ class GeoJsonEncoder:
     def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
         self.model, self.options = model, options
         self.multi = len(image.frames) > 1
-        self.features: list[dict[str, Any]] = []
+        self.features: list[bytes] = []  # each Feature's JSON as it is made: no dicts kept
 
     def add(self, index: int, prediction: Prediction) -> None:
         objects = objects_of(prediction, self.model, self.options)
-        area, score = area_and_score(objects, prediction.probabilities)
-        shapes = polygons(objects.labels)
-        for i in range(1, objects.count + 1):
-            properties = {"frame": index} if self.multi else {}
-            self.features.append(
-                feature(
-                    shapes[i],
-                    len(self.features) + 1,
-                    self.model.card.classes,
-                    int(objects.classes[i]),
-                    int(area[i]),
-                    float(score[i]),
-                    properties,
-                )
-            )
+        shapes = outlines(objects.labels)
+        score = mean_score(objects, prediction.probabilities, shapes.area)
+        facts = zip(objects.classes.tolist(), shapes.area.tolist(), score.tolist(), strict=True)
+        names, extra = self.model.card.classes, {"frame": index} if self.multi else {}
+        for i, (class_index, pixels, mean) in enumerate(facts):
+            if i > 0:
+                number = len(self.features) + 1
+                item = feature(shapes.polygons[i], number, names, class_index, pixels, mean, extra)
+                self.features.append(json_bytes(item))
 
     def finish(self) -> bytes:
-        return json_bytes({"type": "FeatureCollection", "features": self.features})
+        return collection(self.features)
+
+
+HEAD, TAIL = b'{"type":"FeatureCollection","features":[', b"]}"  # around the Features
+
+
+def collection(features: list[bytes]) -> bytes:
+    """A FeatureCollection of the Features' JSON, in one copy of them."""
+    if not features:
+        return HEAD + TAIL
+    ends = [HEAD + features[0], *features[1:]]
+    ends[-1] += TAIL
+    return b",".join(ends)
 
 
 OUTPUT = Output(
