@@ -9,11 +9,12 @@ issue's ~20,000). Timed in one process after a warm-up, each the median of
 ``--repeats`` runs (3; the machines are shared and noisy): inference
 (probabilities + mask, the service's tiling), objects by the card's recipe (the
 watershed for the shipped model), then the encoders of ``format=objects`` and
-``format=geojson`` (and ``instances``) on the prediction. Each is reported as a share of the inference time; then the same for
-the issue's case, a mask of about 21,000 cells (``mask_*``: random points' nearest
-regions, one-pixel lines between them; the components recipe). Then the large-image
-path on the same mosaic (``format=instances`` block by block, app/large_objects.py):
-its time end to end and how its objects agree with the in-memory ones.
+``format=geojson`` (and ``instances``) on the prediction. Each is reported as a
+share of the inference time; then the same for the issue's case, a mask of about
+21,000 cells (``mask_*``: random points' nearest regions, one-pixel lines between
+them; the components recipe). Then the large-image path on the same mosaic
+(``format=instances`` block by block, app/large_objects.py): its time end to end and
+how its objects agree with the in-memory ones.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ class Outlines:
 
 
 def outlines(labels: npt.NDArray[np.integer]) -> Outlines:
-    """Object id -> its polygons (exterior ring, then holes; rings closed), corner coordinates.
+    """Each object id's polygons (exterior ring, then holes; rings closed; corner
+    coordinates) and its area.
 
     Each 4-connected piece of an object is one polygon: traced on the pieces, a
     region that two pieces enclose by touching at corners is no one's hole. Tuples

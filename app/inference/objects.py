@@ -240,10 +240,11 @@ def mean_score(
     score = np.zeros(n + 1)
     for c in np.unique(objects.classes[1:]):
         p = class_probability(probabilities, int(c)).ravel()
-        # In slices: bincount makes float64 weights, a 16.8 M pixel copy in one go.
-        sums = np.zeros(n + 1)
-        for i in range(0, len(flat), SCORE_SLICE):
-            cut = slice(i, i + SCORE_SLICE)
+        # In slices (each longer than the sums it makes): bincount makes float64 weights, a
+        # 16.8 M pixel copy in one go.
+        sums, step = np.zeros(n + 1), max(SCORE_SLICE, 4 * (n + 1))
+        for i in range(0, len(flat), step):
+            cut = slice(i, i + step)
             sums += np.bincount(flat[cut], weights=p[cut], minlength=n + 1)
         mine = objects.classes == c
         score[mine] = sums[mine] / safe[mine]
