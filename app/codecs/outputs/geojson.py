@@ -60,11 +60,10 @@ class GeoJsonEncoder:
         score = mean_score(objects, prediction.probabilities, shapes.area)
         facts = zip(objects.classes.tolist(), shapes.area.tolist(), score.tolist(), strict=True)
         names, extra = self.model.card.classes, {"frame": index} if self.multi else {}
-        for i, (class_index, pixels, mean) in enumerate(facts):
-            if i > 0:
-                number = len(self.features) + 1
-                item = feature(shapes.polygons[i], number, names, class_index, pixels, mean, extra)
-                self.features.append(json_bytes(item))
+        for i, (class_index, pixels, mean) in enumerate(list(facts)[1:], start=1):  # 0: none
+            number = len(self.features) + 1
+            item = feature(shapes.polygons[i], number, names, class_index, pixels, mean, extra)
+            self.features.append(json_bytes(item))
 
     def finish(self) -> bytes:
         return collection(self.features)
