@@ -174,6 +174,17 @@ class TrainConfig:
         default="adam", metadata=_help("adam, or sgd with momentum (paper: 0.99)")
     )
     lr: float = field(default=1e-3, metadata=_help("learning rate"))
+    schedule: Literal["constant", "cosine"] = field(
+        default="constant",
+        metadata=_help(
+            "learning rate per epoch: constant, or a half cosine from --lr after epoch "
+            "--decay-from down to --min-lr at the last epoch"
+        ),
+    )
+    decay_from: int = field(
+        default=0, metadata=_help("cosine: the last epoch at the full --lr (0: decay from 1)")
+    )
+    min_lr: float = field(default=0.0, metadata=_help("cosine: the rate of the last epoch"))
     momentum: float = field(default=0.99, metadata=_help("sgd momentum (paper: 0.99)"))
     weight_decay: float = field(default=0.0, metadata=_help("weight decay"))
     amp: bool = field(default=True, metadata=_help("mixed precision on CUDA (ignored on CPU)"))
@@ -220,6 +231,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.elastic_grid < 2:
             raise ValueError(f"elastic_grid must be >= 2, got {self.elastic_grid}")
+        if self.schedule == "cosine" and not 0 <= self.decay_from < self.epochs:
+            raise ValueError(
+                f"decay_from must be in [0, epochs), got {self.decay_from} for {self.epochs} epochs"
+            )
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
         if not 0 <= self.elastic_p <= 1:
             raise ValueError(f"elastic_p must be in [0, 1], got {self.elastic_p}")
 

@@ -80,6 +80,16 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """The rate of ``epoch`` (1-based), a function of the epoch alone, so ``--resume`` goes on
+    along the same schedule: ``cfg.lr`` up to ``decay_from``, then (cosine) a half cosine that
+    reaches ``min_lr`` at the last epoch."""
+    if cfg.schedule == "constant" or epoch <= cfg.decay_from:
+        return cfg.lr
+    progress = min(1.0, (epoch - cfg.decay_from) / (cfg.epochs - cfg.decay_from))
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def set_hyperparameters(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> None:
     """The config's lr (and decay, momentum) over what a restored optimiser state says, so
     ``--resume --lr 1e-4`` really lowers the rate (load_state_dict restores the old one)."""
@@ -207,6 +217,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     for epoch in range(first_epoch, cfg.epochs + 1):
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout: reproducible after --resume
         dataset.set_epoch(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, epoch)
         net.train()
         started, total, steps = time.perf_counter(), 0.0, 0
         bar = tqdm(

@@ -3,6 +3,7 @@ must reproduce the validation metrics the training run reported."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ import torch
 
 from training.__main__ import build_parser, config_from_args, main
 from training.checkpoint import read_record
+from training.config import TrainConfig
+from training.train import lr_at
 
 # depth 2, valid: halo 20, sizes 4k >= 44; a 92 px tile gives a 52 px output.
 TINY = ["--depth", "2", "--base-channels", "8", "--tile-size", "92", "--val-tile-size", "92"]
@@ -142,6 +145,30 @@ def test_resume_takes_the_given_learning_rate(tmp_path: Path, shapes: Callable[.
     group = record["optimizer"]["param_groups"][0]
     assert group["lr"] == pytest.approx(1e-4)
     assert group["weight_decay"] == pytest.approx(1e-5)
+
+
+def test_cosine_schedule_known_rates(tmp_path: Path, shapes: Callable[..., Path]) -> None:
+    """Full rate up to --decay-from, then a half cosine to --min-lr at the last epoch (a
+    function of the epoch alone, which --resume relies on); the history records what ran."""
+    cfg = TrainConfig(
+        data="d", out="o", epochs=6, lr=1e-3, schedule="cosine", decay_from=2, min_lr=1e-5
+    )
+    rates = [lr_at(cfg, epoch) for epoch in range(1, 7)]
+    span = 1e-3 - 1e-5  # epochs 3, 4, 5: a quarter, half and three quarters from 2 to 6
+    quarter, half = span * (1 + 2**-0.5) / 2, span / 2
+    expected = [1e-3, 1e-3, 1e-5 + quarter, 1e-5 + half, 1e-5 + span - quarter, 1e-5]
+    assert rates == pytest.approx(expected, rel=1e-12)
+    assert lr_at(dataclasses.replace(cfg, schedule="constant"), 6) == 1e-3
+    with pytest.raises(ValueError, match="decay_from"):
+        dataclasses.replace(cfg, decay_from=6)
+    with pytest.raises(ValueError, match="min_lr"):
+        dataclasses.replace(cfg, min_lr=2e-3)
+    data = shapes(tmp_path / "data", 6, size=64)
+    schedule = ("--schedule", "cosine", "--decay-from", "1", "--min-lr", "1e-4", "--lr", "1e-3")
+    assert _train(data, tmp_path / "run", "--epochs", "3", "--tiles-per-epoch", "4", *schedule,
+                  "--val-every", "3") == 0  # fmt: skip
+    record = read_record(tmp_path / "run" / "last.pt")
+    assert [row["lr"] for row in record["history"]] == pytest.approx([1e-3, 5.5e-4, 1e-4])
 
 
 def test_cli_maps_every_field_and_reports_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
