@@ -38,6 +38,26 @@ from training.losses import Objects, object_labels
 
 THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)
 SEED_THRESHOLDS = np.round(np.arange(0.05, 0.601, 0.05), 2)
+SEED_TOLERANCE = 0.005
+
+
+def seed_with_margin(by_seed: dict[float, float], tolerance: float) -> float:
+    """The seed threshold in the middle of the widest run of consecutive grid seeds whose
+    error is within ``tolerance`` of the least (ties: the run, then the middle seed, with
+    the lower error), so that a small shift of the probabilities -- other slices, 8-bit
+    activations -- stays on the plateau instead of falling off its edge."""
+    seeds = sorted(by_seed)
+    errors = np.array([by_seed[s] for s in seeds])
+    good = [*(errors <= errors.min() + tolerance), False]
+    runs, start = [], 0
+    for i, ok in enumerate(good):
+        if ok and (i == 0 or not good[i - 1]):
+            start = i
+        elif not ok and i > 0 and good[i - 1]:
+            runs.append((start, i))
+    first, stop = max(runs, key=lambda r: (r[1] - r[0], -errors[r[0] : r[1]].mean()))
+    middle = {(first + stop - 1) // 2, (first + stop) // 2}  # one seed, or two for an even run
+    return seeds[min(middle, key=lambda i: (errors[i], i))]
 
 
 def object_rand_error(
@@ -65,7 +85,10 @@ def pixel_error(masks: list[npt.NDArray[np.integer]], samples: list[Sample]) -> 
 
 
 def calibrate(
-    predictor: Predictor, samples: list[Sample], objects: Objects
+    predictor: Predictor,
+    samples: list[Sample],
+    objects: Objects,
+    seed_tolerance: float = SEED_TOLERANCE,
 ) -> tuple[float | None, Recipe, dict[str, Any]]:
     """(threshold, recipe, record) chosen on ``samples``."""
     classes = len(predictor.card.classes)
@@ -97,9 +120,10 @@ def calibrate(
     recipe = Recipe("components")
     if binary and objects == "background":
         by_seed = {float(t): rand(Recipe("watershed", 1, float(t))) for t in SEED_THRESHOLDS}
-        seed = min(by_seed, key=lambda t: by_seed[t])
+        seed = seed_with_margin(by_seed, seed_tolerance)
         record["rand_error"]["watershed_by_seed_threshold"] = by_seed
         record["rand_error"]["watershed"] = by_seed[seed]
+        record["seed_tolerance"] = seed_tolerance
         recipe = Recipe("watershed", 1, seed)
     return threshold, recipe, record
 
@@ -122,6 +146,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="val: the validation split; select: its images that chose the epoch (a model "
         "trained with --select-images), so that the others still report honestly",
     )
+    parser.add_argument(
+        "--seed-tolerance",
+        type=float,
+        default=SEED_TOLERANCE,
+        help="watershed seed: the middle of the widest run of seeds whose Rand error is within "
+        "this of the least (0: the least)",
+    )
     parser.add_argument("--out", type=Path, help="where to write the model (default: in place)")
 
 
@@ -142,7 +173,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_classes=len(loaded.card.classes),
     )
     predictor = Predictor(loaded.engine.run, loaded.card)
-    threshold, recipe, record = calibrate(predictor, samples, labels.get("objects", "foreground"))
+    if not 0 <= args.seed_tolerance < 1:
+        raise ValueError(f"--seed-tolerance must be in [0, 1), got {args.seed_tolerance}")
+    objects_of = labels.get("objects", "foreground")
+    threshold, recipe, record = calibrate(predictor, samples, objects_of, args.seed_tolerance)
     objects = {
         "method": recipe.method,
         "boundary_class": recipe.boundary_class,

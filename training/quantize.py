@@ -193,16 +193,19 @@ def main(args: argparse.Namespace) -> int:
     choose_on = "all" if args.split == "all" else ("select" if honest else "val")
     gate_on = "all" if args.split == "all" else ("report" if honest else "val")
     calibration = split_samples(args.model, args.data, calibrate_on)
+    calibrated = load_model(args.model, "cpu").card.model_dump().get("calibration") or {}
     validation = split_samples(args.model, args.data, gate_on)
     with tempfile.TemporaryDirectory() as scratch:
         candidate = Path(scratch) / "int8.onnx"
         quantize(args.model, candidate, calibration_tiles(args.model, calibration))
         write_card(args.model, candidate)
-        # Its own threshold and watershed seed, chosen as the float model's were (same split):
+        # Its own threshold and watershed seed, chosen as the float model's were (same split,
+        # same seed tolerance; a card calibrated before the tolerance took the least error):
         # an objects' Rand error can have a cliff next to the float model's seed threshold.
+        tolerance = float(calibrated.get("seed_tolerance", 0.0))
         with contextlib.redirect_stdout(io.StringIO()):
-            calibrate.main(argparse.Namespace(model=candidate, data=args.data,
-                                              split=choose_on, out=candidate))  # fmt: skip
+            calibrate.main(argparse.Namespace(model=candidate, data=args.data, split=choose_on,
+                                              seed_tolerance=tolerance, out=candidate))  # fmt: skip
         before, after = figures(args.model, validation), figures(candidate, validation)
         differences = {k: abs(after[k] - before[k]) for k in ("mean_dice", "objects_rand_error")}
         passed = all(d <= args.tolerance for d in differences.values())

@@ -9,13 +9,15 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from app.inference import Predictor, load_model
 from app.inference.card import METADATA_KEY, parse_card
 from bench.nets import UNetSpec, default_card, save_model
 from training import __main__ as cli
-from training.calibrate import calibrate
+from training.calibrate import SEED_TOLERANCE, calibrate, seed_with_margin
 from training.data import Sample
 
 
@@ -52,10 +54,47 @@ def test_the_threshold_and_the_seed_threshold_minimise_their_errors() -> None:
     assert record["pixel_error"][f"at_{threshold}"] == 0
     assert record["pixel_error"]["at_0.5"] > 0.5  # the cells, called membrane
     assert recipe.method == "watershed"
-    assert record["rand_error"]["watershed"] == min(
-        record["rand_error"]["watershed_by_seed_threshold"].values()
-    )
+    by_seed = record["rand_error"]["watershed_by_seed_threshold"]
+    assert recipe.seed_threshold == seed_with_margin(by_seed, SEED_TOLERANCE)
+    assert record["rand_error"]["watershed"] == by_seed[recipe.seed_threshold]
+    assert record["seed_tolerance"] == SEED_TOLERANCE
     assert record["rand_error"]["watershed"] < 0.05  # a clean grid: its cells are found
+
+
+def test_the_seed_keeps_a_margin_from_the_cliff() -> None:
+    """Known answers: the shipped model's validation curve (best at 0.15, then a cliff) and
+    a curve best at the grid's edge, as a v6 run's select slices were."""
+    shipped = {0.05: 0.0279, 0.1: 0.0270, 0.15: 0.0261, 0.2: 0.0429, 0.25: 0.0402, 0.3: 0.0402}
+    assert seed_with_margin(shipped, 0.005) == 0.1  # 0.05 .. 0.15 within 0.005 of the least
+    assert seed_with_margin(shipped, 0.0) == 0.15  # no tolerance: the least
+    edge = {0.3: 0.030, 0.35: 0.021, 0.4: 0.019, 0.45: 0.017, 0.5: 0.016, 0.55: 0.0155, 0.6: 0.015}
+    assert seed_with_margin(edge, 0.005) == 0.5  # run 0.4 .. 0.6: its middle
+    assert seed_with_margin(edge, 0.0045) == 0.5  # run 0.45 .. 0.6: the better middle seed
+    # two runs within the tolerance: the wider one, though the least error is in the other
+    assert (
+        seed_with_margin({0.1: 0.01, 0.2: 0.05, 0.3: 0.012, 0.4: 0.012, 0.5: 0.013}, 0.004) == 0.4
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=12),
+    st.floats(0, 0.5, allow_nan=False),
+)
+def test_the_seed_is_the_middle_of_the_widest_run_within_the_tolerance(
+    errors: list[float], tolerance: float
+) -> None:
+    seeds = [round(0.05 * (i + 1), 2) for i in range(len(errors))]
+    chosen = seeds.index(seed_with_margin(dict(zip(seeds, errors, strict=True)), tolerance))
+    good = [e <= min(errors) + tolerance for e in errors]
+    assert good[chosen]
+    left = chosen - next((i for i in range(chosen, -1, -1) if not good[i]), -1) - 1
+    right = next((i for i in range(chosen, len(good)) if not good[i]), len(good)) - chosen - 1
+    assert abs(left - right) <= 1  # the middle of its run
+    widest = max(len(run) for run in "".join("x" if g else " " for g in good).split())
+    assert left + right + 1 == widest
+    if tolerance == 0 and errors.count(min(errors)) == 1:
+        assert errors[chosen] == min(errors)
 
 
 def test_calibrate_writes_the_card_and_keeps_the_weights(tmp_path: Path) -> None:
