@@ -125,7 +125,10 @@ def test_calibrate_writes_the_card_and_keeps_the_weights(tmp_path: Path) -> None
     assert 0 < written["threshold"] < 1
     assert written["objects"]["method"] == "watershed"
     assert written["calibration"]["images"] == ["0", "1"]
+    assert written["calibration"]["seed_tolerance"] == SEED_TOLERANCE
     assert after.card.threshold == written["threshold"]
+    argv = ["calibrate", "--model", str(model), "--data", str(data), "--split", "all"]
+    assert cli.main([*argv, "--seed-tolerance", "-0.1"]) == 2  # a clear error, no card written
 
 
 def test_a_model_without_a_validation_split_needs_split_all(tmp_path: Path) -> None:
