@@ -21,6 +21,7 @@ the split's images, the figures before and after) into the ONNX file's card
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -48,13 +49,12 @@ def seed_with_margin(by_seed: dict[float, float], tolerance: float) -> float:
     activations -- stays on the plateau instead of falling off its edge."""
     seeds = sorted(by_seed)
     errors = np.array([by_seed[s] for s in seeds])
-    good = [*(errors <= errors.min() + tolerance), False]
     runs, start = [], 0
-    for i, ok in enumerate(good):
-        if ok and (i == 0 or not good[i - 1]):
-            start = i
-        elif not ok and i > 0 and good[i - 1]:
-            runs.append((start, i))
+    for good, run in itertools.groupby(errors <= errors.min() + tolerance):
+        stop = start + len(list(run))
+        if good:
+            runs.append((start, stop))
+        start = stop
     first, stop = max(runs, key=lambda r: (r[1] - r[0], -errors[r[0] : r[1]].mean()))
     middle = {(first + stop - 1) // 2, (first + stop) // 2}  # one seed, or two for an even run
     return seeds[min(middle, key=lambda i: (errors[i], i))]
@@ -157,6 +157,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if not 0 <= args.seed_tolerance < 1:
+        raise ValueError(f"--seed-tolerance must be in [0, 1), got {args.seed_tolerance}")
     loaded = load_model(args.model, "cpu")
     document = loaded.card.model_dump()
     labels = document.get("labels") or {}
@@ -173,8 +175,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_classes=len(loaded.card.classes),
     )
     predictor = Predictor(loaded.engine.run, loaded.card)
-    if not 0 <= args.seed_tolerance < 1:
-        raise ValueError(f"--seed-tolerance must be in [0, 1), got {args.seed_tolerance}")
     objects_of = labels.get("objects", "foreground")
     threshold, recipe, record = calibrate(predictor, samples, objects_of, args.seed_tolerance)
     objects = {
