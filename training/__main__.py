@@ -8,6 +8,7 @@
     python -m training calibrate --model runs/isbi/model.onnx --data ../shared/data/isbi2012/train
     python -m training quantize --model runs/isbi/model.onnx --data ../shared/data/isbi2012/train \
         --out runs/isbi/model-int8.onnx
+    python -m training offset --data ../shared/data/isbi2012/train --foreground-value 0
 
 The train options are generated from training.config (one flag per field, e.g.
 ``--base-channels 32``, ``--batch-norm/--no-batch-norm``); ``--help`` lists them
@@ -23,7 +24,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from training import calibrate, evaluate, export, quantize
+from training import calibrate, evaluate, export, offset, quantize
 from training.config import TrainConfig, UNetConfig
 
 
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_arguments(
         commands.add_parser("quantize", help="static INT8, written only if as good as float")
     )
+    offset.add_arguments(
+        commands.add_parser("offset", help="how far the labels sit from what they trace")
+    )
     return parser
 
 
@@ -116,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             calibrate.main(args)
         elif args.command == "quantize":
             return quantize.main(args)
+        elif args.command == "offset":
+            offset.main(args)
         else:
             export.main(args)
     except (ValueError, FileNotFoundError, export.ExportParityError) as exc:
