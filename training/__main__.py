@@ -21,7 +21,7 @@ import argparse
 import dataclasses
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from training import calibrate, evaluate, export, offset, quantize
@@ -30,6 +30,11 @@ from training.config import TrainConfig, UNetConfig
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _comma_list(element: type[Any]) -> Callable[[str], tuple[Any, ...]]:
+    """'a, b' -> (element('a'), element('b')): class names, or an offset '-0.6,-0.2'."""
+    return lambda text: tuple(element(x.strip()) for x in text.split(","))
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type[Any], title: str) -> None:
@@ -50,7 +55,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type[Any], title: str) -> 
             group.add_argument(_flag(field.name), choices=typing.get_args(kind), **common)
         elif typing.get_origin(kind) is tuple:
             group.add_argument(
-                _flag(field.name), type=lambda s: tuple(x.strip() for x in s.split(",")), **common
+                _flag(field.name), type=_comma_list(typing.get_args(kind)[0]), **common
             )
         elif kind in (int, float, str):
             group.add_argument(_flag(field.name), type=kind, **common)

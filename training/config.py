@@ -146,6 +146,13 @@ class TrainConfig:
     # 4. Augmentation
     flips: bool = field(default=True, metadata=_help("random horizontal/vertical flips"))
     rot90: bool = field(default=True, metadata=_help("random 90-degree rotations"))
+    label_offset: tuple[float, float] = field(
+        default=(0.0, 0.0),
+        metadata=_help(
+            "dy,dx px of the labels from what they trace (python -m training offset; "
+            "ISBI: -0.6,-0.2), kept through flips and quarter turns; write --label-offset=DY,DX"
+        ),
+    )
     elastic_p: float = field(
         default=0.5, metadata=_help("probability of the paper's elastic deformation")
     )
@@ -239,6 +246,10 @@ class TrainConfig:
             raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
         if not 0 <= self.elastic_p <= 1:
             raise ValueError(f"elastic_p must be in [0, 1], got {self.elastic_p}")
+        if len(self.label_offset) != 2 or not all(abs(v) <= 4 for v in self.label_offset):
+            raise ValueError(
+                f"label_offset is dy,dx in px, each within 4, got {list(self.label_offset)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists), for checkpoints and the model card."""
@@ -254,6 +265,7 @@ class TrainConfig:
         values = dict(values)
         if isinstance(values.get("model"), dict):
             values["model"] = UNetConfig(**values["model"])
-        if "classes" in values:
-            values["classes"] = tuple(values["classes"])
+        for name in ("classes", "label_offset"):
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)

@@ -168,7 +168,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         num_classes=cfg.model.num_classes,
         normalization=normalization,
         augment=Augment(
-            cfg.flips, cfg.rot90, cfg.elastic_p, cfg.elastic_grid, cfg.elastic_std, cfg.intensity
+            cfg.flips,
+            cfg.rot90,
+            cfg.elastic_p,
+            cfg.elastic_grid,
+            cfg.elastic_std,
+            cfg.intensity,
+            cfg.label_offset,
         ),
         weight_map=cfg.weight_map,
         objects=cfg.objects,

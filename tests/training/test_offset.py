@@ -95,7 +95,19 @@ def test_command_line(
     assert out.count("dy ") == 4  # three images and the mean
     mean = out.splitlines()[3]
     assert numbers(mean) == pytest.approx((-move[0], 0.0), abs=0.01)
-    assert ("--no-flips --no-rot90" in out) == advice
+    assert (f"--label-offset={-move[0]:.2f},0.00" in out) == advice
+
+
+def test_command_line_leaves_out_what_it_is_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write_pairs(tmp_path, (1, 0))
+    assert cli.main(["offset", "--data", str(root), "--exclude", "0, 2"]) == 0
+    assert "mean over 1 images" in capsys.readouterr().out
+    assert cli.main(["offset", "--data", str(root), "--exclude", "0,7"]) == 2
+    assert "['7']" in capsys.readouterr().err
+    assert cli.main(["offset", "--data", str(root), "--exclude", "0,1,2"]) == 2
+    assert "no image" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not ISBI.is_dir(), reason=f"ISBI 2012 data not found at {ISBI}")

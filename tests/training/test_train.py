@@ -181,3 +181,8 @@ def test_cli_maps_every_field_and_reports_bad_values(capsys: pytest.CaptureFixtu
     assert cfg.classes == ("bg", "a", "b")
     assert main(["train", "--data", "d", "--out", "o", "--tile-size", "570"]) == 2
     assert "nearest valid sizes: 556 or 572" in capsys.readouterr().err
+    offset = config_from_args(build_parser().parse_args(["train", "--label-offset=-0.6, 0.25"]))
+    assert offset.label_offset == (-0.6, 0.25)
+    assert TrainConfig.from_dict(offset.to_dict()).label_offset == (-0.6, 0.25)  # checkpoints
+    assert main(["train", "--data", "d", "--out", "o", "--label-offset=1,2,3"]) == 2
+    assert "label_offset is dy,dx in px" in capsys.readouterr().err
