@@ -4,19 +4,19 @@
         --exclude 4,10,11,19,24        # the validation slices: measure on what trains
 
 Hand-drawn labels can be offset from what they trace: ISBI 2012's membranes
-lie about 0.6 px above and 0.2 px left of the dark membranes of the EM slices,
-on every slice. A network can learn a constant offset, but a vertical flip
+lie about 0.57 px above and 0.17 px left of the dark membranes of the EM slices,
+on every training slice. A network can learn a constant offset, but a vertical flip
 turns 0.6 px up into 0.6 px down: trained with flips and rot90 it is taught two
 places at once and draws membranes between them. When the offset is over a
 quarter of a pixel, train with ``--label-offset=DY,DX``: the augmentation then
 keeps it through flips and quarter turns (training/augment.py). Without flips
-(``--no-flips --no-rot90``) the network learns it too, but overfits 20 slices
-within 20 epochs.
+(``--no-flips --no-rot90``) the network learns it too, but overfits ISBI's 20
+slices within 20 epochs. A network that has learnt an offset is not
+flip-equivariant: averaging its predictions over flips (``tta=true``) blurs them.
 
 The offset is the peak of the cross-correlation between the label's foreground
 and the image's intensity (its largest magnitude: a dark foreground correlates
-negatively), located to 1/20 px by scikit-image's
-upsampled cross-correlation (``phase_cross_correlation`` without the phase
+negatively), located to 1/20 px by scikit-image's upsampled cross-correlation (``phase_cross_correlation`` without the phase
 normalisation, which would whiten a binary label into noise).
 """
 
