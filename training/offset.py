@@ -16,8 +16,9 @@ flip-equivariant: averaging its predictions over flips (``tta=true``) blurs them
 
 The offset is the peak of the cross-correlation between the label's foreground
 and the image's intensity (its largest magnitude: a dark foreground correlates
-negatively), located to 1/20 px by scikit-image's upsampled cross-correlation (``phase_cross_correlation`` without the phase
-normalisation, which would whiten a binary label into noise).
+negatively), located to 1/20 px by scikit-image's upsampled cross-correlation
+(``phase_cross_correlation`` without the phase normalisation, which would
+whiten a binary label into noise).
 """
 
 from __future__ import annotations
