@@ -34,7 +34,12 @@ def _flag(name: str) -> str:
 
 def _comma_list(element: type[Any]) -> Callable[[str], tuple[Any, ...]]:
     """'a, b' -> (element('a'), element('b')): class names, or an offset '-0.6,-0.2'."""
-    return lambda text: tuple(element(x.strip()) for x in text.split(","))
+
+    def parse(text: str) -> tuple[Any, ...]:
+        return tuple(element(x.strip()) for x in text.split(","))
+
+    parse.__name__ = f"comma-separated {element.__name__}"  # argparse: "invalid ... value"
+    return parse
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type[Any], title: str) -> None:

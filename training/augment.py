@@ -20,7 +20,9 @@ Labels drawn a fraction of a pixel off what they trace (``label_offset``, as
 would come out of a flip or a quarter turn offset the other way, and the network
 would be taught both. A flip turns the offset o into T(o); the image is then
 resampled (in the same bicubic pass as the deformation) by o - T(o), which puts
-the label back at o from what it traces, on every tile.
+the label back at o from what it traces, on every tile. (Such a tile's image is
+then interpolated even when it is not deformed: a little smoother than the
+others.)
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class Augment:
             planes = [p.rot90(k, dims=(-2, -1)) for p in planes]
             for _ in range(k):  # a quarter turn moves (r, c) to (W - 1 - c, r)
                 dy, dx = -dx, dy
-        height, width = image.shape[-2:]
+        height, width = planes[0].shape[-2:]  # after the turns
         d = torch.zeros(2, height, width)
         deform = rng.random() < self.elastic_p
         if deform:

@@ -11,7 +11,7 @@ places at once and draws membranes between them. When the offset is over a
 quarter of a pixel, train with ``--label-offset=DY,DX``: the augmentation then
 keeps it through flips and quarter turns (training/augment.py). Without flips
 (``--no-flips --no-rot90``) the network learns it too, but overfits ISBI's 20
-slices within 20 epochs. A network that has learnt an offset is not
+slices (model card, "Recipes tried"). A network that has learnt an offset is not
 flip-equivariant: averaging its predictions over flips (``tta=true``) blurs them.
 
 The offset is the peak of the cross-correlation between the label's foreground

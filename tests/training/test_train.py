@@ -184,5 +184,11 @@ def test_cli_maps_every_field_and_reports_bad_values(capsys: pytest.CaptureFixtu
     offset = config_from_args(build_parser().parse_args(["train", "--label-offset=-0.6, 0.25"]))
     assert offset.label_offset == (-0.6, 0.25)
     assert TrainConfig.from_dict(offset.to_dict()).label_offset == (-0.6, 0.25)  # checkpoints
+    older = {k: v for k, v in offset.to_dict().items() if k != "label_offset"}
+    assert TrainConfig.from_dict(older).label_offset == (0.0, 0.0)  # runs before the option
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--label-offset=up,0"])
+    assert exited.value.code == 2
+    assert "invalid comma-separated float value: 'up,0'" in capsys.readouterr().err
     assert main(["train", "--data", "d", "--out", "o", "--label-offset=1,2,3"]) == 2
     assert "label_offset is dy,dx in px" in capsys.readouterr().err
