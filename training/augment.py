@@ -16,7 +16,7 @@ they were) and of the weight map. Outside the tile the sample is reflected, as
 the overlap-tile strategy does.
 
 Labels drawn a fraction of a pixel off what they trace (``label_offset``, as
-``python -m training offset`` measures it; ISBI 2012: 0.6 px up, 0.2 px left)
+``python -m training offset`` measures it; ISBI 2012: 0.57 px up, 0.17 px left)
 would come out of a flip or a quarter turn offset the other way, and the network
 would be taught both. A flip turns the offset o into T(o); the image is then
 resampled (in the same bicubic pass as the deformation) by o - T(o), which puts

@@ -150,7 +150,7 @@ class TrainConfig:
         default=(0.0, 0.0),
         metadata=_help(
             "dy,dx px of the labels from what they trace (python -m training offset; "
-            "ISBI: -0.6,-0.2), kept through flips and quarter turns; write --label-offset=DY,DX"
+            "ISBI: -0.57,-0.17), kept through flips and quarter turns; write --label-offset=DY,DX"
         ),
     )
     elastic_p: float = field(
