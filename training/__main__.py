@@ -21,25 +21,15 @@ import argparse
 import dataclasses
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from training import calibrate, evaluate, export, offset, quantize
-from training.config import TrainConfig, UNetConfig
+from training.config import TrainConfig, UNetConfig, comma_list
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def _comma_list(element: type[Any]) -> Callable[[str], tuple[Any, ...]]:
-    """'a, b' -> (element('a'), element('b')): class names, or an offset '-0.6,-0.2'."""
-
-    def parse(text: str) -> tuple[Any, ...]:
-        return tuple(element(x.strip()) for x in text.split(","))
-
-    parse.__name__ = f"comma-separated {element.__name__}"  # argparse: "invalid ... value"
-    return parse
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type[Any], title: str) -> None:
@@ -60,7 +50,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type[Any], title: str) -> 
             group.add_argument(_flag(field.name), choices=typing.get_args(kind), **common)
         elif typing.get_origin(kind) is tuple:
             group.add_argument(
-                _flag(field.name), type=_comma_list(typing.get_args(kind)[0]), **common
+                _flag(field.name), type=comma_list(typing.get_args(kind)[0]), **common
             )
         elif kind in (int, float, str):
             group.add_argument(_flag(field.name), type=kind, **common)

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +21,17 @@ Padding = Literal["valid", "same"]
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
+
+
+def comma_list(element: type[Any]) -> Callable[[str], tuple[Any, ...]]:
+    """A parser of 'a, b' -> (element('a'), element('b')): class names, an offset '-0.6,-0.2',
+    image names. Named for argparse's "invalid comma-separated float value: 'up,0'"."""
+
+    def parse(text: str) -> tuple[Any, ...]:
+        return tuple(element(x.strip()) for x in text.split(","))
+
+    parse.__name__ = f"comma-separated {element.__name__}"
+    return parse
 
 
 @dataclass(frozen=True)
@@ -265,7 +278,8 @@ class TrainConfig:
         values = dict(values)
         if isinstance(values.get("model"), dict):
             values["model"] = UNetConfig(**values["model"])
-        for name in ("classes", "label_offset"):
-            if name in values:
+        hints = typing.get_type_hints(cls)
+        for name in values:  # JSON gave lists where the fields hold tuples
+            if typing.get_origin(hints[name]) is tuple:
                 values[name] = tuple(values[name])
         return cls(**values)

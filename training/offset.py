@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from skimage.registration import phase_cross_correlation
 
+from training.config import comma_list
 from training.data import Sample, load_samples
 
 UPSAMPLE = 20  # the offset in steps of 1/20 px
@@ -58,8 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--exclude",
-        type=lambda text: [name.strip() for name in text.split(",")],
-        default=[],
+        type=comma_list(str),
+        default=(),
         help="images to leave out, comma-separated (e.g. the validation split)",
     )
 
@@ -70,7 +71,7 @@ def main(args: argparse.Namespace) -> tuple[float, float]:
     unknown = sorted(set(args.exclude) - {s.name for s in samples})
     if unknown:
         raise ValueError(f"--exclude names images that are not in {args.data}: {unknown[:5]}")
-    samples = [s for s in samples if s.name not in set(args.exclude)]
+    samples = [s for s in samples if s.name not in args.exclude]
     if not samples:
         raise ValueError(f"--exclude leaves no image of {args.data} to measure")
     offsets = np.array([label_offset(s) for s in samples])
