@@ -29,6 +29,7 @@ def model_info(service: ServiceDep) -> ModelInfo:
     return ModelInfo.model_validate(
         {
             **model.card.summary(),
+            "card": model.card_source,
             "sha256": model.engine.sha256,
             "providers": model.engine.providers,
             "tiling": {

@@ -88,6 +88,10 @@ class ModelInfo(BaseModel):
 
     name: str
     version: str
+    card: Literal["sidecar", "embedded", "inferred"] = Field(
+        description="where the card came from: a sidecar JSON beside the model, the model's "
+        "own metadata, or inferred by probing the network (every field then an assumption)"
+    )
     sha256: str
     classes: list[str]
     in_channels: int

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.inference.card import ModelCard, load_card
+from app.inference.card import CardSource, ModelCard, load_card
 from app.inference.engine import Engine
 from app.inference.errors import (
     ImageShapeError,
@@ -45,6 +45,7 @@ __all__ = [
 class LoadedModel:
     engine: Engine
     card: ModelCard
+    card_source: CardSource  # "sidecar", "embedded" or "inferred" (GET /model's "card")
 
 
 def load_model(
@@ -55,7 +56,7 @@ def load_model(
 ) -> LoadedModel:
     """Open an ONNX model, read and verify its card (one probe inference)."""
     engine = Engine(path, providers=providers, threads=threads, options=options)
-    card = load_card(
+    card, source = load_card(
         engine.path, engine.metadata, engine.run, engine.input_shape, engine.output_shape
     )
-    return LoadedModel(engine, card)
+    return LoadedModel(engine, card, source)

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 METADATA_KEY = "unet"
 
+# Where a card came from, as ``GET /model`` shows it under "card".
+CardSource = Literal["sidecar", "embedded", "inferred"]
+
 
 class Normalization(BaseModel):
     """Network input = v * scale + offset, v the pixel on the 0-255 scale (per channel or one)."""
@@ -177,19 +180,21 @@ def infer_card(
             k = probes[0][0] if probes[0] is not None else 1
             if out_channels is not None and k != out_channels:
                 continue
-            log.info(
-                "model %s has no card: inferred padding=%s halo=%d sizes %dk+%d",
-                name,
-                padding,
-                halo,
-                m,
-                offset,
-            )
             classes = (
                 ["background", "foreground"]
                 if k == 1
                 else ["background", *(f"class_{i}" for i in range(1, k))]
             )
+            norm = Normalization()
+            log.warning(
+                "model %s has no card (no 'unet' metadata, no sidecar %s.json): ASSUMED "
+                "padding=%s, halo=%d, accepted sizes %dk+%d >= %d, normalization scale=%.6g "
+                "offset=%g (pixels 0-255 to 0-1), activation=%s, %d input channel(s), "
+                "classes %s; if any is wrong, write them to %s.json beside the model "
+                "(API.md, 'The model file')",
+                name, name, padding, halo, m, offset, min_size, norm.scale, norm.offset,
+                "sigmoid" if k == 1 else "softmax", channels, ",".join(classes), name,
+            )  # fmt: skip
             return {
                 "name": name,
                 "version": "unknown",
@@ -230,17 +235,19 @@ def load_card(
     run: RunFn,
     input_shape: list[Any],
     output_shape: list[Any],
-) -> ModelCard:
-    """The model's card: sidecar, else embedded metadata, else inferred; then verified."""
+) -> tuple[ModelCard, CardSource]:
+    """The model's card and where it came from: sidecar, else embedded metadata, else
+    inferred; then verified."""
     sidecar = sidecar_path(model_path)
+    origin: CardSource
     if sidecar.is_file():
-        source = f"sidecar {sidecar.name}"
+        source, origin = f"sidecar {sidecar.name}", "sidecar"
         document = _read_json(sidecar.read_text(encoding="utf-8"), source)
     elif METADATA_KEY in metadata:
-        source = f"{model_path.name} metadata '{METADATA_KEY}'"
+        source, origin = f"{model_path.name} metadata '{METADATA_KEY}'", "embedded"
         document = _read_json(metadata[METADATA_KEY], source)
     else:
-        source = f"{model_path.name} (inferred from the graph)"
+        source, origin = f"{model_path.name} (inferred from the graph)", "inferred"
         document = infer_card(
             model_path.stem, run, _static(input_shape[1]), _static(output_shape[1])
         )
@@ -252,4 +259,4 @@ def load_card(
             f"{graph_channels} channels"
         )
     verify_card(card, run, source)
-    return card
+    return card, origin

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import onnx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -11,7 +13,8 @@ from app.api.admission import Admission
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
 from app.main import create_app
 from app.service import Service
-from tests.app.conftest import settings
+from bench.nets import build_onnx, random_weights
+from tests.app.conftest import BINARY, settings
 from tests.app.samples import bad_corpus, noise, png
 
 IMAGE_PNG = png(noise(60, 90))
@@ -162,12 +165,28 @@ def test_model_endpoint(client: TestClient) -> None:
     )
     assert info["normalization"] == {"scale": 1 / 255, "offset": 0.0}
     assert info["providers"] == ["CPUExecutionProvider"]
+    assert info["card"] == "embedded"
     assert info["tiling"] == {
         "tile_size": CPU_TILE_SIZE,
         "batch_size": CPU_BATCH_SIZE,
         "fixed_shape": False,  # the CPU plan shrinks tiles to fit; GPU providers fix them
     }
     assert len(info["sha256"]) == 64
+
+
+def test_a_bare_model_is_served_with_one_warning_and_card_inferred(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "users_net.onnx"
+    onnx.save(build_onnx(BINARY, random_weights(BINARY, 3), card=None), str(path))
+    with caplog.at_level(logging.INFO), TestClient(create_app(settings(path))) as c:
+        info = c.get("/model").json()
+        assert c.post("/segment", content=IMAGE_PNG).status_code == 200
+    assert (info["card"], info["name"], info["version"]) == ("inferred", "users_net", "unknown")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "no card" in warnings[0]
+    assert "users_net.json beside the model" in warnings[0]
 
 
 def test_tiling_settings_reach_the_predictor(binary_model: Path) -> None:

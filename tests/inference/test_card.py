@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,8 +16,12 @@ from bench.nets import default_card
 from tests.inference.conftest import SOFTMAX3, VALID
 
 
-def test_embedded_card_loads(valid_model: Path) -> None:
-    card = load_model(valid_model, "cpu").card
+def test_embedded_card_loads(valid_model: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        loaded = load_model(valid_model, "cpu")
+    card = loaded.card
+    assert loaded.card_source == "embedded"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert card.name == "valid"
     assert (card.padding, card.halo, card.size_multiple, card.size_offset) == ("valid", 92, 16, 12)
     assert card.min_size == 188
@@ -42,11 +47,32 @@ def test_the_sidecar_wins_over_embedded_metadata(valid_model: Path, tmp_path: Pa
     path = tmp_path / "m.onnx"
     shutil.copy(valid_model, path)
     path.with_suffix(".json").write_text(json.dumps(default_card(VALID, name="from-sidecar")))
-    assert load_model(path, "cpu").card.name == "from-sidecar"
+    loaded = load_model(path, "cpu")
+    assert (loaded.card.name, loaded.card_source) == ("from-sidecar", "sidecar")
 
 
-def test_without_card_or_sidecar_the_geometry_is_inferred(bare_model: Path) -> None:
-    card = load_model(bare_model, "cpu").card
+def test_without_card_or_sidecar_the_geometry_is_inferred(
+    bare_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="app.inference.card"):
+        loaded = load_model(bare_model, "cpu")
+    card = loaded.card
+    assert loaded.card_source == "inferred"
+    # One WARNING that names every assumption and how to write the sidecar (API.md).
+    (record,) = [r for r in caplog.records if r.name == "app.inference.card"]
+    assert record.levelno == logging.WARNING
+    line = record.getMessage()
+    for assumed in (
+        "padding=valid",
+        "halo=92",
+        "sizes 16k+12 >= 188",
+        "normalization scale=0.00392157 offset=0",
+        "activation=sigmoid",
+        "1 input channel",
+        "classes background,foreground",
+        f"{bare_model.stem}.json beside the model",
+    ):
+        assert assumed in line, (assumed, line)
     assert (card.padding, card.halo, card.size_multiple, card.size_offset, card.min_size) == (
         "valid",
         92,
