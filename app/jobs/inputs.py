@@ -4,10 +4,13 @@ it will run (block by block or in memory) and how many tiles that takes.
 A ``source`` names a file (or an OME-Zarr folder) under UNET_JOB_SOURCE_ROOT;
 it is resolved (symlinks followed) and must stay under the root, so ``..``,
 absolute paths and symlinks pointing out are refused (SourceRefusedError, 403).
+A folder's inner symlinks are checked the same way, at submission and again when
+the job starts: a reader opening a chunk follows them.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -47,9 +50,42 @@ def resolve_source(root: Path | None, source: str) -> Path:
             raise SourceRefusedError("source leads outside UNET_JOB_SOURCE_ROOT (a symlink?)")
         if not path.exists():
             raise SourceNotFoundError(f"no file {quote(source)} under UNET_JOB_SOURCE_ROOT")
+        if path.is_dir():
+            check_links(base, path, source)
     except (ValueError, OSError) as exc:  # a NUL byte, a name too long, a loop of symlinks
-        raise SourceNotFoundError(f"source {quote(source)} names no file: {exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "invalid name"
+        raise SourceNotFoundError(f"source {quote(source)} names no file: {reason}") from None
     return path
+
+
+def check_source(root: Path | None, path: Path, source: str) -> None:
+    """When a job starts: its source, resolved at submission, must still be under the root
+    (the setting may have changed since), a folder's symlinks too (they may have)."""
+    base = root.resolve() if root is not None else None
+    if base is None or not path.is_relative_to(base):
+        raise SourceRefusedError(f"source {quote(source)} is no longer under UNET_JOB_SOURCE_ROOT")
+    if path.is_dir():
+        check_links(base, path, source)
+
+
+def check_links(base: Path, folder: Path, source: str) -> None:
+    """403 when a symlink anywhere inside ``folder`` (an OME-Zarr store) leads outside
+    ``base``, the resolved source root. Linked folders inside the root are walked too
+    (each real folder once, so a link to an ancestor cannot loop)."""
+    seen: set[str] = set()
+    for top, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        for name in (*folders, *files):
+            entry = os.path.join(top, name)
+            if os.path.islink(entry) and not Path(os.path.realpath(entry)).is_relative_to(base):
+                raise SourceRefusedError(
+                    f"source {quote(source)} holds a symlink that leads outside "
+                    "UNET_JOB_SOURCE_ROOT"
+                )
 
 
 @dataclass(frozen=True)

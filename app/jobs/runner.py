@@ -30,7 +30,9 @@ from app.codecs.frames import Limits
 from app.codecs.outputs import LARGE_OUTPUTS, Model, Options
 from app.files import remove, target, write_atomically
 from app.inference import Predictor
+from app.jobs.failure import failure
 from app.jobs.gate import Gate
+from app.jobs.inputs import check_source
 from app.jobs.store import FINISHED, Job, JobStore, Status
 from app.service import Service
 from app.streaming import local_blocks
@@ -214,7 +216,7 @@ class JobRunner:
             self.changed(job.id, "cancelled", tiles_done=live.done)
             return
         except Exception as exc:  # the job failed, the service goes on
-            error = failure(exc)
+            error = failure(exc, job.request, self.store.folder(job.id))
             store.update(job.id, status="failed", finished=time.time(), error=error)
             store.remove_files(job.id)
             metrics.job_duration.observe(time.time() - began)
@@ -246,6 +248,8 @@ class JobRunner:
         folder = self.store.folder(job.id)
         folder.mkdir(exist_ok=True)
         source, named = Path(request.input), Path(request.name)
+        if not source.is_relative_to(folder):  # a source, read in place: still inside its root?
+            check_source(service.settings.job_source_root, source, request.name)
         if request.large:  # named as unet-segment names it: the result equals its file
             output = LARGE_OUTPUTS[request.output]
             path = target(folder, named, output.extension)
@@ -282,10 +286,3 @@ class JobRunner:
         limits = Limits(service.settings.max_image_pixels, service.settings.max_frames)
         model = Model(base.card, engine.sha256)
         return Context(model, predictor, service.inputs, options, limits)
-
-
-def failure(exc: BaseException) -> str:
-    """The error of a failed job, as its client reads it (no pixel data, no DICOM values)."""
-    if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
-        return "the jobs volume is full (UNET_JOBS_DIR); free space and submit again"
-    return f"{type(exc).__name__}: {exc}"

@@ -20,13 +20,25 @@ import zarr
 from fastapi.testclient import TestClient
 
 from app import cli
+from app.errors import SourceRefusedError
+from app.jobs.failure import failure
 from app.jobs.gate import Gate
+from app.jobs.inputs import check_source
 from app.jobs.runner import TileCounter
+from app.jobs.store import Request
 from app.main import create_app
 from bench.nets import UNetSpec, default_card, save_model
 from tests.app.conftest import settings
 from tests.app.jobs_helpers import leftovers, wait, zipped_labels
-from tests.app.samples import noise, png, png_bomb, smooth_noise, tiff, truncated
+from tests.app.samples import (
+    noise,
+    png,
+    png_bomb,
+    smooth_noise,
+    tiff,
+    truncated,
+    write_ome_zarr,
+)
 
 PAPER = UNetSpec(depth=4, base=2)  # the paper's geometry: tiles like the real network's
 TILE = 380
@@ -174,6 +186,66 @@ def test_sources_that_leave_the_root_are_403(
     assert paper.post("/jobs", content=deep, headers=JSON).status_code == 400
     assert paper.post("/jobs", content=b'{"src": 1}', headers=JSON).status_code == 400
     assert paper.post("/jobs", content=b"{not json", headers=JSON).status_code == 400
+
+
+def test_a_folder_source_whose_symlinks_leave_the_root_is_403(
+    paper: TestClient, slide: Slide, tmp_path: Path
+) -> None:
+    """A zarr reader follows the links inside the store: a chunk, or a whole folder of
+    chunks, linked out of the root is refused as the store itself would be."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "0.0.0").write_bytes(b"not yours")
+    for name, link, to in [("chunk", "0/0.0.0", secret / "0.0.0"), ("folder", "0", secret)]:
+        store = slide.folder / f"{name}.ome.zarr"
+        write_ome_zarr(store, smooth_noise(300, 300, seed=2))  # zarr v2: 0/0.0.0 ...
+        inner = store / link
+        shutil.rmtree(inner) if inner.is_dir() else inner.unlink()
+        inner.symlink_to(to)
+        try:
+            answer = paper.post("/jobs", json={"source": store.name})
+            assert answer.status_code == 403, (name, answer.text)
+            assert "symlink" in answer.json()["detail"]
+            assert str(tmp_path) not in answer.text
+            assert str(slide.folder) not in answer.text
+        finally:
+            shutil.rmtree(store)
+    assert paper.get("/jobs").json()["jobs"] == []
+
+
+def test_a_folder_source_with_links_inside_the_root_runs(paper: TestClient, slide: Slide) -> None:
+    store = slide.folder / "inside.ome.zarr"
+    write_ome_zarr(store, smooth_noise(300, 300, seed=2))
+    kept = slide.folder / "kept-chunk"
+    (store / "0" / "0.0.0").replace(kept)
+    (store / "0" / "0.0.0").symlink_to(kept)
+    loop = store / "0" / "loop"
+    loop.symlink_to(store, target_is_directory=True)  # walked once, not forever
+    try:
+        answer = paper.post("/jobs?format=png", json={"source": store.name})
+        assert answer.status_code == 202, answer.text
+        job, _ = wait(paper, answer.json()["id"])
+        assert job["status"] == "succeeded", job["error"]
+    finally:
+        shutil.rmtree(store)
+        kept.unlink()
+
+
+def test_a_source_checked_again_when_its_job_starts(slide: Slide, tmp_path: Path) -> None:
+    store = slide.folder / "later.ome.zarr"
+    write_ome_zarr(store, smooth_noise(100, 100, seed=2))
+    try:
+        check_source(slide.folder, store.resolve(), store.name)  # as submitted: fine
+        with pytest.raises(SourceRefusedError, match="no longer under"):
+            check_source(None, store.resolve(), store.name)  # the root was unset since
+        with pytest.raises(SourceRefusedError, match="no longer under"):
+            check_source(tmp_path, store.resolve(), store.name)  # or moved
+        (store / "0" / "extra").symlink_to(tmp_path)  # a link added since
+        with pytest.raises(SourceRefusedError, match="symlink") as refused:
+            check_source(slide.folder, store.resolve(), store.name)
+        assert str(tmp_path) not in str(refused.value)
+    finally:
+        shutil.rmtree(store)
 
 
 def test_a_source_named_in_any_script_downloads_under_a_safe_name(
@@ -324,13 +396,38 @@ def test_a_job_whose_source_went_away_fails_and_says_why(
     doomed.unlink()
     job, _ = wait(paper, answer.json()["id"])
     assert job["status"] == "failed"
-    assert "doomed.png" in job["error"]
+    assert job["error"] == "doomed.png could not be read: No such file or directory"
+    assert str(slide.folder) not in job["error"]
     assert job["result"] is None
     assert paper.get(f"/jobs/{job['id']}/result").status_code == 409
     assert wait(paper, first)[0]["status"] == "succeeded"
 
 
 # -- the pieces ------------------------------------------------------------------------------
+
+
+def test_a_failed_jobs_error_shows_no_server_path(tmp_path: Path) -> None:
+    given = tmp_path / "lab" / "montage.ome.tif"
+    request = Request(str(given), "montage.ome.tif", "png", False, 10, 10, 1, 0.5)
+    folder = tmp_path / "jobs" / "0b6c"
+
+    def error(exc: BaseException) -> str:
+        return failure(exc, request, folder)
+
+    assert error(FileNotFoundError(2, "No such file or directory", str(given))) == (
+        "montage.ome.tif could not be read: No such file or directory"
+    )
+    assert error(PermissionError(13, "Permission denied", str(folder / "result.png"))) == (
+        "a file of the job failed: Permission denied"
+    )
+    assert error(ValueError(f"{given}: not a TIFF file")) == (
+        "ValueError: montage.ome.tif: not a TIFF file"
+    )
+    assert error(KeyError(f"{folder}/levels/1")) == "KeyError: 'the job's folder/levels/1'"
+    assert error(RuntimeError("cannot open '/srv/other/x/y.zarr/0' (a 1/2 size level)")) == (
+        "RuntimeError: cannot open '0' (a 1/2 size level)"
+    )
+    assert error(OSError(28, "No space left on device")).startswith("the jobs volume is full")
 
 
 def test_the_gate_lets_no_job_batch_start_while_a_request_waits_or_runs() -> None:
