@@ -1,21 +1,35 @@
-# `make test` builds the environment from nothing and runs every check CI runs.
+# `make test` builds the environment from nothing and runs every check CI runs;
+# `make run` builds only what serving needs (RUN_EXTRAS) and serves.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-EXTRAS ?= cpu,service,dicom,dask,openslide,training,test
+# Serving: the service, its decoders and DICOM codecs, ONNX Runtime for the CPU. No torch,
+# no test, lint, docs, training or Dask packages (about 630 MiB).
+RUN_EXTRAS ?= cpu,service,dicom
+# Everything: serving plus Dask, OpenSlide, the training module (torch), test and docs tools.
+EXTRAS ?= $(RUN_EXTRAS),dask,openslide,training,test,docs
 
-.PHONY: venv system-deps test lint typecheck unit bench run clean model docker-smoke
+.PHONY: venv run-venv system-deps test test-random lint typecheck docs unit bench run clean \
+	model docker-smoke
 
+# The whole environment, in the same .venv that `make run` starts.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU wheel of torch first: the `training` extra pins the same version,
 	# so pip is satisfied and never reaches for the CUDA build.
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
+	touch $@ $(VENV)/.installed-run
+
+# What serving needs; already there when the whole environment is.
+$(VENV)/.installed-run: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet -e ".[$(RUN_EXTRAS)]"
 	touch $@
 
 venv: $(VENV)/.installed
+run-venv: $(VENV)/.installed-run
 
 # Debian's packages for the PACS end-to-end tests (tests/deploy/test_orthanc_e2e.py): Orthanc
 # with its Python plugin, dcmtk's storescu; and dicom3tools' dciodvfy, which validates every
@@ -40,35 +54,42 @@ lint: venv
 typecheck: venv
 	$(PY) -m mypy app training deploy
 
+# The manual (docs/, mkdocs-material), built offline into build/site; --strict turns a broken
+# link or a page missing from the nav into an error, so `make test` keeps the docs whole.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 unit: venv system-deps
 	$(PY) -m pytest
 
-test: lint typecheck unit
+test: lint typecheck docs unit
+
+# The whole suite in a random order (pytest-randomly; `make unit` keeps the files' order): a
+# test that passes alone and fails after another shows here. SEED=N repeats an order.
+SEED ?= $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+test-random: venv system-deps
+	$(PY) -m pytest -p randomly --randomly-seed=$(SEED)
 
 bench: venv
 	$(PY) -m bench.inference
 
-# Serve UNET_MODEL_PATH if set, else the default model/unet.onnx; while that is absent,
-# a random-weight demo model built on the spot (its masks mean nothing; it says so).
+# Serve UNET_MODEL_PATH if set, else the default model/unet.onnx.
 HOST ?= 0.0.0.0
 PORT ?= 8000
 # deploy/serve.py is uvicorn's command line that exits 0 after a graceful SIGTERM; h11 bounds
 # the header block (16 KiB); ONNX Runtime sends no telemetry.
 UVICORN := ORT_DISABLE_TELEMETRY=1 $(PY) deploy/serve.py app.main:app --host $(HOST) --port $(PORT) \
 	--http h11 --timeout-graceful-shutdown 20 --no-access-log
-run: venv
+run: run-venv
 	@if [ -n "$$UNET_MODEL_PATH" ]; then \
 		echo "serving $$UNET_MODEL_PATH (UNET_MODEL_PATH) on http://$(HOST):$(PORT)"; \
-		$(UVICORN); \
 	elif [ -f model/unet.onnx ]; then \
 		echo "serving the default model model/unet.onnx on http://$(HOST):$(PORT)"; \
-		$(UVICORN); \
 	else \
-		echo "model/unet.onnx not found: building a RANDOM-WEIGHT DEMO model, build/demo.onnx,"; \
-		echo "and serving it on http://$(HOST):$(PORT) (its masks are meaningless)"; \
-		$(PY) -m bench.nets --out build/demo.onnx --base 16 && \
-		UNET_MODEL_PATH=build/demo.onnx $(UVICORN); \
+		echo "model/unet.onnx is missing: 'git checkout model/unet.onnx', or set UNET_MODEL_PATH"; \
+		exit 2; \
 	fi
+	$(UVICORN)
 
 # Build the CPU image with podman (no Docker engine needed; see
 # ../shared/tools/container-smoke/README.md, run its make-base-image.sh once),
