@@ -203,7 +203,9 @@ def count(minimum: int) -> Any:
 
 def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="unet-segment", description=__doc__.split("\n\n")[0], epilog="See README.md."
+        prog="unet-segment",
+        description=__doc__.split("\n\n")[0],
+        epilog="The manual: docs/large-images.md.",
     )
     add = parser.add_argument
     add("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")

@@ -17,7 +17,7 @@ GFLOP/s. A tile-size x batch-size sweep on a valid net justifies the CPU
 defaults of ``app/inference/predictor.py``.
 
 Each configuration runs in a fresh interpreter (``bench.measure``), so each
-peak RSS is its own. Columns are explained in README.md, "Performance".
+peak RSS is its own. Columns are explained in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ HEADERS = (
 
 
 def row_cells(row: Row, sgemm: float) -> list[str]:
-    """The table cells of one row (see README "Performance" for each column)."""
+    """The table cells of one row (see docs/performance.md for each column)."""
     r, head = row.result, [f"{row.size}x{row.size}", row.padding, row.method]
     if "total_s" not in r or row.job is None:
         return [*head, r.get("failed", row.note)]
@@ -239,7 +239,7 @@ def _line(cells: list[str], widths: list[int]) -> str:
 
 
 def print_table(title: str, rows: list[Row], sgemm: float) -> None:
-    """One table of rows (see README "Performance" for the columns)."""
+    """One table of rows (see docs/performance.md for the columns)."""
     table = [list(HEADERS), *(row_cells(r, sgemm) for r in rows)]
     full = [line for line in table if len(line) == len(HEADERS)]
     widths = [max(len(line[i]) for line in (table if i < 3 else full)) for i in range(len(HEADERS))]

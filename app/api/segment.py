@@ -58,7 +58,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": RLEResponse | ObjectsResponse,
-        "description": "what `format` asks for (README, API): PNG images (class indices, "
+        "description": "what `format` asks for (docs/http-api.md): PNG images (class indices, "
         "probability, overlay, instance ids), JSON (rle, objects), GeoJSON, DICOM SEG",
         "content": {
             "image/png": _BINARY,

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from app.inference.geometry import Geometry
 
-DEFAULT_CONTEXT = 96  # same-padding nets: measured exact on the test network (README)
+DEFAULT_CONTEXT = 96  # same-padding nets: measured exact on the test network (docs/performance.md)
 
 
 def _ceil_to(value: int, multiple: int) -> int:

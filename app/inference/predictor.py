@@ -24,7 +24,7 @@ from app.inference.tiler import ProgressFn, Region, RunFn, run_plan, run_tiles
 
 # BT.601 luma weights (R, G, B).
 LUMA = (0.299, 0.587, 0.114)
-# CPU: measured with `python -m bench.inference` (README, Performance; 2-core Xeon,
+# CPU: measured with `python -m bench.inference` (docs/performance.md; 2-core Xeon,
 # base-32 valid net, 2048 px): tiles up to 764 px (run as 700) with batch 1 took
 # 7.3 s at 86 % of sgemm, against 10.3 s for 572 (run as 540) and 7.4-27.7 s for
 # the other sizes; larger batches only added memory. GPU: NOT measured (no GPU was

@@ -1,7 +1,7 @@
 """Orthanc Python plugin: each stable series (or instance) -> /segment?format=dicom-seg -> a SEG.
 
 Standard library only: Orthanc's embedded Python has no third-party packages.
-Set-up (README, "Behind Orthanc"): Orthanc's Python plugin loads this file
+Set-up (docs/dicom.md, "Behind Orthanc"): Orthanc's Python plugin loads this file
 (``PythonScript``), the configuration declares the metadata it keeps per
 series (instance), and names the service::
 

@@ -82,7 +82,7 @@ def cases() -> list[Case]:
         Case("softmax-probability-2", "softmax3", "?format=probability&class=2", png(gray)),
         Case("dicom-rle", "binary", "?format=rle", _ct()),
         Case("dicom-seg", "softmax3", "?format=dicom-seg", _ct()),
-        # The README's error table.
+        # The error table of docs/http-api.md.
         Case("error-empty", "binary", "", b""),
         Case("error-random", "binary", "", np.random.default_rng(1).bytes(512)),
         Case("error-truncated-png", "binary", "", png(gray)[:200]),

@@ -181,3 +181,24 @@ def smooth_noise(height: int, width: int, seed: int) -> np.ndarray:
     coarse = noise(height // 32 + 2, width // 32 + 2, seed=seed).astype(np.float32)
     blobs = np.kron(coarse, np.ones((32, 32), np.float32))[:height, :width]
     return np.clip(blobs * 0.8 + noise(height, width, seed=seed + 1) * 0.2, 0, 255).astype(np.uint8)
+
+
+def cells(height: int = 384, width: int = 384, size: int = 48, seed: int = 0) -> np.ndarray:
+    """EM-like cells: bright textured cytoplasm, dark membranes about 5 px wide where two
+    Voronoi regions meet, a few dark organelles; uint8. The README's tour segments it
+    (examples/cells.png, checked against this function by tests/app/test_tour.py)."""
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    seeds = rng.uniform(0, (height, width), size=(height * width // size**2, 2))
+    grid = np.stack(np.mgrid[0:height, 0:width], axis=-1).reshape(-1, 2)
+    distance, _ = cKDTree(seeds).query(grid, k=2)
+    edge = (distance[:, 1] - distance[:, 0]).reshape(height, width)  # 0 on a boundary
+    image = 170 + 25 * ndimage.gaussian_filter(rng.standard_normal((height, width)), 2)
+    image -= 130 * np.exp(-((edge / 3) ** 2))  # membranes
+    for y, x in rng.uniform(0, (height, width), size=(height * width // 8000, 2)):
+        r2 = (np.arange(height)[:, None] - y) ** 2 + (np.arange(width)[None] - x) ** 2
+        image -= 70 * np.exp(-r2 / (2 * rng.uniform(2, 5) ** 2))  # organelles
+    image = ndimage.gaussian_filter(image, 0.8) + rng.normal(0, 12, (height, width))
+    return np.clip(image, 0, 255).astype(np.uint8)

@@ -345,7 +345,7 @@ def test_a_bad_setting_logs_one_error_and_orthanc_keeps_running(
 
 
 def test_the_debian_recipe_works_as_written(model: Path, tmp_path: Path) -> None:
-    """README's recipe (deploy/orthanc/install-debian.sh) on a copy of Debian's /etc/orthanc."""
+    """docs/dicom.md's recipe (deploy/orthanc/install-debian.sh) on a copy of /etc/orthanc."""
     service = serve(model, tmp_path / "service.log", UNET_API_KEYS="k")
     etc = tmp_path / "etc-orthanc"
     shutil.copytree("/etc/orthanc", etc)
