@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The segmentation service, two images from one file:
+# The segmentation service (and its DICOM gateway, `python -m app.gateway`), two images
+# from one file:
 #
 #     docker build --target cpu -t unet-service:cpu .    # python:3.11-slim + onnxruntime
 #     docker build --target gpu -t unet-service:gpu .    # CUDA 13 + cuDNN 9 + onnxruntime-gpu
@@ -51,7 +52,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml deploy/requirements.py ./
 RUN python -m venv /opt/venv \
-    && python requirements.py cpu,service,dicom > requirements.txt \
+    && python requirements.py cpu,service,dicom,gateway > requirements.txt \
     && /opt/venv/bin/pip install --quiet --requirement requirements.txt \
     && /opt/venv/bin/pip uninstall --quiet --yes pip setuptools \
     && find /opt/venv -depth -type d -name tests -path "*/site-packages/*" -exec rm -rf {} +
@@ -65,11 +66,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     ORT_DISABLE_TELEMETRY=1 \
     UNET_MODEL_PATH=/app/model/unet.onnx \
     UNET_JOBS_DIR=/jobs
-# /jobs: jobs, their inputs and results (SQLite + files), the one writable place besides /tmp.
+# /jobs: jobs, their inputs and results (SQLite + files); /state: the DICOM gateway's queue.
 RUN groupadd --gid 10001 unet \
     && useradd --uid 10001 --gid unet --home-dir /tmp --no-create-home \
        --shell /usr/sbin/nologin unet \
-    && mkdir /jobs && chown 10001:10001 /jobs
+    && mkdir /jobs /state && chown 10001:10001 /jobs /state
 VOLUME /jobs
 WORKDIR /app
 COPY --from=cpu-venv /opt/venv /opt/venv
@@ -107,7 +108,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml deploy/requirements.py ./
 RUN python3 -m venv /opt/venv \
-    && python3 requirements.py gpu,service,dicom > requirements.txt \
+    && python3 requirements.py gpu,service,dicom,gateway > requirements.txt \
     && echo "onnxruntime-gpu==${ORT_GPU_VERSION}" > constraints.txt \
     && /opt/venv/bin/pip install --quiet --requirement requirements.txt \
        --constraint constraints.txt \
@@ -123,11 +124,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     ORT_DISABLE_TELEMETRY=1 \
     UNET_MODEL_PATH=/app/model/unet.onnx \
     UNET_JOBS_DIR=/jobs
-# /jobs: jobs, their inputs and results (SQLite + files), the one writable place besides /tmp.
+# /jobs: jobs, their inputs and results (SQLite + files); /state: the DICOM gateway's queue.
 RUN groupadd --gid 10001 unet \
     && useradd --uid 10001 --gid unet --home-dir /tmp --no-create-home \
        --shell /usr/sbin/nologin unet \
-    && mkdir /jobs && chown 10001:10001 /jobs
+    && mkdir /jobs /state && chown 10001:10001 /jobs /state
 VOLUME /jobs
 WORKDIR /app
 COPY --from=gpu-venv /opt/venv /opt/venv

@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 # no test, lint, docs, training or Dask packages (about 630 MiB).
 RUN_EXTRAS ?= cpu,service,dicom
 # Everything: serving plus Dask, OpenSlide, the training module (torch), test and docs tools.
-EXTRAS ?= $(RUN_EXTRAS),dask,openslide,training,test,docs
+EXTRAS ?= $(RUN_EXTRAS),gateway,dask,openslide,training,test,docs
 
 .PHONY: venv run-venv system-deps test test-random lint typecheck docs unit bench run clean \
 	model docker-smoke
@@ -31,11 +31,12 @@ $(VENV)/.installed-run: pyproject.toml
 venv: $(VENV)/.installed
 run-venv: $(VENV)/.installed-run
 
-# Debian's packages for the PACS end-to-end tests (tests/deploy/test_orthanc_e2e.py): Orthanc
-# with its Python plugin, dcmtk's storescu; and dicom3tools' dciodvfy, which validates every
-# DICOM SEG the tests make. Installed when missing and run as root (CI); otherwise those
+# Debian's packages for the PACS end-to-end tests (tests/deploy/test_orthanc_e2e.py,
+# tests/gateway/): Orthanc with its Python plugin; dcmtk's storescu, echoscu and storescp (a
+# modality and a destination PACS); dicom3tools' dciodvfy, which validates every DICOM SEG
+# the tests make; openssl, which makes the DICOM TLS test's certificates. Installed when missing and run as root (CI); otherwise those
 # tests skip, saying so (in CI, CI=true, they fail instead).
-SYSTEM_PACKAGES := orthanc orthanc-python dcmtk dicom3tools
+SYSTEM_PACKAGES := orthanc orthanc-python dcmtk dicom3tools openssl
 system-deps:
 	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -273,7 +273,8 @@ def test_compose_monitoring_profile_scrapes_every_replica(
 
 @pytest.fixture(scope="module")
 def manifests() -> dict[str, dict[str, Any]]:
-    paths = sorted(p for p in K8S.glob("*.yaml") if p.name != "jobs.yaml")
+    apart = {"jobs.yaml", "dicom-gateway.yaml"}
+    paths = sorted(p for p in K8S.glob("*.yaml") if p.name not in apart)
     docs = [doc for path in paths for doc in load_yaml_documents(path)]
     return {doc["kind"]: doc for doc in docs}
 
@@ -351,3 +352,29 @@ def test_jobs_run_on_one_replica_with_a_persistent_volume(
     assert str(pod["securityContext"]["fsGroup"]) == cpu_stage.user.split(":")[1]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert jobs_manifests["Service"]["spec"]["selector"].items() <= labels.items()
+
+
+def test_the_dicom_gateway_keeps_its_queue_on_a_volume(
+    compose: dict[str, Any], cpu_stage: Stage
+) -> None:
+    """Kubernetes: a StatefulSet of one with a claim for the state dir, and a Service on the
+    DICOM port; compose: the same image, another command, a volume for its state."""
+    docs = {doc["kind"]: doc for doc in load_yaml_documents(K8S / "dicom-gateway.yaml")}
+    assert set(docs) == {"StatefulSet", "Service"}
+    for doc in docs.values():
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    stateful = docs["StatefulSet"]["spec"]
+    assert stateful["replicas"] == 1
+    (container,) = stateful["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    (claim,) = stateful["volumeClaimTemplates"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"]]
+    assert mount["mountPath"] == env["UNET_DICOM_STATE_DIR"]
+    assert container["command"] == ["python", "-m", "app.gateway"]
+    assert docs["Service"]["spec"]["ports"][0]["port"] == 11112
+    gateway = compose["services"]["dicom-gateway"]
+    assert gateway["image"] == compose["services"]["unet"]["image"]
+    assert gateway["command"] == ["python", "-m", "app.gateway"]
+    state = gateway["environment"]["UNET_DICOM_STATE_DIR"]
+    assert f"dicom-state:{state}" in gateway["volumes"]
+    assert gateway["read_only"] is True

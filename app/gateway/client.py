@@ -1,0 +1,138 @@
+"""The gateway's two kinds of peer: the segmentation service (one STOW-RS style request
+per series, as the Orthanc plugin sends it) and the destinations (C-STORE SCU with
+pynetdicom, or DICOMweb STOW-RS). Each call answers with an Outcome; none raises for
+what a peer does."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from app.gateway.settings import Destination, GatewaySettings
+
+log = logging.getLogger("app.gateway")
+
+# Answers of /segment that no retry changes: the series is refused, with the reason.
+REFUSED = {400, 413, 415, 422}
+RESULTS = "dicom-seg"  # the formats asked for; `dicom-sr` joins once the service has it
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Literal["ok", "refused", "retry"]
+    detail: str
+    body: bytes = b""
+    retry_after: float | None = None
+
+
+def multipart_related(parts: list[bytes]) -> tuple[bytes, str]:
+    """A STOW-RS body of DICOM instances, and its Content-Type."""
+    boundary = f"unet-gateway-{uuid.uuid4().hex}"
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    body = b"".join(head + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def segment(settings: GatewaySettings, files: list[Path]) -> Outcome:
+    """POST a series to /segment?format=dicom-seg; the SEG, or why not."""
+    body, content_type = multipart_related([f.read_bytes() for f in files])
+    headers = {"Content-Type": content_type, "Accept": "application/dicom"}
+    if settings.api_key:
+        headers["Authorization"] = f"Bearer {settings.api_key}"
+    url = settings.service_url.rstrip("/") + f"/segment?format={RESULTS}"
+    try:
+        answer = httpx.post(
+            url, content=body, headers=headers, timeout=settings.dicom_service_timeout
+        )
+    except httpx.HTTPError as exc:
+        return Outcome("retry", f"the service is unreachable ({type(exc).__name__})")
+    if answer.status_code == 200:
+        return Outcome("ok", "HTTP 200", answer.content)
+    detail = f"HTTP {answer.status_code}: {_detail(answer)}"
+    if answer.status_code in REFUSED:
+        return Outcome("refused", detail)
+    retry = answer.headers.get("Retry-After", "")
+    return Outcome("retry", detail, retry_after=float(retry) if retry.isdigit() else None)
+
+
+def _detail(answer: httpx.Response) -> str:
+    """The service's one-line ``detail`` (its messages carry no DICOM values)."""
+    try:
+        return " ".join(str(answer.json()["detail"]).split())[:200]
+    except (ValueError, KeyError, TypeError):
+        return answer.reason_phrase
+
+
+def send(settings: GatewaySettings, destination: Destination, path: Path, tls: Any) -> Outcome:
+    """Store one result at one destination."""
+    if destination.is_dicomweb:
+        return _stow(settings, destination, path)
+    return _c_store(settings, destination, path, tls)
+
+
+def _stow(settings: GatewaySettings, destination: Destination, path: Path) -> Outcome:
+    body, content_type = multipart_related([path.read_bytes()])
+    headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
+    try:
+        answer = httpx.post(destination.url, content=body, headers=headers, timeout=120)
+    except httpx.HTTPError as exc:
+        return Outcome("retry", f"unreachable ({type(exc).__name__})")
+    if answer.status_code in (200, 202):  # 202: some instances stored with warnings
+        return Outcome("ok", f"HTTP {answer.status_code}")
+    return Outcome("retry", f"HTTP {answer.status_code}")
+
+
+def _scu(settings: GatewaySettings) -> AE:
+    return AE(ae_title=settings.dicom_ae_title)
+
+
+def _c_store(settings: GatewaySettings, destination: Destination, path: Path, tls: Any) -> Outcome:
+    dataset = dcmread(path)
+    ae = _scu(settings)
+    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls
+    )
+    if not assoc.is_established:
+        return Outcome("retry", "association not established")
+    try:
+        status = assoc.send_c_store(dataset)
+    finally:
+        assoc.release()
+    code = getattr(status, "Status", None)
+    if code is None:
+        return Outcome("retry", "no C-STORE response")
+    if code == 0x0000 or 0xB000 <= code <= 0xBFFF:  # success, or stored with a warning
+        return Outcome("ok", f"C-STORE 0x{code:04X}")
+    return Outcome("retry", f"C-STORE 0x{code:04X}")
+
+
+def echo(settings: GatewaySettings, destination: Destination, tls: Any) -> Outcome:
+    """C-ECHO a C-STORE destination (``--check``); a DICOMweb one answers an HTTP GET."""
+    if destination.is_dicomweb:
+        try:
+            answer = httpx.get(destination.url, timeout=10)
+        except httpx.HTTPError as exc:
+            return Outcome("retry", f"unreachable ({type(exc).__name__})")
+        return Outcome("ok" if answer.status_code < 500 else "retry", f"HTTP {answer.status_code}")
+    ae = _scu(settings)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls
+    )
+    if not assoc.is_established:
+        return Outcome("retry", "association not established")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    code = getattr(status, "Status", None)
+    return Outcome("ok" if code == 0 else "retry", f"C-ECHO {code}")

@@ -1,0 +1,113 @@
+"""The gateway's settings: environment variables with the prefix ``UNET_`` (API.md, "DICOM
+gateway for any PACS"), validated once at start-up; a bad one stops it with one line."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# AE titles: up to 16 characters of the default character repertoire, no backslash.
+AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An allowed calling AE, optionally only from one host (``AE`` or ``AE@host``)."""
+
+    ae_title: str
+    host: str | None = None
+
+    def admits(self, ae_title: str, host: str) -> bool:
+        return ae_title.strip() == self.ae_title and self.host in (None, host)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results go: a C-STORE SCP (``AE@host:port``) or a STOW-RS ``.../studies`` URL."""
+
+    name: str  # as configured, for logs and metrics (no patient data in it)
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    url: str = ""
+
+    @property
+    def is_dicomweb(self) -> bool:
+        return bool(self.url)
+
+
+def parse_destination(text: str) -> Destination:
+    text = text.strip()
+    if text.startswith(("http://", "https://")):
+        return Destination(name=text, url=text.rstrip("/"))
+    found = re.fullmatch(r"(?P<ae>[^@]+)@(?P<host>[^:@]+):(?P<port>\d{1,5})", text)
+    if not found or not AE_TITLE.match(found["ae"]) or not 0 < int(found["port"]) < 65536:
+        raise ValueError(
+            f"destination {text!r} is neither AE@host:port (AE: 1-16 characters) nor an "
+            "http(s)://.../studies DICOMweb URL"
+        )
+    return Destination(text, found["ae"], found["host"], int(found["port"]))
+
+
+def parse_caller(text: str) -> Caller:
+    ae, _, host = text.strip().partition("@")
+    if not AE_TITLE.match(ae):
+        raise ValueError(f"allowed caller {text!r}: an AE title is 1-16 characters, no '\\'")
+    return Caller(ae, host or None)
+
+
+def _items(value: object) -> object:
+    return [part for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+class GatewaySettings(BaseSettings):
+    """``UNET_*`` variables of the gateway."""
+
+    model_config = SettingsConfigDict(env_prefix="UNET_", extra="ignore", frozen=True)
+
+    service_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+    dicom_ae_title: str = "UNET"
+    dicom_port: int = Field(11112, ge=0, lt=65536)
+    dicom_host: str = "0.0.0.0"
+    dicom_allowed: Annotated[list[Caller], NoDecode] = []
+    dicom_destinations: Annotated[list[Destination], NoDecode] = []
+    dicom_stable_seconds: float = Field(10.0, ge=0)
+    dicom_state_dir: Path = Path(tempfile.gettempdir()) / "unet-dicom-gateway"
+    dicom_max_associations: int = Field(10, ge=1)
+    dicom_http_port: int | None = Field(None, ge=0, lt=65536)
+    dicom_service_timeout: float = Field(600.0, gt=0)
+    dicom_tls_cert: Path | None = None
+    dicom_tls_key: Path | None = None
+    dicom_tls_ca: Path | None = None
+    log_format: str = Field("text", pattern="^(text|json)$")
+    log_level: str = "info"
+
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        if not AE_TITLE.match(value):
+            raise ValueError(f"an AE title is 1-16 characters without '\\', got {value!r}")
+        return value
+
+    @field_validator("dicom_allowed", mode="before")
+    @classmethod
+    def _allowed(cls, value: object) -> object:
+        items = _items(value)
+        return [parse_caller(v) if isinstance(v, str) else v for v in items]  # type: ignore[attr-defined]
+
+    @field_validator("dicom_destinations", mode="before")
+    @classmethod
+    def _destinations(cls, value: object) -> object:
+        items = _items(value)
+        return [parse_destination(v) if isinstance(v, str) else v for v in items]  # type: ignore[attr-defined]
+
+    def admits(self, ae_title: str, host: str) -> bool:
+        """Whether a calling AE (from ``host``) may associate: any when none is configured."""
+        return not self.dicom_allowed or any(c.admits(ae_title, host) for c in self.dicom_allowed)

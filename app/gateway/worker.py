@@ -1,0 +1,115 @@
+"""The gateway's work, in two threads so that a slow destination never holds up the
+segmentation of other series:
+
+- the segmenter closes stable rounds and sends each to the service (retried with back-off
+  while it is unreachable or busy; a 4xx refuses the round for good, with its reason);
+- the sender delivers each result to each destination, each retried on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from app.gateway import client
+from app.gateway.metrics import Metrics
+from app.gateway.settings import GatewaySettings
+from app.gateway.store import GatewayStore, Round
+
+log = logging.getLogger("app.gateway")
+POLL_S = 0.2
+MAX_BACKOFF_S = 60.0
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before the next try after ``attempts`` failed ones: 1, 2, 4 ... 60."""
+    return min(MAX_BACKOFF_S, 2.0**attempts)
+
+
+class Worker:
+    def __init__(
+        self, settings: GatewaySettings, store: GatewayStore, metrics: Metrics, tls: Any = None
+    ) -> None:
+        self.settings, self.store, self.metrics, self.tls = settings, store, metrics, tls
+        self.destinations = {d.name: d for d in settings.dicom_destinations}
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(self.segment_due,), name="unet-segmenter"),
+            threading.Thread(target=self._loop, args=(self.send_due,), name="unet-sender"),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _loop(self, step: Callable[[], None]) -> None:
+        while not self._stop.is_set():
+            try:
+                step()
+            except Exception:  # a fault of ours: logged, the loop goes on
+                log.exception("gateway step failed; retrying")
+                self._stop.wait(1.0)
+            self._stop.wait(POLL_S)
+
+    def segment_due(self) -> None:
+        for item in self.store.close_stable(self.settings.dicom_stable_seconds):
+            self.metrics.series.labels("received").inc()
+            log.info("series %s round %d is stable", item.name, item.round)
+        for item in self.store.due("segmenting"):
+            if self._stop.is_set():
+                return
+            self._segment(item)
+
+    def _segment(self, item: Round) -> None:
+        files = self.store.files(item)
+        if not files:  # nothing on disk (a round emptied by a crash): nothing to do
+            self.store.refused(item, "no instance on disk")
+            return
+        outcome = client.segment(self.settings, files)
+        if outcome.kind == "ok":
+            self.store.segmented(item, outcome.body, list(self.destinations))
+            self.metrics.series.labels("segmented").inc()
+            where = f"{len(self.destinations)} destination(s)" if self.destinations else "kept"
+            log.info("series %s: %d instances segmented; to %s", item.name, len(files), where)
+        elif outcome.kind == "refused":
+            self.store.refused(item, outcome.detail)
+            self.metrics.series.labels("refused").inc()
+            log.warning("series %s refused by the service: %s", item.name, outcome.detail)
+        else:
+            delay = outcome.retry_after or backoff(item.attempts)
+            self.store.postpone(item, delay, outcome.detail)
+            log.warning("series %s: %s; again in %.0f s", item.name, outcome.detail, delay)
+
+    def send_due(self) -> None:
+        for delivery in self.store.due_deliveries():
+            if self._stop.is_set():
+                return
+            destination = self.destinations.get(delivery.destination)
+            if destination is None:  # a destination removed from the settings since
+                log.warning("destination %s is no longer configured", delivery.destination)
+                self.store.delivery_failed(delivery, MAX_BACKOFF_S)
+                continue
+            outcome = client.send(
+                self.settings, destination, self.store.result(delivery.round), self.tls
+            )
+            name = delivery.round.name
+            if outcome.kind == "ok":
+                self.metrics.deliveries.labels(destination.name, "sent").inc()
+                log.info("series %s sent to %s (%s)", name, destination.name, outcome.detail)
+                if self.store.delivered(delivery):
+                    self.metrics.series.labels("sent").inc()
+            else:
+                delay = backoff(delivery.attempts)
+                self.metrics.deliveries.labels(destination.name, "failed").inc()
+                self.store.delivery_failed(delivery, delay)
+                log.warning(
+                    "series %s to %s: %s; again in %.0f s",
+                    name, destination.name, outcome.detail, delay,
+                )  # fmt: skip

@@ -1,0 +1,423 @@
+"""unet-dicom-gateway against real peers on 127.0.0.1: dcmtk's storescu and echoscu are the
+modality, dcmtk's storescp the destination PACS, the service a real uvicorn, dciodvfy the
+judge of every SEG that arrives. Debian's dcmtk and dicom3tools (``make system-deps``);
+without them these tests skip saying so, except under CI=true, where they fail."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from bench.nets import UNetSpec, default_card, save_model
+from tests.app.conftest import REPO, Server, free_port, start_server, stop_server
+from tests.deploy.pacs import ct_series, require
+
+pytestmark = pytest.mark.slow
+
+TOOLS = {name: shutil.which(name) for name in ("storescu", "storescp", "echoscu", "dciodvfy")}
+BINARY = UNetSpec(depth=2, base=2)
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+HINT = "make system-deps (Debian: dcmtk, dicom3tools)"
+STABLE_S = 1.5
+WAIT_S = 90
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _dcmtk() -> None:
+    require([name for name, path in TOOLS.items() if path is None], HINT)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("gateway-model") / "binary.onnx"
+    save_model(path, BINARY, seed=3, card=default_card(BINARY, name="binary"))
+    return path
+
+
+def serve(model: Path, log: Path, port: int | None = None) -> Server:
+    env = {"UNET_MODEL_PATH": str(model), "UNET_THREADS": "1"}
+    return start_server(env, log, port=port)
+
+
+@pytest.fixture(scope="module")
+def service(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = serve(model, tmp_path_factory.mktemp("gateway-service") / "uvicorn.log")
+    yield running
+    stop_server(running)
+
+
+@dataclass
+class Process:
+    command: list[str]
+    log: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.command, cwd=REPO, env={**os.environ, **self.env}, stdout=out, stderr=out
+            )
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=30)
+        finally:
+            self.process = None
+
+    def text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+class Pacs(Process):
+    """dcmtk's storescp: a destination PACS that writes each instance it receives."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        command = [TOOLS["storescp"] or "", "--aetitle", "PACS", "-od", str(folder), str(port)]
+        super().__init__(command, folder.parent / f"storescp-{port}.log", {})
+        self.folder, self.port = folder, port
+
+    def received(self) -> list[Path]:
+        return sorted(self.folder.iterdir())
+
+
+def gateway(tmp_path: Path, service_url: str, port: int, **settings: str) -> Process:
+    env = {
+        "UNET_SERVICE_URL": service_url,
+        "UNET_DICOM_PORT": str(port),
+        "UNET_DICOM_HOST": "127.0.0.1",
+        "UNET_DICOM_STATE_DIR": str(tmp_path / "state"),
+        "UNET_DICOM_STABLE_SECONDS": str(STABLE_S),
+        **settings,
+    }
+    command = [sys.executable, "-m", "app.gateway"]
+    return Process(command, tmp_path / "gateway.log", env)
+
+
+def wait_listening(port: int, gateway_log: Process) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            [TOOLS["echoscu"] or "", "-aet", "PROBE", "-aec", "UNET", "127.0.0.1", str(port)],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the gateway never answered C-ECHO:\n{gateway_log.text()}")
+
+
+def until(condition: Callable[[], bool], what: str, seconds: float = WAIT_S) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {seconds} s: {what}")
+
+
+def storescu(port: int, files: list[Path], calling: str = "MODALITY") -> subprocess.Popen[bytes]:
+    command = [TOOLS["storescu"] or "", "-aet", calling, "-aec", "UNET", "127.0.0.1", str(port)]
+    return subprocess.Popen([*command, *map(str, files)], stderr=subprocess.PIPE)
+
+
+def sent(sender: subprocess.Popen[bytes]) -> None:
+    """storescu finished and every C-STORE succeeded."""
+    _, errors = sender.communicate(timeout=60)
+    assert sender.returncode == 0, errors.decode(errors="replace")
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    done = subprocess.run(
+        [TOOLS["dciodvfy"] or "", str(path)], capture_output=True, text=True, timeout=60
+    )
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+def the_one_seg(pacs: Pacs, series: list[Path]) -> pydicom.Dataset:
+    """Exactly one SEG arrived; it references every instance of ``series``; dciodvfy is clean."""
+    (path,) = pacs.received()
+    seg = pydicom.dcmread(path)
+    assert seg.SOPClassUID == SEGMENTATION
+    referenced = {
+        item.ReferencedSOPInstanceUID
+        for ref in seg.ReferencedSeriesSequence
+        for item in ref.ReferencedInstanceSequence
+    }
+    assert referenced == {pydicom.dcmread(f).SOPInstanceUID for f in series}
+    assert dciodvfy_errors(path) == []
+    return seg
+
+
+def queue_is_empty(state: Path) -> bool:
+    return not any((state / "rounds").iterdir()) and not any((state / "results").iterdir())
+
+
+@dataclass
+class Routed:
+    """A running gateway (DICOM port ``port``) whose one destination is ``pacs``."""
+
+    node: Process
+    port: int
+    pacs: Pacs
+
+
+@pytest.fixture
+def routed(service: Server, tmp_path: Path) -> Iterator[Routed]:
+    pacs = Pacs(tmp_path / "pacs", free_port())
+    pacs.start()
+    port = free_port()
+    node = gateway(
+        tmp_path, service.url, port, UNET_DICOM_DESTINATIONS=f"PACS@127.0.0.1:{pacs.port}"
+    )
+    node.start()
+    try:
+        wait_listening(port, node)
+        yield Routed(node, port, pacs)
+    finally:
+        assert node.stop() == 0  # SIGTERM: a clean stop
+        pacs.stop()
+
+
+def test_a_series_over_three_associations_gives_one_seg_at_the_pacs(
+    routed: Routed, tmp_path: Path
+) -> None:
+    series = ct_series(tmp_path / "ct", 25, size=64)
+    node, port, pacs = routed.node, routed.port, routed.pacs
+    senders = [storescu(port, series[i::3]) for i in range(3)]  # three associations at once
+    for sender in senders:
+        sent(sender)
+    until(lambda: len(pacs.received()) >= 1, "a SEG at the PACS")
+    time.sleep(3 * STABLE_S)  # long enough for a second one, were one coming
+    the_one_seg(pacs, series)
+    until(lambda: queue_is_empty(tmp_path / "state"), "the queue emptied")
+    log = node.text()
+    assert "sent to PACS@127.0.0.1" in log
+    assert str(pydicom.dcmread(series[0]).SeriesInstanceUID) not in log  # hashes only
+
+
+def test_a_caller_not_allowed_is_rejected_at_association(service: Server, tmp_path: Path) -> None:
+    port = free_port()
+    node = gateway(tmp_path, service.url, port, UNET_DICOM_ALLOWED="PROBE,MODALITY@127.0.0.1")
+    node.start()
+    try:
+        wait_listening(port, node)
+        echo = [TOOLS["echoscu"] or "", "-aec", "UNET", "127.0.0.1", str(port)]
+        stranger = subprocess.run([*echo, "-aet", "STRANGER"], capture_output=True, check=False)
+        assert stranger.returncode != 0
+        assert b"Rejected" in stranger.stderr + stranger.stdout
+        allowed = subprocess.run([*echo, "-aet", "MODALITY"], capture_output=True, check=False)
+        assert allowed.returncode == 0, allowed.stderr
+        assert "calling AE STRANGER from 127.0.0.1 is not allowed" in node.text()
+    finally:
+        node.stop()
+
+
+def test_a_truncated_instance_is_refused_and_nothing_is_queued(
+    service: Server, tmp_path: Path
+) -> None:
+    (good,) = ct_series(tmp_path / "ct", 1, size=64)
+    data = good.read_bytes()
+    cuts = {"in the header": len(data) // 3, "in the pixels": len(data) - 1000}
+    port = free_port()
+    node = gateway(tmp_path, service.url, port)
+    node.start()
+    try:
+        wait_listening(port, node)
+        scu = AE(ae_title="MODALITY")
+        syntax = pydicom.dcmread(good).file_meta.TransferSyntaxUID
+        scu.add_requested_context(CTImageStorage, syntax)
+        for where, cut in cuts.items():
+            broken = tmp_path / "broken.dcm"
+            broken.write_bytes(data[:cut])
+            assoc = scu.associate("127.0.0.1", port, ae_title="UNET")
+            assert assoc.is_established
+            try:
+                status = assoc.send_c_store(broken)  # the file's bytes as they are
+            finally:
+                assoc.release()
+            assert status.Status == 0xC210, where
+        assert queue_is_empty(tmp_path / "state")
+        assert node.text().count("refused (0xC210): unreadable dataset") == 2
+    finally:
+        node.stop()
+
+
+def test_a_series_the_service_refuses_is_recorded_and_never_retried(
+    routed: Routed, tmp_path: Path
+) -> None:
+    # One series whose slices have two sizes: the service answers 422, for good.
+    folder, series_uid = tmp_path / "mixed", generate_uid()
+    files = []
+    for size, number in ((64, 1), (80, 2)):
+        (path,) = ct_series(folder / str(size), 1, size=size)
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.InstanceNumber = series_uid, number
+        ds.save_as(path)
+        files.append(path)
+    node, port, pacs = routed.node, routed.port, routed.pacs
+    sent(storescu(port, files))
+    until(lambda: "refused by the service: HTTP 4" in node.text(), "the refusal logged")
+    time.sleep(3 * STABLE_S)
+    assert node.text().count("refused by the service") == 1
+    assert pacs.received() == []
+    assert queue_is_empty(tmp_path / "state")
+
+
+def test_kill_9_mid_series_then_outages_lose_nothing_and_send_one_seg(
+    model: Path, tmp_path: Path
+) -> None:
+    """Half a series, kill -9 of the gateway, the rest after a restart while the service is
+    down; then the destination is down while the service is back; then both are up."""
+    series = ct_series(tmp_path / "ct", 12, size=64)
+    service_port, pacs_port, port = free_port(), free_port(), free_port()
+    pacs = Pacs(tmp_path / "pacs", pacs_port)
+    destination = {"UNET_DICOM_DESTINATIONS": f"PACS@127.0.0.1:{pacs_port}"}
+    url = f"http://127.0.0.1:{service_port}"
+    node = gateway(tmp_path, url, port, **destination)
+    node.start()
+    service: Server | None = None
+    try:
+        wait_listening(port, node)
+        sent(storescu(port, series[:6]))
+        assert node.stop(signal.SIGKILL) == -signal.SIGKILL
+        node.start()
+        wait_listening(port, node)
+        sent(storescu(port, series[6:]))
+        until(lambda: "the service is unreachable" in node.text(), "a try at the down service")
+        service = serve(model, tmp_path / "service.log", port=service_port)
+        until(lambda: "again in" in node.text().split("segmented")[-1], "a try at the PACS")
+        pacs.start()
+        until(lambda: len(pacs.received()) >= 1, "the SEG at the PACS once both are up")
+        time.sleep(3 * STABLE_S)
+        the_one_seg(pacs, series)
+        until(lambda: queue_is_empty(tmp_path / "state"), "the queue emptied")
+    finally:
+        node.stop()
+        if pacs.process is not None:
+            pacs.stop()
+        if service is not None:
+            stop_server(service)
+
+
+def test_check_reports_the_service_and_each_destination(service: Server, tmp_path: Path) -> None:
+    pacs = Pacs(tmp_path / "pacs", free_port())
+    pacs.start()
+    try:
+        env = {
+            **os.environ,
+            "UNET_SERVICE_URL": service.url,
+            "UNET_DICOM_DESTINATIONS": f"PACS@127.0.0.1:{pacs.port},GONE@127.0.0.1:{free_port()}",
+        }
+        command = [sys.executable, "-m", "app.gateway", "--check"]
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "ok   service" in done.stdout
+        assert f"ok   PACS@127.0.0.1:{pacs.port}" in done.stdout
+        assert "FAIL GONE@127.0.0.1" in done.stdout
+    finally:
+        pacs.stop()
+
+
+def test_a_bad_setting_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    env = {**os.environ, "UNET_DICOM_DESTINATIONS": "not-a-destination"}
+    command = [sys.executable, "-m", "app.gateway"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert "UNET_DICOM_DESTINATIONS" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_health_and_metrics(service: Server, tmp_path: Path) -> None:
+    port, http_port = free_port(), free_port()
+    node = gateway(tmp_path, service.url, port, UNET_DICOM_HTTP_PORT=str(http_port))
+    node.start()
+    try:
+        wait_listening(port, node)
+        base = f"http://127.0.0.1:{http_port}"
+        assert httpx.get(f"{base}/health/live").json() == {"status": "live"}
+        assert httpx.get(f"{base}/health/ready").status_code == 200
+        (instance,) = ct_series(tmp_path / "ct", 1, size=64)
+        sent(storescu(port, [instance]))
+        until(lambda: "segmented" in node.text(), "the series segmented")
+        text = httpx.get(f"{base}/metrics").text
+        assert "unet_gateway_instances_total 1.0" in text
+        assert 'unet_gateway_series_total{outcome="segmented"} 1.0' in text
+        assert 'unet_gateway_queue{state="kept"} 1.0' in text  # no destination: kept
+    finally:
+        node.stop()
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A CA and two certificates it signs (gateway, modality), made by the openssl CLI."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("the openssl command is missing (Debian: openssl)")
+    folder.mkdir()
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=unet-test-ca")  # fmt: skip
+    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("gateway", "modality"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", "ext")  # fmt: skip
+    return {p.name: p for p in folder.iterdir()}
+
+
+def test_dicom_tls_with_client_certificates(service: Server, tmp_path: Path) -> None:
+    pem = make_certificates(tmp_path / "pki")
+    port = free_port()
+    node = gateway(
+        tmp_path,
+        service.url,
+        port,
+        UNET_DICOM_TLS_CERT=str(pem["gateway.pem"]),
+        UNET_DICOM_TLS_KEY=str(pem["gateway.key"]),
+        UNET_DICOM_TLS_CA=str(pem["ca.pem"]),
+    )
+    node.start()
+    (instance,) = ct_series(tmp_path / "ct", 1, size=64)
+    base = [TOOLS["storescu"] or "", "-aet", "MODALITY", "-aec", "UNET"]
+    trusted = ["+cf", str(pem["ca.pem"])]
+    try:
+        signed = [*base, "+tls", str(pem["modality.key"]), str(pem["modality.pem"]), *trusted]
+        deadline = time.monotonic() + 30
+        while True:  # the listener may still be starting
+            done = subprocess.run(
+                [*signed, "127.0.0.1", str(port), str(instance)], capture_output=True, check=False
+            )
+            if done.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert done.returncode == 0, done.stdout + done.stderr
+        until(lambda: "segmented" in node.text(), "the TLS-received series segmented")
+        # No client certificate, or plain TCP: no association.
+        anonymous = [*base, "+tla", *trusted, "127.0.0.1", str(port), str(instance)]
+        assert subprocess.run(anonymous, capture_output=True, check=False).returncode != 0
+        plain = [*base, "127.0.0.1", str(port), str(instance)]
+        assert subprocess.run(plain, capture_output=True, check=False).returncode != 0
+    finally:
+        node.stop()
