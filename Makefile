@@ -32,11 +32,11 @@ venv: $(VENV)/.installed
 run-venv: $(VENV)/.installed-run
 
 # Debian's packages for the PACS end-to-end tests (tests/deploy/test_orthanc_e2e.py,
-# tests/gateway/): Orthanc with its Python plugin; dcmtk's storescu, echoscu and storescp (a
+# tests/gateway/): Orthanc with its Python and DICOMweb plugins; dcmtk's storescu, echoscu and storescp (a
 # modality and a destination PACS); dicom3tools' dciodvfy, which validates every DICOM SEG
 # the tests make; openssl, which makes the DICOM TLS test's certificates. Installed when missing and run as root (CI); otherwise those
 # tests skip, saying so (in CI, CI=true, they fail instead).
-SYSTEM_PACKAGES := orthanc orthanc-python dcmtk dicom3tools openssl
+SYSTEM_PACKAGES := orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools openssl
 system-deps:
 	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

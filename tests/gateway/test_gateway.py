@@ -5,6 +5,7 @@ without them these tests skip saying so, except under CI=true, where they fail."
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -24,21 +25,23 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from bench.nets import UNetSpec, default_card, save_model
 from tests.app.conftest import REPO, Server, free_port, start_server, stop_server
-from tests.deploy.pacs import ct_series, require
+from tests.deploy.pacs import Orthanc, ct_series, require
 
 pytestmark = pytest.mark.slow
 
 TOOLS = {name: shutil.which(name) for name in ("storescu", "storescp", "echoscu", "dciodvfy")}
 BINARY = UNetSpec(depth=2, base=2)
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
-HINT = "make system-deps (Debian: dcmtk, dicom3tools)"
+HINT = "make system-deps (Debian: dcmtk, dicom3tools, orthanc, orthanc-dicomweb)"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 STABLE_S = 1.5
 WAIT_S = 90
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _dcmtk() -> None:
-    require([name for name, path in TOOLS.items() if path is None], HINT)
+    missing = [name for name, path in TOOLS.items() if path is None]
+    require([*missing, *([] if DICOMWEB_PLUGIN.exists() else ["orthanc-dicomweb"])], HINT)
 
 
 @pytest.fixture(scope="module")
@@ -421,3 +424,34 @@ def test_dicom_tls_with_client_certificates(service: Server, tmp_path: Path) -> 
         assert subprocess.run(plain, capture_output=True, check=False).returncode != 0
     finally:
         node.stop()
+
+
+def test_a_stow_rs_destination_orthanc_beside_a_c_store_one(
+    service: Server, tmp_path: Path
+) -> None:
+    """Orthanc with Debian's DICOMweb plugin receives the SEG by STOW-RS while storescp
+    receives it by C-STORE: one copy each."""
+    orthanc = Orthanc(tmp_path / "orthanc", extra={"Plugins": [str(DICOMWEB_PLUGIN)]})
+    orthanc.start(wait_forwarder=False)
+    pacs = Pacs(tmp_path / "pacs", free_port())
+    pacs.start()
+    port = free_port()
+    destinations = f"PACS@127.0.0.1:{pacs.port},{orthanc.url}/dicom-web/studies"
+    node = gateway(tmp_path, service.url, port, UNET_DICOM_DESTINATIONS=destinations)
+    node.start()
+    try:
+        wait_listening(port, node)
+        series = ct_series(tmp_path / "ct", 5, size=64)
+        sent(storescu(port, series))
+        until(lambda: queue_is_empty(tmp_path / "state") and "sent" in node.text(), "both sent")
+        the_one_seg(pacs, series)
+        (stored,) = httpx.get(f"{orthanc.url}/instances").json()
+        seg = pydicom.dcmread(
+            io.BytesIO(httpx.get(f"{orthanc.url}/instances/{stored}/file").content)
+        )
+        assert seg.SOPClassUID == SEGMENTATION
+        assert seg.SOPInstanceUID == pydicom.dcmread(pacs.received()[0]).SOPInstanceUID
+    finally:
+        node.stop()
+        pacs.stop()
+        orthanc.stop()
