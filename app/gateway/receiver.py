@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, cast
@@ -157,9 +158,10 @@ class Receiver:
 
         try:
             self.store.add_instance(series, sop, write)
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:  # SQLite says "database or disk is full"
             status = OUT_OF_RESOURCES
-            why = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror
+            full = getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc)
+            why = "the disk is full" if full else type(exc).__name__
             log.error("C-STORE from %s failed (0x%04X): %s", calling, status, why)
             return status
         self.metrics.instances.inc()

@@ -126,6 +126,7 @@ class GatewayStore:
         once both are on disk (the C-STORE's success)."""
         staged = self.incoming / f"{uuid.uuid4().hex}.dcm"
         write_durably(staged, write)
+        target: Path | None = None
         try:
             with self._transaction() as db:
                 row = db.execute(
@@ -136,7 +137,9 @@ class GatewayStore:
                 folder = self.rounds / Round(series, number).name
                 folder.mkdir(exist_ok=True)
                 target = folder / f"{key(sop)}.dcm"
-                staged.replace(target)
+                if target.exists():  # sent again: the copy on disk stays whatever happens
+                    target = None
+                staged.replace(folder / f"{key(sop)}.dcm")
                 fsync_folder(folder)
                 db.execute(
                     "INSERT INTO rounds (series, round, state, last) VALUES (?, ?, 'receiving', ?)"
@@ -146,6 +149,10 @@ class GatewayStore:
                 db.execute(
                     "INSERT OR IGNORE INTO instances VALUES (?, ?, ?)", (series, number, sop)
                 )
+        except BaseException:
+            if target is not None:  # not committed: not acknowledged, so not kept
+                target.unlink(missing_ok=True)
+            raise
         finally:
             staged.unlink(missing_ok=True)
 

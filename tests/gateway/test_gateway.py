@@ -455,3 +455,84 @@ def test_a_stow_rs_destination_orthanc_beside_a_c_store_one(
         node.stop()
         pacs.stop()
         orthanc.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 600 KiB tmpfs: a disk that fills up (mounting needs root, as CI runs)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_answers_out_of_resources_and_leaves_nothing_half_written(
+    service: Server, tmp_path: Path, small_disk: Path
+) -> None:
+    series = ct_series(tmp_path / "ct", 8, size=256)  # 128 KiB of pixels each
+    port = free_port()
+    node = gateway(tmp_path, service.url, port, UNET_DICOM_STATE_DIR=str(small_disk))
+    node.start()
+    try:
+        wait_listening(port, node)
+        scu = AE(ae_title="MODALITY")
+        scu.add_requested_context(
+            CTImageStorage, pydicom.dcmread(series[0]).file_meta.TransferSyntaxUID
+        )
+        assoc = scu.associate("127.0.0.1", port, ae_title="UNET")
+        assert assoc.is_established
+        try:
+            statuses = [int(assoc.send_c_store(path).Status) for path in series]
+        finally:
+            assoc.release()
+        stored = statuses.count(0x0000)
+        assert 0 < stored < len(series)
+        assert set(statuses) == {0x0000, 0xA700}, [hex(s) for s in statuses]
+        assert statuses == sorted(statuses)  # once full, full
+        assert list((small_disk / "incoming").iterdir()) == []  # nothing half-written
+        kept = [p for p in (small_disk / "rounds").rglob("*") if p.is_file()]
+        assert len(kept) == stored  # what was acknowledged, and only that
+        assert "C-STORE from MODALITY failed (0xA700): the disk is full" in node.text()
+    finally:
+        node.stop()
+
+
+def test_three_modalities_at_once_over_three_associations_each(
+    routed: Routed, tmp_path: Path
+) -> None:
+    every = {
+        modality: ct_series(tmp_path / modality, 9, size=64) for modality in ("CT1", "CT2", "CT3")
+    }
+    senders = [
+        storescu(routed.port, files[i::3], calling=modality)
+        for modality, files in every.items()
+        for i in range(3)
+    ]
+    for sender in senders:
+        sent(sender)
+    until(lambda: len(routed.pacs.received()) >= 3, "three SEGs at the PACS")
+    time.sleep(3 * STABLE_S)
+    segs = [pydicom.dcmread(path) for path in routed.pacs.received()]
+    assert len(segs) == 3
+    wanted = {
+        frozenset(pydicom.dcmread(f).SOPInstanceUID for f in files) for files in every.values()
+    }
+    got = {
+        frozenset(
+            item.ReferencedSOPInstanceUID
+            for ref in seg.ReferencedSeriesSequence
+            for item in ref.ReferencedInstanceSequence
+        )
+        for seg in segs
+    }
+    assert got == wanted
