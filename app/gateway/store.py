@@ -10,7 +10,9 @@ destination configured) keep their result.
 
 Every state change is one transaction (WAL, synchronous=FULL) and every file is written
 to a temporary name, fsynced, renamed and its folder fsynced: after ``kill -9`` a round
-is where its last committed transaction left it, and work is redone, never lost.
+is where its last committed transaction left it, and work is redone, never lost. A round
+still receiving at start-up counts its quiet time from then: while the gateway was down,
+the modality could not send the rest.
 
     state/queue.sqlite
     state/incoming/       instances being written (removed at start: never acknowledged)
@@ -109,6 +111,8 @@ class GatewayStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        with self._db:  # a series' quiet time counts from now: we were not listening
+            self._db.execute("UPDATE rounds SET last = ? WHERE state = 'receiving'", (time.time(),))
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
