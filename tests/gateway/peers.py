@@ -100,8 +100,11 @@ def until(condition: Callable[[], bool], what: str, seconds: float = WAIT_S) -> 
     raise AssertionError(f"not within {seconds} s: {what}")
 
 
-def storescu(port: int, files: list[Path], calling: str = "MODALITY") -> subprocess.Popen[bytes]:
-    command = [TOOLS["storescu"] or "", "-aet", calling, "-aec", "UNET", "127.0.0.1", str(port)]
+def storescu(
+    port: int, files: list[Path], calling: str = "MODALITY", called: str = "UNET"
+) -> subprocess.Popen[bytes]:
+    """dcmtk's storescu sending ``files`` over one association, started (see ``sent``)."""
+    command = [TOOLS["storescu"] or "", "-aet", calling, "-aec", called, "127.0.0.1", str(port)]
     return subprocess.Popen([*command, *map(str, files)], stderr=subprocess.PIPE)
 
 

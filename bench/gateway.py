@@ -1,0 +1,168 @@
+"""The DICOM gateway measured: what it receives, and how long a series takes to come back.
+
+Needs dcmtk (``make system-deps``); uses the gateway tests' peers (``tests/gateway/peers.py``)
+and the service as ``make run`` starts it, all on loopback. Reports:
+
+- receive: ``--series`` slices of one CT series sent by one storescu to the gateway alone
+  (it only stores: its stable time is an hour) and to dcmtk's storescp writing the same
+  files, alternately ``--repeats`` times: instances/s, MB/s and the gateway's share;
+- series: the same series through the whole path (gateway -> service -> storescp): from
+  the end of the last C-STORE to the SEG at the destination, split from the gateway's log
+  into the stable wait, the service's answer (inference) and the sending;
+- three: three series of ``--three`` slices from three modalities at once (three storescu
+  processes, calling AE titles CT1..CT3): from the last C-STORE to the third SEG.
+
+    python -m bench.gateway                              # 100 slices of 512 px
+    python -m bench.gateway --series 20 --size 128 --three 5 --repeats 1   # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench.report import report
+from tests.app.conftest import free_port, start_server, stop_server
+from tests.deploy.pacs import ct_series
+from tests.gateway.peers import TOOLS, Pacs, Process, gateway, sent, storescu, until, wait_listening
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def receive_rate(workdir: Path, files: list[Path], repeats: int) -> dict[str, Any]:
+    """The gateway and storescp receiving the same files, alternately."""
+    size = sum(f.stat().st_size for f in files)
+    seconds: dict[str, list[float]] = {"gateway": [], "storescp": []}
+    for attempt in range(repeats):
+        for name in seconds:
+            port, folder = free_port(), workdir / f"receive-{name}-{attempt}"
+            folder.mkdir(parents=True)
+            peer: Process
+            if name == "gateway":  # stable after an hour: it only receives here
+                peer = gateway(folder, "http://127.0.0.1:9", port, stable_s=3600)
+                peer.start()
+                wait_listening(port, peer)
+                called = "UNET"
+            else:
+                peer = Pacs(folder / "in", port)
+                peer.start()
+                time.sleep(0.5)
+                called = "PACS"
+            began = time.perf_counter()
+            sent(storescu(port, files, called=called))
+            seconds[name].append(time.perf_counter() - began)
+            peer.stop()
+    best = {name: statistics.median(values) for name, values in seconds.items()}
+    return {
+        "instances": len(files),
+        "megabytes": round(size / 1e6, 1),
+        "seconds": {name: [round(s, 3) for s in values] for name, values in seconds.items()},
+        "instances_per_s": {n: round(len(files) / s, 1) for n, s in best.items()},
+        "mb_per_s": {n: round(size / 1e6 / s, 1) for n, s in best.items()},
+        "gateway_share_of_storescp": round(best["storescp"] / best["gateway"], 2),
+    }
+
+
+def stamp(line: str) -> float:
+    """The time of a text log line: ``2026-12-03 10:09:10,268 INFO ...``."""
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def first(log: str, words: str) -> float:
+    return next(stamp(line) for line in log.splitlines() if words in line)
+
+
+def whole_path(
+    workdir: Path, service_url: str, groups: dict[str, list[Path]], stable: float
+) -> tuple[float, float, str]:
+    """Every group sent at once (one storescu each, its key the calling AE); seconds from
+    the last C-STORE to the last SEG at storescp, and the gateway's log."""
+    pacs = Pacs(workdir / "pacs", free_port())
+    pacs.start()
+    port = free_port()
+    node = gateway(
+        workdir, service_url, port, stable_s=stable,
+        UNET_DICOM_DESTINATIONS=f"PACS@127.0.0.1:{pacs.port}",
+    )  # fmt: skip
+    node.start()
+    try:
+        wait_listening(port, node)
+        senders = [storescu(port, files, calling=ae) for ae, files in groups.items()]
+        for sender in senders:
+            sent(sender)
+        last_store = time.time()
+        until(lambda: len(pacs.received()) >= len(groups), "every SEG at storescp", 1800)
+        seconds = time.time() - last_store
+        until(lambda: node.text().count("sent to") >= len(groups), "the gateway's log of it")
+        return seconds, last_store, node.text()
+    finally:
+        node.stop()
+        pacs.stop()
+
+
+def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    files = ct_series(workdir / "ct", args.series, size=args.size)
+    results: dict[str, Any] = {"model": str(args.model), "size": args.size}
+    results["receive"] = receive_rate(workdir, files, args.repeats)
+    service = start_server(
+        {"UNET_MODEL_PATH": str(args.model)}, workdir / "service.log", port=free_port()
+    )
+    try:
+        seconds, last_store, log = whole_path(
+            workdir / "series", service.url, {"MODALITY": files}, args.stable
+        )
+        stable, segmented, sent_at = (
+            first(log, "is stable"), first(log, "segmented"), first(log, "sent to")
+        )  # fmt: skip
+        results["series"] = {
+            "slices": args.series,
+            "last_store_to_seg_s": round(seconds, 2),
+            "stable_wait_s": round(stable - last_store, 2),
+            "service_s": round(segmented - stable, 2),
+            "sending_s": round(sent_at - segmented, 2),
+            "stable_seconds_setting": args.stable,
+        }
+        groups = {
+            f"CT{i}": ct_series(workdir / f"three-{i}", args.three, size=args.size)
+            for i in (1, 2, 3)
+        }
+        seconds, _, _ = whole_path(workdir / "three", service.url, groups, args.stable)
+        results["three_modalities"] = {
+            "slices_each": args.three, "last_store_to_third_seg_s": round(seconds, 2)
+        }  # fmt: skip
+    finally:
+        stop_server(service)
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=REPO / "model" / "unet.onnx")
+    parser.add_argument("--size", type=int, default=512, help="CT slice side, px")
+    parser.add_argument("--series", type=int, default=100, help="slices of the series")
+    parser.add_argument("--three", type=int, default=30, help="slices of each of three series")
+    parser.add_argument("--stable", type=float, default=2.0, help="UNET_DICOM_STABLE_SECONDS")
+    parser.add_argument("--repeats", type=int, default=3, help="receive runs of each peer")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    missing = [name for name, path in TOOLS.items() if path is None]
+    if missing:
+        raise SystemExit(f"needs {', '.join(missing)}: make system-deps")
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+        results = run(Path(tmp), args)
+    report(results, args.json)
+
+
+if __name__ == "__main__":
+    main()
