@@ -26,6 +26,10 @@ overridden by an environment variable of Orthanc's process:
                                             StableSeries, StableAge seconds after its last
                                             instance), all its instances in one request and ONE
                                             SEG for the series; ``instance``: a SEG per instance
+    Destinations     UNET_FORWARD_DESTINATIONS  where each SEG is sent on once stored: names of
+                                            Orthanc's DicomModalities (C-STORE) or of its
+                                            DICOMweb plugin's Servers (STOW-RS), a list or a
+                                            comma list (default: none, the SEG stays in Orthanc)
 
 Why it cannot stall the PACS: it calls no Orthanc API from inside an Orthanc
 callback. The change callback only wakes the worker thread; the worker reads
@@ -45,6 +49,11 @@ has it is never sent again. A series goes as one DICOMweb STOW-RS style
 ``multipart/related`` body; the service derives the SEG's UIDs from the source
 series and the model, so a series segmented again replaces its SEG in a PACS
 that overwrites (``OverwriteInstances``) instead of adding one.
+
+A SEG is sent on to every one of ``Destinations`` before its source is marked:
+each destination is retried on its own (1 s doubling to 10 s) until it accepts, so
+a destination that is down delays the feed, and a restart meanwhile segments and
+sends the series again (the same SEG: its UIDs are deterministic).
 
 The service being unreachable, answering 503, 502, 504 or 401/403 is not final:
 the worker waits (its Retry-After, else 1 s doubling to 10 s) and tries the same
@@ -181,6 +190,7 @@ class Settings:
     state_property: int = 4201
     backfill: bool = False
     trigger: str = "series"
+    destinations: tuple[str, ...] = ()
 
 
 # setting -> (environment variable, type)
@@ -193,6 +203,7 @@ _SETTINGS: dict[str, tuple[str, str, type]] = {
     "StateProperty": ("state_property", "UNET_STATE_PROPERTY", int),
     "Backfill": ("backfill", "UNET_BACKFILL", bool),
     "Trigger": ("trigger", "UNET_FORWARD_TRIGGER", str),
+    "Destinations": ("destinations", "UNET_FORWARD_DESTINATIONS", tuple),
 }
 
 
@@ -242,6 +253,9 @@ def read_settings(configuration: Mapping[str, Any], environ: Mapping[str, str]) 
 
 
 def _convert(raw: object, kind: type, name: str) -> object:
+    if kind is tuple:  # a JSON list of names, or a comma list
+        items = raw if isinstance(raw, list) else str(raw).split(",")
+        return tuple(str(item).strip() for item in items if str(item).strip())
     if kind is bool:
         if isinstance(raw, bool):
             return raw
@@ -264,6 +278,7 @@ class OrthancApi(Protocol):
 
     def RestApiGet(self, uri: str) -> bytes: ...  # noqa: N802 -- Orthanc's names
     def RestApiPost(self, uri: str, body: bytes) -> bytes: ...  # noqa: N802
+    def RestApiPostAfterPlugins(self, uri: str, body: bytes) -> bytes: ...  # noqa: N802
     def RestApiPut(self, uri: str, body: bytes) -> bytes: ...  # noqa: N802
     def GetGlobalProperty(self, key: int, default: str) -> str: ...  # noqa: N802
     def SetGlobalProperty(self, key: int, value: str) -> None: ...  # noqa: N802
@@ -369,8 +384,7 @@ class Forwarder:
             if answer.kind == "failed":
                 failures += 1
             if answer.kind in ("seg", "refused") or failures >= self.settings.retries:
-                self._finish(level, resource, answer, attempt)
-                return True
+                return self._finish(level, resource, answer, attempt)
             delay = answer.retry_after or wait
             # A warning on the first and every 10th try; the others at info (--verbose).
             severity = logging.WARNING if attempt % 10 == 1 else logging.INFO
@@ -388,19 +402,52 @@ class Forwarder:
             wait = min(MAX_BACKOFF_S, wait * 2)
         return False
 
-    def _finish(self, level: str, resource: str, answer: Answer, attempts: int) -> None:
-        """Store the SEG, or record why there is none; the outcome goes on the resource."""
+    def _finish(self, level: str, resource: str, answer: Answer, attempts: int) -> bool:
+        """Store the SEG and send it on, or record why there is none; the outcome goes on the
+        resource. False when stopped before every destination accepted the SEG."""
         what = f"{LEVEL[level]} {resource}"
         if answer.kind == "seg":
             seg_id = json.loads(self.api.RestApiPost("/instances", answer.seg)).get("ID", "")
-            self._record(level, resource, f"seg {seg_id}")
             log.info("%s: SEG stored as %s", what, seg_id)
+            if not self._send_on(what, seg_id):
+                return False  # stopping: not marked, so segmented and sent again at restart
+            self._record(level, resource, f"seg {seg_id}")
         elif answer.kind == "refused":
             self._record(level, resource, f"refused {answer.detail}")
             log.warning("%s: not segmented, the service answered %s", what, answer.detail)
         else:
             self._record(level, resource, f"failed {answer.detail}")
             log.error("%s: given up after %d attempts: %s", what, attempts, answer.detail)
+        return True
+
+    def _send_on(self, what: str, seg_id: str) -> bool:
+        """The SEG to every destination, each retried on its own until it accepts it; False
+        if stopped first."""
+        pending, wait = list(self.settings.destinations), 1.0
+        while pending:
+            for name in list(pending):
+                body = json.dumps({"Resources": [seg_id], "Synchronous": True}).encode()
+                try:
+                    # "AfterPlugins": the DICOMweb plugin's routes are a plugin's, not the core's
+                    self.api.RestApiPostAfterPlugins(self._store_uri(name), body)
+                except Exception as exc:  # orthanc.OrthancException: refused, unreachable
+                    log.warning(
+                        "%s: SEG to %s: %s; again in %.0f s", what, name, _describe(exc), wait
+                    )
+                    continue
+                pending.remove(name)
+                log.info("%s: SEG %s sent to %s", what, seg_id, name)
+            if pending and self.stopping.wait(wait):
+                return False
+            wait = min(MAX_BACKOFF_S, wait * 2)
+        return True
+
+    def _store_uri(self, name: str) -> str:
+        """A DicomModalities entry is sent to by C-STORE, any other name is a DICOMweb server."""
+        modalities = json.loads(self.api.RestApiGet("/modalities"))
+        if name in modalities:
+            return f"/modalities/{name}/store"
+        return f"/dicom-web/servers/{name}/stow"
 
     def _attempts(self, body: bytes, content_type: str) -> Iterator[Answer]:
         while not self.stopping.is_set():

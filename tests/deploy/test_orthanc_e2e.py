@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pydicom
 import pytest
 from pacs import (
     COMPRESSED_SAMPLES,
+    PYTHON_PLUGIN,
     ROOT,
     Orthanc,
     ct_series,
@@ -30,6 +32,7 @@ from pacs import (
 
 from bench.nets import UNetSpec, default_card, save_model
 from tests.app.conftest import Server, free_port, start_server, stop_server
+from tests.gateway.peers import SEGMENTATION, Pacs
 
 pytestmark = pytest.mark.slow
 BINARY = UNetSpec(depth=2, base=2)
@@ -419,3 +422,51 @@ def _uid(path: Path) -> str:
     import pydicom
 
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def test_the_seg_is_sent_on_to_a_modality_and_a_dicomweb_server(
+    service: Server, tmp_path: Path
+) -> None:
+    """Destinations: the SEG of a series goes on by C-STORE to storescp (down at first:
+    retried until it is up) and by STOW-RS to a second Orthanc; the series is marked only
+    then; one copy at each."""
+    require([] if DICOMWEB_PLUGIN.exists() else ["Debian's orthanc-dicomweb"])
+    archive = Orthanc(tmp_path / "archive", extra={"Plugins": [str(DICOMWEB_PLUGIN)]})
+    archive.start(wait_forwarder=False)
+    storescp = Pacs(tmp_path / "storescp", free_port())
+    pacs = Orthanc(
+        tmp_path / "orthanc",
+        forwarder={"ServiceUrl": service.url, "Destinations": ["PACS", "archive"]},
+        extra={
+            "Plugins": [str(PYTHON_PLUGIN), str(DICOMWEB_PLUGIN)],
+            "DicomModalities": {"PACS": ["PACS", "127.0.0.1", storescp.port]},
+            "DicomWeb": {"Servers": {"archive": [f"{archive.url}/dicom-web/"]}},
+        },
+    )
+    pacs.start()
+    try:
+        files = ct_series(tmp_path / "ct", 5)
+        pacs.store(files)
+        pacs.wait_until(
+            lambda: any("SEG to PACS" in line for line in pacs.forwarder_lines()),
+            60,
+            "a try at the PACS, which is down",
+        )
+        assert not series_final(pacs)  # not marked while a destination has not accepted it
+        storescp.start()
+        pacs.wait_until(lambda: series_final(pacs), 60, "the SEG sent on everywhere")
+        (received,) = storescp.received()
+        seg = pydicom.dcmread(received)
+        assert seg.SOPClassUID == SEGMENTATION
+        (archived,) = archive.get("/instances")
+        assert archive.get(f"/instances/{archived}/simplified-tags")["SOPInstanceUID"] == (
+            seg.SOPInstanceUID
+        )
+    finally:
+        pacs.stop()
+        archive.stop()
+        if storescp.process is not None:
+            storescp.stop()

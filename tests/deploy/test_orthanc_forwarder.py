@@ -161,3 +161,55 @@ def test_bad_settings_name_the_problem(
 ) -> None:
     with pytest.raises(fwd.SettingsError, match=message):
         fwd.read_settings(config, environ)
+
+
+def test_destinations_are_a_list_or_a_comma_list() -> None:
+    listed = {**CONFIG, "UnetForwarder": {"ServiceUrl": "http://u", "Destinations": ["A", "b"]}}
+    assert fwd.read_settings(listed, {}).destinations == ("A", "b")
+    environ = {"UNET_FORWARD_DESTINATIONS": "PACS, archive,"}
+    assert fwd.read_settings(listed, environ).destinations == ("PACS", "archive")
+
+
+class FakeOrthanc:
+    """Orthanc's REST API as the sending-on sees it: modalities, and POSTs that fail a
+    scripted number of times per URI."""
+
+    def __init__(self, failures: dict[str, int]) -> None:
+        self.failures, self.posts = failures, list[str]()
+
+    def RestApiGet(self, uri: str) -> bytes:  # noqa: N802
+        assert uri == "/modalities"
+        return b'["PACS"]'
+
+    def RestApiPostAfterPlugins(self, uri: str, body: bytes) -> bytes:  # noqa: N802
+        assert body == b'{"Resources": ["seg-1"], "Synchronous": true}'
+        self.posts.append(uri)
+        if self.failures.get(uri, 0) > 0:
+            self.failures[uri] -= 1
+            raise RuntimeError(9, "Error in the network protocol")
+        return b"{}"
+
+
+def test_each_destination_is_retried_on_its_own_until_it_accepts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fwd, "MAX_BACKOFF_S", 0.01)
+    api = FakeOrthanc({"/dicom-web/servers/archive/stow": 2})
+    settings = fwd.Settings(service_url="http://u", destinations=("PACS", "archive"))
+    forwarder = fwd.Forwarder(api, settings)
+    forwarder.stopping.wait = lambda seconds: False  # type: ignore[method-assign]
+    assert forwarder._send_on("series s", "seg-1") is True
+    assert api.posts == [
+        "/modalities/PACS/store",  # C-STORE: accepted at once, never sent again
+        "/dicom-web/servers/archive/stow",
+        "/dicom-web/servers/archive/stow",
+        "/dicom-web/servers/archive/stow",
+    ]
+
+
+def test_stopping_while_a_destination_refuses_leaves_the_series_unmarked() -> None:
+    api = FakeOrthanc({"/modalities/PACS/store": 99})
+    settings = fwd.Settings(service_url="http://u", destinations=("PACS",))
+    forwarder = fwd.Forwarder(api, settings)
+    forwarder.stopping.set()
+    assert forwarder._send_on("series s", "seg-1") is False
