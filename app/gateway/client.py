@@ -91,7 +91,14 @@ def _stow(settings: GatewaySettings, destination: Destination, path: Path) -> Ou
 
 
 def _scu(settings: GatewaySettings) -> AE:
-    return AE(ae_title=settings.dicom_ae_title)
+    ae = AE(ae_title=settings.dicom_ae_title)
+    ae.connection_timeout = 30  # a destination that drops packets: a failed try, not a hang
+    return ae
+
+
+def _tls_args(tls: Any, destination: Destination) -> tuple[Any, str] | None:
+    """pynetdicom's tls_args: the context and the name the certificate must carry."""
+    return None if tls is None else (tls, destination.host)
 
 
 def _c_store(settings: GatewaySettings, destination: Destination, path: Path, tls: Any) -> Outcome:
@@ -99,7 +106,10 @@ def _c_store(settings: GatewaySettings, destination: Destination, path: Path, tl
     ae = _scu(settings)
     ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
     assoc = ae.associate(
-        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        tls_args=_tls_args(tls, destination),
     )
     if not assoc.is_established:
         return Outcome("retry", "association not established")
@@ -126,7 +136,10 @@ def echo(settings: GatewaySettings, destination: Destination, tls: Any) -> Outco
     ae = _scu(settings)
     ae.add_requested_context(Verification)
     assoc = ae.associate(
-        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        tls_args=_tls_args(tls, destination),
     )
     if not assoc.is_established:
         return Outcome("retry", "association not established")

@@ -33,7 +33,7 @@ log = logging.getLogger("app.gateway")
 
 
 def tls_contexts(settings: GatewaySettings) -> tuple[Any, Any]:
-    """(server context, client tls_args) for DICOM TLS, or (None, None) when not set.
+    """(server context, client context) for DICOM TLS, or (None, None) when not set.
     With a CA, the listener requires client certificates signed by it and the client
     verifies the destinations against it."""
     if settings.dicom_tls_cert is None or settings.dicom_tls_key is None:
@@ -48,7 +48,7 @@ def tls_contexts(settings: GatewaySettings) -> tuple[Any, Any]:
         outgoing.load_verify_locations(settings.dicom_tls_ca)
     else:
         outgoing.check_hostname, outgoing.verify_mode = False, ssl.CERT_NONE
-    return server, (outgoing, None)
+    return server, outgoing
 
 
 def service_ready(settings: GatewaySettings) -> bool:

@@ -134,6 +134,8 @@ class Receiver:
                 str(dataset.SOPClassUID),
             )
             has_pixels = any(tag in dataset for tag in PIXELS)
+            if not (UID(series).is_valid and UID(sop).is_valid and UID(sop_class).is_valid):
+                raise ValueError("a UID is empty or not a UID")
             syntax = UID(event.context.transfer_syntax)
             problem = incomplete(dataset, syntax, sop_class, has_pixels)
         except Exception as exc:  # pydicom raises many kinds for a corrupt dataset
@@ -142,8 +144,8 @@ class Receiver:
             log.warning("C-STORE from %s refused (0x%04X): %s", calling, CANNOT_UNDERSTAND, problem)
             return CANNOT_UNDERSTAND
         if not has_pixels or sop_class in NOT_IMAGES:
-            with self._lock:
-                first = sop_class not in self._skipped
+            with self._lock:  # a few dozen storage classes exist: the set stays small
+                first = sop_class not in self._skipped and len(self._skipped) < 1000
                 self._skipped.add(sop_class)
             if first:
                 log.info("skipped: SOP class %s is not an image to segment", sop_class)

@@ -139,7 +139,9 @@ class GatewayStore:
                 ).fetchone()
                 number = row[0] if row and row[1] == "receiving" else (row[0] + 1 if row else 1)
                 folder = self.rounds / Round(series, number).name
-                folder.mkdir(exist_ok=True)
+                if not folder.exists():
+                    folder.mkdir()
+                    fsync_folder(self.rounds)  # the new folder's entry survives a power loss
                 target = folder / f"{key(sop)}.dcm"
                 if target.exists():  # sent again: the copy on disk stays whatever happens
                     target = None

@@ -36,8 +36,10 @@ class Worker:
         self.destinations = {d.name: d for d in settings.dicom_destinations}
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._loop, args=(self.segment_due,), name="unet-segmenter"),
-            threading.Thread(target=self._loop, args=(self.send_due,), name="unet-sender"),
+            threading.Thread(
+                target=self._loop, args=(step,), name=f"unet-{name}", daemon=True
+            )  # daemon: a request in flight at SIGTERM does not hold the exit up
+            for name, step in (("segmenter", self.segment_due), ("sender", self.send_due))
         ]
 
     def start(self) -> None:
@@ -65,7 +67,14 @@ class Worker:
         for item in self.store.due("segmenting"):
             if self._stop.is_set():
                 return
-            self._segment(item)
+            try:
+                self._segment(item)
+            except Exception as exc:  # a fault of ours on this round: later, and the others go on
+                delay = backoff(item.attempts)
+                log.exception(
+                    "series %s: %s; again in %.0f s", item.name, type(exc).__name__, delay
+                )
+                self.store.postpone(item, delay, type(exc).__name__)
 
     def _segment(self, item: Round) -> None:
         files = self.store.files(item)
@@ -96,9 +105,13 @@ class Worker:
                 log.warning("destination %s is no longer configured", delivery.destination)
                 self.store.delivery_failed(delivery, MAX_BACKOFF_S)
                 continue
-            outcome = client.send(
-                self.settings, destination, self.store.result(delivery.round), self.tls
-            )
+            try:
+                outcome = client.send(
+                    self.settings, destination, self.store.result(delivery.round), self.tls
+                )
+            except Exception as exc:  # an aborted association, a result gone: a failed try
+                log.exception("sending to %s failed", destination.name)
+                outcome = client.Outcome("retry", type(exc).__name__)
             name = delivery.round.name
             if outcome.kind == "ok":
                 self.metrics.deliveries.labels(destination.name, "sent").inc()

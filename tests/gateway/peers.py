@@ -51,9 +51,10 @@ class Process:
 class Pacs(Process):
     """dcmtk's storescp: a destination PACS that writes each instance it receives."""
 
-    def __init__(self, folder: Path, port: int) -> None:
+    def __init__(self, folder: Path, port: int, *options: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        command = [TOOLS["storescp"] or "", "--aetitle", "PACS", "-od", str(folder), str(port)]
+        command = [TOOLS["storescp"] or "", *options, "--aetitle", "PACS", "-od", str(folder)]
+        command.append(str(port))
         super().__init__(command, folder.parent / f"storescp-{port}.log", {})
         self.folder, self.port = folder, port
 

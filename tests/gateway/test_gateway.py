@@ -296,7 +296,12 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 
 
 def test_dicom_tls_with_client_certificates(service: Server, tmp_path: Path) -> None:
+    """In: storescu over TLS with a certificate the CA signed; out: to a storescp over TLS
+    whose certificate the gateway checks against the CA and the destination's host."""
     pem = make_certificates(tmp_path / "pki")
+    tls = ["+tls", str(pem["modality.key"]), str(pem["modality.pem"]), "+cf", str(pem["ca.pem"])]
+    pacs = Pacs(tmp_path / "pacs", free_port(), *tls)
+    pacs.start()
     port = free_port()
     node = gateway(
         tmp_path,
@@ -305,6 +310,7 @@ def test_dicom_tls_with_client_certificates(service: Server, tmp_path: Path) -> 
         UNET_DICOM_TLS_CERT=str(pem["gateway.pem"]),
         UNET_DICOM_TLS_KEY=str(pem["gateway.key"]),
         UNET_DICOM_TLS_CA=str(pem["ca.pem"]),
+        UNET_DICOM_DESTINATIONS=f"PACS@127.0.0.1:{pacs.port}",
     )
     node.start()
     (instance,) = ct_series(tmp_path / "ct", 1, size=64)
@@ -321,7 +327,8 @@ def test_dicom_tls_with_client_certificates(service: Server, tmp_path: Path) -> 
                 break
             time.sleep(0.3)
         assert done.returncode == 0, done.stdout + done.stderr
-        until(lambda: "segmented" in node.text(), "the TLS-received series segmented")
+        until(lambda: len(pacs.received()) == 1, "the SEG at the TLS destination")
+        assert pydicom.dcmread(pacs.received()[0]).SOPClassUID == SEGMENTATION
         # No client certificate, or plain TCP: no association.
         anonymous = [*base, "+tla", *trusted, "127.0.0.1", str(port), str(instance)]
         assert subprocess.run(anonymous, capture_output=True, check=False).returncode != 0
@@ -329,6 +336,7 @@ def test_dicom_tls_with_client_certificates(service: Server, tmp_path: Path) -> 
         assert subprocess.run(plain, capture_output=True, check=False).returncode != 0
     finally:
         node.stop()
+        pacs.stop()
 
 
 def test_a_stow_rs_destination_orthanc_beside_a_c_store_one(
