@@ -96,21 +96,23 @@ def _scu(settings: GatewaySettings) -> AE:
     return ae
 
 
-def _tls_args(tls: Any, destination: Destination) -> tuple[Any, str] | None:
-    """pynetdicom's tls_args: the context and the name the certificate must carry."""
-    return None if tls is None else (tls, destination.host)
+def _associate(settings: GatewaySettings, destination: Destination, tls: Any, *context: str) -> Any:
+    """An association to a C-STORE destination proposing ``context`` (an abstract syntax and
+    its transfer syntaxes); over TLS, its certificate checked against the destination's host."""
+    ae = _scu(settings)
+    ae.add_requested_context(*context)
+    return ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        tls_args=None if tls is None else (tls, destination.host),
+    )
 
 
 def _c_store(settings: GatewaySettings, destination: Destination, path: Path, tls: Any) -> Outcome:
     dataset = dcmread(path)
-    ae = _scu(settings)
-    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
-    assoc = ae.associate(
-        destination.host,
-        destination.port,
-        ae_title=destination.ae_title,
-        tls_args=_tls_args(tls, destination),
-    )
+    syntaxes = (dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+    assoc = _associate(settings, destination, tls, *syntaxes)
     if not assoc.is_established:
         return Outcome("retry", "association not established")
     try:
@@ -133,14 +135,7 @@ def echo(settings: GatewaySettings, destination: Destination, tls: Any) -> Outco
         except httpx.HTTPError as exc:
             return Outcome("retry", f"unreachable ({type(exc).__name__})")
         return Outcome("ok" if answer.status_code < 500 else "retry", f"HTTP {answer.status_code}")
-    ae = _scu(settings)
-    ae.add_requested_context(Verification)
-    assoc = ae.associate(
-        destination.host,
-        destination.port,
-        ae_title=destination.ae_title,
-        tls_args=_tls_args(tls, destination),
-    )
+    assoc = _associate(settings, destination, tls, Verification)
     if not assoc.is_established:
         return Outcome("retry", "association not established")
     try:
