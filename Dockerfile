@@ -51,11 +51,19 @@ FROM ${PYTHON_IMAGE} AS cpu-venv
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml deploy/requirements.py ./
+# OpenVINO runs ONNX models on the CPU here: its GPU and NPU plugins, its other frontends
+# (TensorFlow, PyTorch, Paddle, JAX, GGUF) and its C++ headers go (~70 MB).
 RUN python -m venv /opt/venv \
     && python requirements.py cpu,service,dicom,gateway > requirements.txt \
     && /opt/venv/bin/pip install --quiet --requirement requirements.txt \
     && /opt/venv/bin/pip uninstall --quiet --yes pip setuptools \
-    && find /opt/venv -depth -type d -name tests -path "*/site-packages/*" -exec rm -rf {} +
+    && find /opt/venv -depth -type d -name tests -path "*/site-packages/*" -exec rm -rf {} + \
+    && ov=$(echo /opt/venv/lib/python3*/site-packages/openvino) \
+    && rm -rf "$ov/include" "$ov/cmake" \
+       "$ov"/libs/libopenvino_intel_gpu_plugin.so "$ov"/libs/libopenvino_intel_npu_plugin.so \
+       "$ov"/libs/libopenvino_*tensorflow*_frontend.so* "$ov"/libs/libopenvino_paddle_frontend.so* \
+       "$ov"/libs/libopenvino_pytorch_frontend.so* "$ov"/libs/libopenvino_jax_frontend.so* \
+       "$ov"/libs/libopenvino_gguf_frontend.so*
 
 FROM ${PYTHON_IMAGE} AS cpu
 ENV PATH=/opt/venv/bin:$PATH \

@@ -16,7 +16,7 @@ from app.codecs.images import DecodedImage, Decoders, Limits
 from app.codecs.outputs import LARGE_OUTPUTS, Model, Options, Outputs
 from app.codecs.outputs.base import either
 from app.codecs.slides import is_slide, is_tiff_file, open_slide
-from app.inference import Predictor, load_model
+from app.inference import Predictor, ProviderOptions, load_model
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, check_frame
 from app.inference.tiler import ProgressFn, Region
 from app.large_objects import Mapper, local_map
@@ -30,6 +30,7 @@ class Setup:
 
     model: Path
     providers: str = "auto"
+    precision: str = "auto"  # UNET_PRECISION's values: auto, fp32, bf16, fp16
     tile: int = CPU_TILE_SIZE
     batch: int = CPU_BATCH_SIZE
     threshold: float | None = None  # None: the card's, else 0.5
@@ -60,7 +61,8 @@ class Context:
     @classmethod
     def load(cls, setup: Setup) -> Context:
         """Load ``setup``'s model and build everything else from it."""
-        loaded = load_model(setup.model, setup.providers)
+        options = ProviderOptions(precision=setup.precision)
+        loaded = load_model(setup.model, setup.providers, options=options)
         predictor = Predictor(
             loaded.engine.run, loaded.card, tile_size=setup.tile, batch_size=setup.batch
         )

@@ -48,6 +48,7 @@ from app.codecs.outputs import LARGE_OUTPUTS, Outputs, default_outputs, every_fo
 from app.files import expand, remove, set_aside, size, target, write_atomically
 from app.inference import InferenceError
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
+from app.inference.providers import CHOICES, PRECISIONS
 from app.inference.tiler import ProgressFn
 from app.settings import DEFAULT_MODEL
 
@@ -161,7 +162,7 @@ def stage_bar(bar: tqdm) -> Callable[[str, int, int], None]:
 
 
 def setup(args: argparse.Namespace) -> Setup:
-    fields = ("providers", "tile", "batch", "threshold", "tta", "min_area")
+    fields = ("providers", "precision", "tile", "batch", "threshold", "tta", "min_area")
     more = {"max_pixels": args.max_pixels, "probability": args.probability}
     more["model"] = args.model.absolute()  # Dask workers elsewhere open it by this path
     return Setup(**{f: getattr(args, f) for f in fields}, **more)
@@ -218,7 +219,8 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
     add("--threshold", type=float, help="default: the card's, else 0.5")
     add("--tta", action="store_true", help="mean over the four flips")
     add("--min-area", type=count(0), help="object formats: smallest object, px")
-    add("--providers", default="auto", help="auto, cpu, cuda or tensorrt")
+    add("--providers", default="auto", choices=CHOICES, help="auto: CUDA, else OpenVINO, else cpu")
+    add("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 where the CPU has it")
     add("--max-pixels", type=count(1), default=Setup.max_pixels, help="largest in-memory image, px")
     add("--overwrite", action="store_true", help="redo inputs already done")
     add("--probability", action="store_true", help="ome-zarr: also p(class 1), 16-bit")

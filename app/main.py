@@ -72,6 +72,7 @@ def provider_options(settings: Settings) -> ProviderOptions:
         settings.cudnn_conv_algo_search,
         settings.trt_cache_dir,
         settings.trt_fp16,
+        precision=settings.precision,
     )
     if settings.providers != "tensorrt":
         return options
@@ -81,7 +82,7 @@ def provider_options(settings: Settings) -> ProviderOptions:
         except OSError as exc:
             raise StartupError(f"UNET_TRT_CACHE_DIR={settings.trt_cache_dir}: {exc}") from None
     try:
-        card = load_model(settings.model_path, "cpu", settings.threads).card
+        card = load_model(settings.model_path, "cpu", settings.threads).card  # fp32: geometry only
     except InferenceError as exc:
         raise StartupError(f"cannot serve UNET_MODEL_PATH={settings.model_path}: {exc}") from None
     tile, batch = settings.tiling(on_gpu=True)

@@ -10,11 +10,11 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, GPU_BATCH_SIZE, GPU_TILE_SIZE
-from app.inference.providers import AUTO, CHOICES, AlgoSearch
+from app.inference.providers import AUTO, CHOICES, PRECISIONS, AlgoSearch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "model" / "unet.onnx"
@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     model_path: Path = Field(DEFAULT_MODEL, description="ONNX model file to serve")
     providers: str = Field(
         AUTO, description=f"execution providers, one of {', '.join(CHOICES)} (engine.PROVIDERS)"
+    )
+    precision: str = Field(
+        AUTO,
+        description=f"one of {', '.join(PRECISIONS)}: auto = bf16 on CPUs with AVX512-BF16 or "
+        "AMX (OpenVINO), fp16 on TensorRT, else fp32",
     )
     threads: int = Field(0, ge=0, description="intra-op threads; 0 = one per physical core")
     tile_size: int | None = Field(
@@ -94,7 +99,7 @@ class Settings(BaseSettings):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
-    @field_validator("log_format", "log_level", "providers", mode="before")
+    @field_validator("log_format", "log_level", "providers", "precision", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -104,11 +109,12 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("providers")
+    @field_validator("providers", "precision")
     @classmethod
-    def _known_provider(cls, value: str) -> str:
-        if value not in CHOICES:
-            raise ValueError(f"Input should be {', '.join(map(repr, CHOICES))}")
+    def _known(cls, value: str, info: ValidationInfo) -> str:
+        known = CHOICES if info.field_name == "providers" else PRECISIONS
+        if value not in known:
+            raise ValueError(f"Input should be {', '.join(map(repr, known))}")
         return value
 
     def tiling(self, on_gpu: bool) -> tuple[int, int]:

@@ -4,9 +4,10 @@ Needs dcmtk (``make system-deps``); uses the gateway tests' peers (``tests/gatew
 and the service as ``make run`` starts it, all on loopback. Reports:
 
 - receive: ``--series`` slices of one CT series sent by one storescu to the gateway alone
-  (it only stores: its stable time is an hour) and to dcmtk's storescp writing the same
+  (it only stores: its stable time is an hour), to dcmtk's storescp writing the same
   files (with its largest PDU, 128 KiB, and TCP_NODELAY=1; the gateway takes what the
-  sender proposes),
+  sender proposes) and to the floor of any pynetdicom SCP: pynetdicom with the gateway's
+  AE settings answering every C-STORE at once, reading and storing nothing,
   alternately ``--repeats`` times: instances/s, MB/s and the gateway's share;
 - series: the same series through the whole path (gateway -> service -> storescp): from
   the end of the last C-STORE to the SEG at the destination, split from the gateway's log
@@ -23,12 +24,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+from app.gateway.receiver import TRANSFER_SYNTAXES
 from bench.report import report
 from tests.app.conftest import free_port, start_server, stop_server
 from tests.deploy.pacs import ct_series
@@ -40,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 def receive_rate(workdir: Path, files: list[Path], repeats: int) -> dict[str, Any]:
     """The gateway and storescp receiving the same files, alternately."""
     size = sum(f.stat().st_size for f in files)
-    seconds: dict[str, list[float]] = {"gateway": [], "storescp": []}
+    seconds: dict[str, list[float]] = {"gateway": [], "storescp": [], "pynetdicom_floor": []}
     for attempt in range(repeats):
         for name in seconds:
             port, folder = free_port(), workdir / f"receive-{name}-{attempt}"
@@ -51,6 +56,12 @@ def receive_rate(workdir: Path, files: list[Path], repeats: int) -> dict[str, An
                 peer.start()
                 wait_listening(port, peer)
                 called = "UNET"
+            elif name == "pynetdicom_floor":
+                command = [sys.executable, "-m", "bench.gateway", "--floor-scp", str(port)]
+                peer = Process(command, folder / "floor.log", {})
+                peer.start()
+                wait_listening(port, peer)
+                called = "FLOOR"
             else:
                 peer = Pacs(folder / "in", port, "--max-pdu", "131072")  # its largest PDU
                 peer.start()
@@ -68,7 +79,19 @@ def receive_rate(workdir: Path, files: list[Path], repeats: int) -> dict[str, An
         "instances_per_s": {n: round(len(files) / s, 1) for n, s in best.items()},
         "mb_per_s": {n: round(size / 1e6 / s, 1) for n, s in best.items()},
         "gateway_share_of_storescp": round(best["storescp"] / best["gateway"], 2),
+        "pynetdicom_floor_share_of_storescp": round(best["storescp"] / best["pynetdicom_floor"], 2),
     }
+
+
+def floor_scp(port: int) -> None:
+    """pynetdicom as the gateway sets it up, answering every C-STORE with success at once:
+    what any SCP built on pynetdicom costs before it reads or stores anything."""
+    ae = AE(ae_title="FLOOR")
+    ae.maximum_pdu_size = 0
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
+    handlers = [(evt.EVT_C_STORE, lambda event: 0x0000)]
+    ae.start_server(("127.0.0.1", port), block=True, evt_handlers=handlers)
 
 
 def stamp(line: str) -> float:
@@ -157,11 +180,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stable", type=float, default=2.0, help="UNET_DICOM_STABLE_SECONDS")
     parser.add_argument("--repeats", type=int, default=3, help="receive runs of each peer")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--floor-scp", type=int, metavar="PORT", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.floor_scp:
+        floor_scp(args.floor_scp)
+        return
     missing = [name for name, path in TOOLS.items() if path is None]
     if missing:
         raise SystemExit(f"needs {', '.join(missing)}: make system-deps")

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from app.inference.providers import CHOICES
+from app.inference.providers import CHOICES, GPU, PRECISIONS
 from bench.measure import Job, measure
 from bench.nets import UNetSpec, save_model
 
@@ -84,15 +84,16 @@ def build_models(folder: Path, base: int, seed: int) -> dict[str, Path]:
     }
 
 
-def engine_settings(model: Path, providers: str, threads: int) -> dict[str, Any]:
-    """ORT settings, as a session on ``model`` really gets them (opened in a child)."""
+def engine_settings(model: Path, providers: str, threads: int, precision: str) -> dict[str, Any]:
+    """The engine's settings, as a session on ``model`` really gets them (opened in a child)."""
     code = (
-        "import json, sys; from app.inference import load_model; from bench.measure import "
-        "ort_settings; m = load_model(sys.argv[1], sys.argv[2], int(sys.argv[3])); "
+        "import json, sys; from app.inference import ProviderOptions, load_model; "
+        "from bench.measure import ort_settings; m = load_model(sys.argv[1], sys.argv[2], "
+        "int(sys.argv[3]), ProviderOptions(precision=sys.argv[4])); "
         "print(json.dumps(ort_settings(m.engine)))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(model), providers, str(threads)],
+        [sys.executable, "-c", code, str(model), providers, str(threads), precision],
         check=True,
         capture_output=True,
         text=True,
@@ -141,6 +142,7 @@ def _job(args: argparse.Namespace, models: dict[str, Path], size: int, padding: 
         tile_size=args.tile,
         batch_size=args.batch,
         providers=args.providers,
+        precision=args.precision,
         threads=args.threads,
         monai_mode=args.monai_mode,
         monai_overlap=args.monai_overlap,
@@ -274,6 +276,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="base 8, small images: a smoke check")
     p.add_argument("--json", type=Path, help="also save every number to this file")
     p.add_argument("--providers", default="auto", choices=list(CHOICES))
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS))
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: per core)")
     p.add_argument("--tile", type=int, help="tile size (default: predictor.py's, CPU or GPU)")
     p.add_argument("--batch", type=int, help="batch size (default: predictor.py's, CPU or GPU)")
@@ -295,7 +298,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def default_tiling(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[int, int]:
     from app.inference import predictor
 
-    gpu = settings["providers"][0] != "CPUExecutionProvider"
+    gpu = settings["providers"][0] in GPU
     tile = predictor.GPU_TILE_SIZE if gpu else predictor.CPU_TILE_SIZE
     batch = predictor.GPU_BATCH_SIZE if gpu else predictor.CPU_BATCH_SIZE
     args.tile, args.batch = args.tile or tile, args.batch or batch
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="unet-bench-") as tmp:
         models = build_models(Path(tmp), args.base, seed=0)
-        settings = engine_settings(models["valid"], args.providers, args.threads)
+        settings = engine_settings(models["valid"], args.providers, args.threads, args.precision)
         tile, batch = default_tiling(args, settings)
         before = sgemm_gflops(args.sgemm)
         print_header(args, settings, before)

@@ -4,6 +4,7 @@
     python -m bench.large gigapixel --side 32768     # the shipped model, in-process vs --dask
     python -m bench.large gigapixel --side 8192 --dask-only --json out.json
     python -m bench.large gigapixel --providers cuda  # on a GPU machine
+    python -m bench.large engines --side 16384       # the default engine against ORT fp32
 
 ``flat``: peak RSS and time of ``unet-segment`` (each run a fresh process, its
 peak RSS from ``ru_maxrss``) on tiled OME-TIFF and OME-Zarr inputs of each side,
@@ -157,9 +158,33 @@ def gigapixel(scratch: Path, side: int, dask_only: bool, providers: str) -> dict
     return facts | {"content": content(), "runs": rows}
 
 
+def engines(scratch: Path, side: int) -> dict[str, Any]:
+    """The shipped model on the mosaic, in-process, on the default engine (``auto``, ``auto``:
+    OpenVINO bf16 where the CPU computes it) and on ONNX Runtime fp32, one after the other."""
+    source = scratch / "mosaic.ome.tif"
+    write_tiff(source, side)
+    model, mp = REPO / "model" / "unet.onnx", side * side / 1e6
+    runs = {"default": [], "cpu-fp32": ["--providers", "cpu", "--precision", "fp32"]}
+    rows = []
+    for name, extra in runs.items():
+        row = {"run": name, **segment(source, scratch / name, model, *extra)}
+        row["mp_per_s"] = round(mp / row["seconds"], 3)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    a, b = (zarr.open_group(str(scratch / x / "mosaic.ome.zarr"))["0"] for x in runs)
+    equal = sum(int((a[r : r + 4096] == b[r : r + 4096]).sum()) for r in range(0, side, 4096))
+    facts = {"side": side, "megapixels": round(mp, 1), "model": str(model.name)}
+    return facts | {
+        "content": content(),
+        "runs": rows,
+        "default_speedup": round(rows[1]["seconds"] / rows[0]["seconds"], 2),
+        "mask_pixels_equal": round(equal / (side * side), 5),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["flat", "gigapixel"])
+    parser.add_argument("what", choices=["flat", "gigapixel", "engines"])
     parser.add_argument("--sides", type=int, nargs="+", default=[4096, 16384, 32768])
     parser.add_argument("--side", type=int, default=32768)
     parser.add_argument("--dask-only", action="store_true")
@@ -171,6 +196,8 @@ def main() -> None:
         began = time.perf_counter()
         if args.what == "flat":
             results = flat(Path(folder), args.sides)
+        elif args.what == "engines":
+            results = engines(Path(folder), args.side)
         else:
             results = gigapixel(Path(folder), args.side, args.dask_only, args.providers)
         results["bench_seconds"] = round(time.perf_counter() - began)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from app.inference import load_model
+from app.inference import ProviderOptions, load_model
 from app.inference.card import parse_card
 from app.inference.engine import Engine
 from app.inference.plan import TilePlan, plan_tiles
@@ -49,6 +49,7 @@ class Job:
     tile_size: int
     batch_size: int
     providers: str = "auto"
+    precision: str = "auto"  # UNET_PRECISION: auto, fp32, bf16, fp16
     threads: int = 0  # ORT intra-op threads, 0 = one per physical core
     context: int = 96  # same-padding tiles: px discarded at inner borders
     seed: int = 0  # image seed
@@ -93,9 +94,9 @@ def peak_rss_mib() -> float:
 
 
 def ort_settings(engine: Engine) -> dict[str, Any]:
-    """The ONNX Runtime settings the session really runs with."""
+    """The settings the engine really runs with (ONNX Runtime's session, or OpenVINO's)."""
     settings = engine.settings
-    if not settings["intra_op_num_threads"]:
+    if "intra_op_num_threads" in settings and not settings["intra_op_num_threads"]:
         settings["intra_op_num_threads"] = (
             f"0 (ORT's default: one per physical core; {os.cpu_count()} logical CPUs)"
         )
@@ -140,7 +141,9 @@ def _finish(
 
 
 def measure_tiled(job: Job) -> dict[str, Any]:
-    model = load_model(job.model, job.providers, job.threads)
+    model = load_model(
+        job.model, job.providers, job.threads, ProviderOptions(precision=job.precision)
+    )
     timed = Timed(model.engine.run, job.spec)
     predictor = Predictor(
         timed, model.card, tile_size=job.tile_size, batch_size=job.batch_size, context=job.context
@@ -169,7 +172,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def measure_whole(job: Job) -> dict[str, Any]:
-    model = load_model(job.model, job.providers, job.threads)
+    model = load_model(
+        job.model, job.providers, job.threads, ProviderOptions(precision=job.precision)
+    )
     timed = Timed(model.engine.run, job.spec)
     geometry = model.card.geometry(job.context)
     normalizer = Normalizer(model.card, 1, np.dtype(np.uint8))

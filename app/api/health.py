@@ -58,5 +58,6 @@ def health(request: Request) -> HealthResponse | JSONResponse:
             "status": "ready",
             "model": {"name": card.name, "version": card.version},
             "provider": service.model.engine.providers[0],
+            "precision": service.model.engine.precision,
         }
     )

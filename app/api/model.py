@@ -32,6 +32,7 @@ def model_info(service: ServiceDep) -> ModelInfo:
             "card": model.card_source,
             "sha256": model.engine.sha256,
             "providers": model.engine.providers,
+            "precision": model.engine.precision,
             "tiling": {
                 "tile_size": tile_size,
                 "batch_size": batch_size,

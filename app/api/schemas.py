@@ -70,6 +70,9 @@ class HealthResponse(BaseModel):
     status: Literal["ready", "not ready"]
     model: ModelName | None = None
     provider: str | None = Field(None, description="the execution provider in use")
+    precision: Literal["fp32", "bf16", "fp16"] | None = Field(
+        None, description="the precision the network runs in (UNET_PRECISION, resolved)"
+    )
 
 
 class Normalization(BaseModel):
@@ -105,6 +108,9 @@ class ModelInfo(BaseModel):
     threshold: float | None = Field(None, description="the card's calibrated default threshold")
     objects: dict[str, Any] = Field(description="how pixels become objects (the card's recipe)")
     providers: list[str]
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        description="the precision the network runs in (UNET_PRECISION, resolved)"
+    )
     tiling: Tiling
 
 

@@ -1,11 +1,17 @@
-"""Engine: one ONNX Runtime session, its providers, and batch runs.
+"""Engine: one model on one runtime (an ONNX Runtime session, or OpenVINO), its providers,
+its precision and batch runs.
 
 Providers (``UNET_PROVIDERS``):
 
 - ``auto``: CUDA when ONNX Runtime has it *and* a session on it can be made,
-  otherwise the CPU, said in one log line;
-- ``cpu``; ``cuda``; ``tensorrt`` (TensorRT, then CUDA for what it cannot
-  take): an explicit GPU provider that cannot be used is a ProviderError.
+  else OpenVINO when it is installed, else ONNX Runtime's CPU provider, said in one
+  log line;
+- ``cpu``; ``openvino``; ``cuda``; ``tensorrt`` (TensorRT, then CUDA for what it cannot
+  take): an explicit provider that cannot be used is a ProviderError.
+
+Precision (``UNET_PRECISION``): OpenVINO runs bf16 on CPUs that compute it (openvino.py);
+TensorRT builds fp16 engines unless ``fp32``; ONNX Runtime's CPU and CUDA providers run the
+model as it is (fp32): ``bf16`` or ``fp16`` asked of them is a ProviderError.
 
 Graph optimisation is ORT_ENABLE_ALL: it includes the NCHWc layout transform
 that makes MLAS convolutions run near the machine's sgemm rate on a CPU.
@@ -23,13 +29,19 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from app.inference.errors import ModelLoadError, ProviderError
+from app.inference.openvino import NATIVE, OpenVinoModel, capabilities
 from app.inference.providers import (
     AUTO,
+    BF16,
     CHOICES,
     CPU,
     CUDA,
+    FP16,
+    FP32,
     GPU,
+    PRECISIONS,
     PROVIDERS,
+    TENSORRT,
     Provider,
     ProviderOptions,
 )
@@ -81,27 +93,50 @@ class Engine:
         self._options.inter_op_num_threads = 1
         self._options.log_severity_level = 4  # failures surface as exceptions, not stderr noise
         self.options = options or ProviderOptions()
-        self._session = self._open(providers)
-        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise ModelLoadError(
-                f"{self.path.name}: expected one N x C x H x W input, "
-                f"found {[(i.name, i.shape) for i in inputs]}"
+        if self.options.precision not in PRECISIONS:
+            raise ProviderError(
+                f"unknown precision {self.options.precision!r}: use one of {', '.join(PRECISIONS)}"
             )
-        if not outputs or len(outputs[0].shape) != 4:
-            raise ModelLoadError(
-                f"{self.path.name}: the first output must be N x K x H x W logits, "
-                f"found {[(o.name, o.shape) for o in outputs]}"
-            )
-        self.input_name: str = inputs[0].name
-        self.input_shape: list[int | str | None] = list(inputs[0].shape)
-        self.output_names: list[str] = [o.name for o in outputs]
-        self.output_shape: list[int | str | None] = list(outputs[0].shape)
+        self._session: ort.InferenceSession | None = None
+        self._openvino: OpenVinoModel | None = None
+        names, in_shapes, self.output_names, out_shapes = self._io(self._open(providers))
+        self.input_name: str = names[0]
+        self.input_shape: list[int | str | None] = list(in_shapes[0])
+        self.output_shape: list[int | str | None] = list(out_shapes[0])
         # On a GPU, inputs and outputs are bound on the device: one copy each way per batch.
-        gpu = self._session.get_providers()[0] in GPU
+        gpu = self.providers[0] in GPU
         self.bound_device: tuple[str, int] | None = (
             ("cuda", self.options.device_id) if gpu else None
         )
+        self.precision = self._precision()
+
+    def _io(
+        self, opened: ort.InferenceSession | OpenVinoModel
+    ) -> tuple[list[str], list[list[int | str | None]], list[str], list[list[int | str | None]]]:
+        """Keep the opened model; its input names and shapes, output names and shapes,
+        checked: one N x C x H x W input, N x K x H x W logits first."""
+        if isinstance(opened, OpenVinoModel):
+            self._openvino = opened
+            names = opened.input_names
+            in_shapes: list[list[int | str | None]] = [list(s) for s in opened.input_shapes]
+            out_names = opened.output_names
+            out_shapes: list[list[int | str | None]] = [list(s) for s in opened.output_shapes]
+        else:
+            self._session = opened
+            inputs, outputs = opened.get_inputs(), opened.get_outputs()
+            names, in_shapes = [i.name for i in inputs], [list(i.shape) for i in inputs]
+            out_names, out_shapes = [o.name for o in outputs], [list(o.shape) for o in outputs]
+        if len(names) != 1 or len(in_shapes[0]) != 4:
+            raise ModelLoadError(
+                f"{self.path.name}: expected one N x C x H x W input, "
+                f"found {list(zip(names, in_shapes, strict=True))}"
+            )
+        if not out_shapes or len(out_shapes[0]) != 4:
+            raise ModelLoadError(
+                f"{self.path.name}: the first output must be N x K x H x W logits, "
+                f"found {list(zip(out_names, out_shapes, strict=True))}"
+            )
+        return names, in_shapes, out_names, out_shapes
 
     def _session_on(self, provider: Provider) -> ort.InferenceSession:
         needs_name = self.options.input_shape is not None and len(provider.options) > 0
@@ -113,23 +148,37 @@ class Engine:
                 f"cannot load model {self.path.name}: {_first_line(exc)}"
             ) from None
 
-    def _open(self, choice: str) -> ort.InferenceSession:
+    def _open(self, choice: str) -> ort.InferenceSession | OpenVinoModel:
         available = ort.get_available_providers()
         if choice == AUTO:
             if CUDA in available:
                 try:
                     session = self._session_on(PROVIDERS["cuda"])
                     if session.get_providers()[0] == CUDA:
-                        return session
+                        return self._checked(session)
                     reason = "ONNX Runtime could not start CUDA (driver or libraries missing)"
                 except ModelLoadError as exc:
                     reason = str(exc)
             else:
                 reason = "this ONNX Runtime build has no CUDA provider"
-            log.info("providers=auto: %s; using %s", reason, CPU)
-            return self._session_on(PROVIDERS["cpu"])
+            # OpenVINO where it is the faster engine: bf16 on a CPU that computes it (2.1x
+            # ONNX Runtime fp32 here); in fp32 it is no faster than ONNX Runtime (0.92x).
+            native = capabilities()
+            if native is None:
+                why = "OpenVINO is not installed"
+            elif NATIVE[BF16] not in native:
+                why = "this CPU computes no bf16 (neither AVX512-BF16 nor AMX)"
+            elif self.options.precision not in (AUTO, BF16):
+                why = f"precision {self.options.precision} asked for"
+            else:
+                log.info("providers=auto: %s; using OpenVINO on the CPU", reason)
+                return self._on_openvino()
+            log.info("providers=auto: %s and %s; using %s", reason, why, CPU)
+            return self._checked(self._session_on(PROVIDERS["cpu"]))
         if choice not in PROVIDERS:
             raise ProviderError(f"unknown provider {choice!r}: use one of {', '.join(CHOICES)}")
+        if PROVIDERS[choice].runtime == "openvino":
+            return self._on_openvino()
         wanted = PROVIDERS[choice].chain[0]
         if wanted not in available:
             raise ProviderError(
@@ -143,19 +192,49 @@ class Engine:
                 f"(GPU driver, CUDA or cuDNN libraries missing?); it would run on "
                 f"{session.get_providers()[0]}"
             )
+        return self._checked(session)
+
+    def _on_openvino(self) -> OpenVinoModel:
+        return OpenVinoModel(self.path, self._options.intra_op_num_threads, self.options.precision)
+
+    def _checked(self, session: ort.InferenceSession) -> ort.InferenceSession:
+        """The session, if it runs the precision asked for (ONNX Runtime runs the model as
+        it is; TensorRT alone builds fp16)."""
+        asked, first = self.options.precision, session.get_providers()[0]
+        if asked == BF16 or (asked == FP16 and first != TENSORRT):
+            raise ProviderError(
+                f"precision {asked!r} asked for, but ONNX Runtime's {first} runs the model in "
+                "fp32: bf16 runs on OpenVINO (UNET_PROVIDERS=openvino), fp16 on TensorRT"
+            )
         return session
+
+    def _precision(self) -> str:
+        if self._openvino is not None:
+            return self._openvino.precision
+        fp16 = self.providers[0] == TENSORRT and self.options.trt_fp16
+        return FP16 if fp16 and self.options.precision != FP32 else FP32
 
     @property
     def providers(self) -> list[str]:
-        """The execution providers the session actually uses, first = preferred."""
-        return list(self._session.get_providers())
+        """The execution providers actually used, first = preferred."""
+        if self._openvino is not None:
+            return self._openvino.providers
+        return list(self._ort.get_providers())
+
+    @property
+    def _ort(self) -> ort.InferenceSession:
+        assert self._session is not None
+        return self._session
 
     @property
     def settings(self) -> dict[str, Any]:
-        """The session settings in force (providers, optimisation, threads)."""
-        options = self._session.get_session_options()
+        """The settings in force (providers, precision, optimisation, threads)."""
+        if self._openvino is not None:
+            return self._openvino.settings
+        options = self._ort.get_session_options()
         return {
             "providers": self.providers,
+            "precision": self.precision,
             "graph_optimization_level": str(options.graph_optimization_level).split(".")[-1],
             "execution_mode": str(options.execution_mode).split(".")[-1],
             "intra_op_num_threads": options.intra_op_num_threads,
@@ -165,13 +244,17 @@ class Engine:
     @property
     def metadata(self) -> dict[str, str]:
         """The model's ``metadata_props``."""
-        return dict(self._session.get_modelmeta().custom_metadata_map)
+        if self._openvino is not None:
+            return self._openvino.metadata
+        return dict(self._ort.get_modelmeta().custom_metadata_map)
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Run N x C x H x W float32 through the model; returns its first output."""
+        if self._openvino is not None:
+            return self._openvino.run(batch)
         if self.bound_device is not None:
             return self._run_bound(batch, *self.bound_device)
-        out: npt.NDArray[np.float32] = self._session.run(
+        out: npt.NDArray[np.float32] = self._ort.run(
             [self.output_names[0]], {self.input_name: batch}
         )[0]
         return out
@@ -181,11 +264,11 @@ class Engine:
     ) -> npt.NDArray[np.float32]:
         """``run`` through IO binding: the input copied to ``device`` once, the output
         allocated there and copied back once (CUDA; any device ONNX Runtime has)."""
-        binding = self._session.io_binding()
+        binding = self._ort.io_binding()
         value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(batch), device, device_id)
         binding.bind_ortvalue_input(self.input_name, value)
         binding.bind_output(self.output_names[0], device, device_id)
-        self._session.run_with_iobinding(binding)
+        self._ort.run_with_iobinding(binding)
         out: npt.NDArray[np.float32] = binding.copy_outputs_to_cpu()[0]
         return out
 

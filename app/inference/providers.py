@@ -1,7 +1,12 @@
-"""The provider table: what each ``UNET_PROVIDERS`` value asks ONNX Runtime for, with options.
+"""The provider table: what each ``UNET_PROVIDERS`` value runs on, with options, and the
+precisions (``UNET_PRECISION``).
 
-One list that the settings, the messages and the sessions read. Options come
-from the settings (``ProviderOptions``) and are what ONNX Runtime's users
+One list that the settings, the messages and the engines read. ``cpu``, ``cuda`` and
+``tensorrt`` are ONNX Runtime execution providers; ``openvino`` is the OpenVINO runtime
+itself (app/inference/openvino.py), not ONNX Runtime's OpenVINO provider: that one comes as
+``onnxruntime-openvino``, a second wheel of the ``onnxruntime`` module that lags the stock
+one (1.24 against our 1.32), and two wheels of one module cannot share an environment.
+Options come from the settings (``ProviderOptions``) and are what ONNX Runtime's users
 report the GPU providers need:
 
 - CUDA: ``device_id``; ``cudnn_conv_algo_search`` (EXHAUSTIVE searches every
@@ -22,7 +27,13 @@ from pathlib import Path
 from typing import Literal
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+OPENVINO = "OpenVINO"  # what /health and /model call the OpenVINO runtime on the CPU
 AUTO = "auto"
+# UNET_PRECISION: auto = bf16 on a CPU with AVX512-BF16 or AMX (OpenVINO), fp16 on TensorRT,
+# else fp32. The INT8 variant is a model file of its own, not a precision.
+FP32, BF16, FP16 = "fp32", "bf16", "fp16"
+PRECISIONS = (AUTO, FP32, BF16, FP16)
+Runtime = Literal["onnxruntime", "openvino"]
 GPU = frozenset({CUDA, TENSORRT})
 AlgoSearch = Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"]
 
@@ -40,6 +51,7 @@ class ProviderOptions:
     trt_cache_dir: Path | None = None
     trt_fp16: bool = True
     input_shape: tuple[int, int, int, int] | None = None
+    precision: str = AUTO
 
 
 OptionFn = Callable[[ProviderOptions, str], dict[str, str]]  # (options, input name) -> ORT's
@@ -56,7 +68,7 @@ def cuda_options(o: ProviderOptions, input_name: str) -> dict[str, str]:
 def tensorrt_options(o: ProviderOptions, input_name: str) -> dict[str, str]:
     options = {
         "device_id": str(o.device_id),
-        "trt_fp16_enable": "True" if o.trt_fp16 else "False",
+        "trt_fp16_enable": "True" if o.trt_fp16 and o.precision != FP32 else "False",
     }
     if o.trt_cache_dir is not None:
         cache = str(o.trt_cache_dir)
@@ -77,11 +89,12 @@ def tensorrt_options(o: ProviderOptions, input_name: str) -> dict[str, str]:
 class Provider:
     """An entry of the table: ``chain``, ONNX Runtime providers preferred first (the
     rest take what it cannot); ``options``, per ONNX Runtime provider, how to make its
-    options."""
+    options; ``runtime``, which library runs it."""
 
     name: str
     chain: tuple[str, ...]
     options: Mapping[str, OptionFn] = field(default_factory=dict)
+    runtime: Runtime = "onnxruntime"
 
     def session_providers(
         self, options: ProviderOptions, input_name: str
@@ -96,6 +109,7 @@ PROVIDERS: dict[str, Provider] = {
     p.name: p
     for p in (
         Provider("cpu", (CPU,)),
+        Provider("openvino", (OPENVINO,), runtime="openvino"),
         Provider("cuda", (CUDA, CPU), {CUDA: cuda_options}),
         Provider(
             "tensorrt", (TENSORRT, CUDA, CPU), {TENSORRT: tensorrt_options, CUDA: cuda_options}

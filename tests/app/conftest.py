@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from app.inference import Engine
 from app.main import create_app
 from app.settings import Settings
 from bench.nets import UNetSpec, default_card, save_model
@@ -63,6 +64,13 @@ def softmax_model(model_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def rgb_model(model_dir: Path) -> Path:
     return _model(model_dir, "rgb", RGB)
+
+
+def default_engine(model: Path) -> tuple[str, str]:
+    """(provider, precision) that UNET_PROVIDERS=auto and UNET_PRECISION=auto give ``model``
+    on this machine: OpenVINO (bf16 where the CPU computes it) when installed."""
+    engine = Engine(model, "auto", threads=1)
+    return engine.providers[0], engine.precision
 
 
 def settings(model: Path, **overrides: Any) -> Settings:

@@ -133,7 +133,9 @@ def answers(model_folder: Path) -> Iterator[tuple[Case, int, str, bytes]]:
     paths = models(model_folder)
     with ExitStack() as stack:
         clients = {
-            name: stack.enter_context(TestClient(create_app(settings(path))))
+            name: stack.enter_context(
+                TestClient(create_app(settings(path, providers="cpu")))
+            )  # recorded on ONNX Runtime
             for name, path in paths.items()
         }
         for case in cases():

@@ -63,7 +63,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     image = smooth_noise(3000, 5000, seed=2)
     tif = folder / "slide.ome.tif"
     write_ome_tiff(tif, image)
-    loaded = load_model(model, "cpu")
+    loaded = load_model(model)
     probs, _ = Predictor(loaded.engine.run, loaded.card, tile_size=TILE).probabilities(image)
     threshold = float(np.median(probs[0]))  # about half the pixels foreground
     mask = (probs[0] >= threshold).astype(np.uint8)
@@ -80,7 +80,7 @@ def read_store(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 def test_streamed_equals_in_memory_for_any_block_size(
     block_size: int, reference: Reference, tmp_path: Path
 ) -> None:
-    loaded = load_model(reference.model, "cpu")
+    loaded = load_model(reference.model)
     predictor = Predictor(loaded.engine.run, loaded.card, tile_size=TILE)
     options = Options(threshold=reference.threshold)
     path = tmp_path / "out.ome.zarr"
@@ -105,7 +105,7 @@ def test_tta_streamed_equals_tta_in_memory(
 ) -> None:
     """The mean over four flips, block by block (mirrored blocks meet other tiles)."""
     image = smooth_noise(900, 1300, seed=7)
-    loaded = load_model(reference.model, "cpu")
+    loaded = load_model(reference.model)
     predictor = Predictor(loaded.engine.run, loaded.card, tile_size=TILE)
     probs, _ = predictor.probabilities(image, tta=True)
     options = Options(threshold=reference.threshold, tta=True)
@@ -157,7 +157,7 @@ def test_the_command_line_with_and_without_dask_equals_in_memory(
         "small1.png": ("ok", "png"),
     }  # fmt: skip
     assert (rows["slide.ome.tif"]["width"], rows["slide.ome.tif"]["levels"]) == (5000, 5)
-    loaded = load_model(reference.model, "cpu")
+    loaded = load_model(reference.model)
     predictor = Predictor(loaded.engine.run, loaded.card, tile_size=TILE)
     for index, image in enumerate(small):
         with Image.open(out / f"small{index}.png") as written:
@@ -294,7 +294,7 @@ def test_a_small_ome_zarr_goes_the_in_memory_way(reference: Reference, tmp_path:
     write_ome_zarr(tmp_path / "small.ome.zarr", image)
     out = tmp_path / "out"
     assert run_cli(reference, out, tmp_path / "small.ome.zarr") == 0
-    loaded = load_model(reference.model, "cpu")
+    loaded = load_model(reference.model)
     expected = Predictor(loaded.engine.run, loaded.card, tile_size=TILE).predict(
         image, threshold=reference.threshold
     )
@@ -331,7 +331,7 @@ def test_rgb_slides_and_16_bit_images_stream_exactly(
         model, source = binary_model, tmp_path / "deep.ome.tif"
         write_ome_tiff(source, (smooth_noise(900, 1300, seed=5).astype(np.uint16) * 257) + 100)
     pixels = tifffile.imread(source)  # tifffile's whole level 0, as a user would read it
-    loaded = load_model(model, "cpu")
+    loaded = load_model(model)
     predictor = Predictor(loaded.engine.run, loaded.card)
     probs, _ = predictor.probabilities(pixels)
     threshold = float(np.median(probs[0]))

@@ -42,14 +42,14 @@ class Case:
 def case(folder: Path, method: str) -> Case:
     base = folder / "base.onnx"
     save_model(base, SPEC, seed=3, card=default_card(SPEC, name="base"))
-    loaded = load_model(base, "cpu")
+    loaded = load_model(base)
     probs, _ = Predictor(loaded.engine.run, loaded.card).probabilities(IMAGE)
     objects: dict[str, object] = {"method": method}
     if method == "watershed":  # seeds: the 30 % of pixels least likely boundary
         objects |= {"boundary_class": 1, "seed_threshold": float(np.quantile(probs[0], 0.3))}
     model = folder / f"{method}.onnx"
     save_model(model, SPEC, seed=3, card=default_card(SPEC, name=method, objects=objects))
-    loaded = load_model(model, "cpu")
+    loaded = load_model(model)
     predictor = Predictor(loaded.engine.run, loaded.card)
     options = Options(threshold=float(np.median(probs[0])))
     info = Model(loaded.card, loaded.engine.sha256)

@@ -25,7 +25,7 @@ IMAGE = noise(60, 90, seed=5)
 
 @cache
 def predictor(model: Path) -> Predictor:
-    loaded = load_model(model, "cpu", threads=1)
+    loaded = load_model(model, threads=1)  # the service's engine
     return Predictor(loaded.engine.run, loaded.card)
 
 

@@ -7,6 +7,7 @@ import json
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -17,7 +18,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as coco_mask
 
-from tests.app.conftest import API_KEY, Server
+from tests.app.conftest import API_KEY, Server, default_engine
 from tests.app.samples import bad_corpus, noise, png, tiff
 
 pytestmark = pytest.mark.filterwarnings(
@@ -37,14 +38,16 @@ def metrics(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]],
     }
 
 
-def test_health_and_readiness(server: Server) -> None:
+def test_health_and_readiness(server: Server, binary_model: Path) -> None:
     assert httpx.get(f"{server.url}/health/live").json() == {"status": "live"}
     assert httpx.get(f"{server.url}/health/ready").json() == {"status": "ready"}
     health = httpx.get(f"{server.url}/health").json()
+    provider, precision = default_engine(binary_model)
     assert health == {
         "status": "ready",
         "model": {"name": "binary", "version": "0.0.0"},
-        "provider": "CPUExecutionProvider",
+        "provider": provider,
+        "precision": precision,
     }
 
 
@@ -140,7 +143,7 @@ def test_bad_corpus_leaves_the_server_healthy_without_memory_growth(
     assert http.post("/segment", content=png(IMAGE)).status_code == 200
 
 
-def test_metrics_parse_and_move(http: httpx.Client) -> None:
+def test_metrics_parse_and_move(http: httpx.Client, binary_model: Path) -> None:
     before = metrics(http)
     assert http.post("/segment", content=png(IMAGE)).status_code == 200
     assert http.post("/segment", content=b"").status_code == 400
@@ -159,7 +162,7 @@ def test_metrics_parse_and_move(http: httpx.Client) -> None:
     assert delta("unet_request_duration_seconds_count", endpoint="/segment") == 2
     info = (
         "unet_model_info",
-        (("name", "binary"), ("provider", "CPUExecutionProvider"), ("version", "0.0.0")),
+        (("name", "binary"), ("provider", default_engine(binary_model)[0]), ("version", "0.0.0")),
     )
     assert after[info] == 1
     assert ("unet_requests_in_flight", ()) in after

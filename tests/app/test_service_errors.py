@@ -14,7 +14,7 @@ from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
 from app.main import create_app
 from app.service import Service
 from bench.nets import build_onnx, random_weights
-from tests.app.conftest import BINARY, settings
+from tests.app.conftest import BINARY, default_engine, settings
 from tests.app.samples import bad_corpus, noise, png
 
 IMAGE_PNG = png(noise(60, 90))
@@ -127,7 +127,7 @@ def test_not_ready_before_the_model_is_loaded(binary_model: Path) -> None:
         health = client.get("/health").json()
         assert health["status"] == "ready"
         assert health["model"] == {"name": "binary", "version": "0.0.0"}
-        assert health["provider"] == "CPUExecutionProvider"
+        assert (health["provider"], health["precision"]) == default_engine(binary_model)
 
 
 def test_overload_is_503_with_retry_after(binary_model: Path) -> None:
@@ -154,7 +154,7 @@ def test_refused_requests_give_their_slot_back(binary_model: Path) -> None:
         assert admission.admitted == 0
 
 
-def test_model_endpoint(client: TestClient) -> None:
+def test_model_endpoint(client: TestClient, binary_model: Path) -> None:
     info = client.get("/model").json()
     assert info["classes"] == ["background", "foreground"]
     assert (info["padding"], info["halo"], info["size_multiple"], info["min_size"]) == (
@@ -164,7 +164,8 @@ def test_model_endpoint(client: TestClient) -> None:
         44,
     )
     assert info["normalization"] == {"scale": 1 / 255, "offset": 0.0}
-    assert info["providers"] == ["CPUExecutionProvider"]
+    provider, precision = default_engine(binary_model)
+    assert (info["providers"], info["precision"]) == ([provider], precision)
     assert info["card"] == "embedded"
     assert info["tiling"] == {
         "tile_size": CPU_TILE_SIZE,

@@ -43,6 +43,9 @@ def assert_fails_clearly(result: subprocess.CompletedProcess[str], *words: str) 
     [
         ({"UNET_MAX_QUEUE": "-1"}, ["UNET_MAX_QUEUE"]),
         ({"UNET_PROVIDERS": "gpu"}, ["UNET_PROVIDERS", "auto"]),
+        ({"UNET_PRECISION": "fp8"}, ["UNET_PRECISION", "bf16"]),
+        # ONNX Runtime's CPU provider runs fp32 only: a clear refusal, not a silent fp32
+        ({"UNET_PROVIDERS": "cpu", "UNET_PRECISION": "bf16"}, ["bf16", "OpenVINO"]),
         ({"UNET_LOG_FORMAT": "xml"}, ["UNET_LOG_FORMAT"]),
         ({"UNET_MAX_UPLOAD_BYTES": "lots"}, ["UNET_MAX_UPLOAD_BYTES"]),
         ({"UNET_TILE_SIZE": "8"}, ["UNET_TILE_SIZE", "minimum"]),

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.inference import Engine, ProviderError
+from app.inference import Engine, ProviderError, ProviderOptions
+from app.inference.openvino import capabilities
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
@@ -29,15 +31,51 @@ def test_sha256_is_the_files(valid_model: Path) -> None:
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this ONNX Runtime has CUDA: the fallback path is not taken")
-def test_auto_falls_back_to_cpu_with_one_log_line(
+def test_auto_falls_back_to_openvino_with_one_log_line(
     valid_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    native = capabilities()
+    if native is None:
+        pytest.skip("OpenVINO is not installed (the `cpu` extra has it)")
+    if "BF16" not in native:
+        pytest.skip("this CPU has neither AVX512-BF16 nor AMX: auto keeps ONNX Runtime here")
+    with caplog.at_level(logging.INFO, logger="app.inference.engine"):
+        engine = Engine(valid_model, "auto")
+    assert (engine.providers, engine.precision) == (["OpenVINO"], "bf16")
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.inference.engine"]
+    assert len(lines) == 1
+    assert "using OpenVINO on the CPU" in lines[0]
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this ONNX Runtime has CUDA: the fallback path is not taken")
+def test_auto_without_openvino_falls_back_to_onnx_runtime_cpu(
+    valid_model: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
+    with caplog.at_level(logging.INFO, logger="app.inference.engine"):
+        engine = Engine(valid_model, "auto")
+    assert engine.providers == ["CPUExecutionProvider"]
+    assert engine.precision == "fp32"
+    lines = [r.getMessage() for r in caplog.records if r.name == "app.inference.engine"]
+    assert len(lines) == 1
+    assert "OpenVINO is not installed; using CPUExecutionProvider" in lines[0]
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this ONNX Runtime has CUDA: the fallback path is not taken")
+def test_auto_keeps_onnx_runtime_where_openvino_would_run_fp32(
+    valid_model: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenVINO fp32 is no faster than ONNX Runtime (docs/performance.md): auto takes it
+    only for bf16, so fp32 asked for, or a CPU without bf16, stays on ONNX Runtime."""
+    forced = Engine(valid_model, "auto", options=ProviderOptions(precision="fp32"))
+    assert (forced.providers, forced.precision) == (["CPUExecutionProvider"], "fp32")
+    monkeypatch.setattr("app.inference.engine.capabilities", lambda: ["FP32", "INT8"])
     with caplog.at_level(logging.INFO, logger="app.inference.engine"):
         engine = Engine(valid_model, "auto")
     assert engine.providers == ["CPUExecutionProvider"]
     lines = [r.getMessage() for r in caplog.records if r.name == "app.inference.engine"]
-    assert len(lines) == 1
-    assert "using CPUExecutionProvider" in lines[0]
+    assert lines
+    assert "computes no bf16" in lines[-1]
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this ONNX Runtime has CUDA")
@@ -50,7 +88,7 @@ def test_explicit_gpu_provider_that_cannot_be_used_is_an_error(
 
 
 def test_unknown_provider(valid_model: Path) -> None:
-    with pytest.raises(ProviderError, match="use one of auto, cpu, cuda, tensorrt"):
+    with pytest.raises(ProviderError, match="use one of auto, cpu, openvino, cuda, tensorrt"):
         Engine(valid_model, "tpu")  # type: ignore[arg-type]
 
 
