@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from app.gateway.receiver import TRANSFER_SYNTAXES
 from bench.report import report
@@ -88,6 +89,7 @@ def floor_scp(port: int) -> None:
     what any SCP built on pynetdicom costs before it reads or stores anything."""
     ae = AE(ae_title="FLOOR")
     ae.maximum_pdu_size = 0
+    ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
     handlers = [(evt.EVT_C_STORE, lambda event: 0x0000)]

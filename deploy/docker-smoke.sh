@@ -23,6 +23,10 @@ say "runs as uid $user ($(podman inspect -f '{{.Config.User}}' "$CID"))"
 [ "$user" != 0 ] || { say "FAIL: runs as root"; exit 1; }
 say "root filesystem read-only: $(podman inspect -f '{{.HostConfig.ReadonlyRootfs}}' "$CID")"
 
+say "GET /health -> $(curl -s --max-time 10 "http://127.0.0.1:$PORT/health")"  # engine, precision
+# No telemetry: OpenVINO's (openvino-telemetry) would write ~/intel (HOME=/tmp in the image).
+if podman exec "$CID" test -e /tmp/intel </dev/null; then say "FAIL: /tmp/intel written"; exit 1; fi
+
 WORK=$(mktemp -d)
 python3 - "$WORK/in.png" <<'PY'
 import struct, sys, zlib
