@@ -33,6 +33,7 @@ from tests.gateway.peers import (
     TOOLS,
     Pacs,
     Process,
+    dciodvfy_errors,
     queue_is_empty,
     sent,
     storescu,
@@ -119,6 +120,36 @@ def test_a_series_over_three_associations_gives_one_seg_at_the_pacs(
     log = node.text()
     assert "sent to PACS@127.0.0.1" in log
     assert str(pydicom.dcmread(series[0]).SeriesInstanceUID) not in log  # hashes only
+
+
+def test_a_late_instance_gives_a_second_seg_for_it_alone(routed: Routed, tmp_path: Path) -> None:
+    """An instance that comes after its series' SEG went out opens the series' next round:
+    a second SEG, with a UID of its own, referencing that instance alone; the first stays."""
+    series = ct_series(tmp_path / "ct", 6, size=64)
+    first, late = series[:5], series[5]
+    sent(storescu(routed.port, first))
+    until(lambda: len(routed.pacs.received()) >= 1, "the first SEG at the PACS")
+    the_one_seg(routed.pacs, first)
+    sent(storescu(routed.port, [late]))
+    until(lambda: len(routed.pacs.received()) >= 2, "a second SEG, for the late instance")
+    time.sleep(2 * STABLE_S)  # long enough for a third one, were one coming
+    paths = routed.pacs.received()
+    assert len(paths) == 2
+    segs = [pydicom.dcmread(p) for p in paths]
+    referenced = sorted(
+        (
+            {i.ReferencedSOPInstanceUID for r in s.ReferencedSeriesSequence
+             for i in r.ReferencedInstanceSequence}
+            for s in segs
+        ),
+        key=len,
+    )  # fmt: skip
+    assert referenced == [
+        {pydicom.dcmread(late).SOPInstanceUID},
+        {pydicom.dcmread(f).SOPInstanceUID for f in first},
+    ]
+    assert segs[0].SOPInstanceUID != segs[1].SOPInstanceUID
+    assert [dciodvfy_errors(p) for p in paths] == [[], []]
 
 
 def test_a_caller_not_allowed_is_rejected_at_association(service: Server, tmp_path: Path) -> None:
