@@ -309,7 +309,7 @@ def print_header(args: argparse.Namespace, settings: dict[str, Any], sgemm: floa
     import onnxruntime
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} logical CPUs, {platform.platform()}")
-    print(f"onnxruntime {onnxruntime.__version__}: {json.dumps(settings)}")
+    print(f"engine (onnxruntime {onnxruntime.__version__}): {json.dumps(settings)}")
     print(f"U-Net depth 4, base {args.base}; tile {args.tile}, batch {args.batch}")
     print(f"sgemm {args.sgemm}^2 float32 (numpy), before the runs: {sgemm:.1f} GFLOP/s")
 

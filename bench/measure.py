@@ -176,7 +176,7 @@ def measure_whole(job: Job) -> dict[str, Any]:
         job.model, job.providers, job.threads, ProviderOptions(precision=job.precision)
     )
     timed = Timed(model.engine.run, job.spec)
-    geometry = model.card.geometry(job.context)
+    geometry = model.card.geometry()
     normalizer = Normalizer(model.card, 1, np.dtype(np.uint8))
     image = synthetic_image(job.size, job.seed)
     rss_before = peak_rss_mib()
@@ -197,7 +197,7 @@ def measure_whole(job: Job) -> dict[str, Any]:
 
 def _monai_plan(job: Job) -> TilePlan:
     card = parse_card(default_card(job.spec), "bench")
-    return plan_tiles(job.size, job.size, card.geometry(job.context), job.tile_size)
+    return plan_tiles(job.size, job.size, card.geometry(), job.tile_size, job.context)
 
 
 def measure_monai(job: Job) -> dict[str, Any]:
