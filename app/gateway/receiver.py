@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import sqlite3
 import threading
 from pathlib import Path
@@ -104,8 +105,22 @@ class Receiver:
             evt_handlers=handlers,
             ssl_context=ssl_context,
         )
+        if ssl_context is not None:
+            self._server.get_request = self._accept_tls
         self.port = int(self._server.server_address[1])
         log.info("listening: AE %s, port %d", self.settings.dicom_ae_title, self.port)
+
+    def _accept_tls(self) -> tuple[socket.socket, tuple[str, int]]:
+        """The server's accept, with the TLS handshake left to the association's own thread
+        (OpenSSL runs it on the first read): pynetdicom's would run it here, in the one
+        thread that accepts, where a client that connects and never says hello stops every
+        association after it."""
+        server = self._server
+        client, address = server.socket.accept()
+        wrapped = server.ssl_context.wrap_socket(
+            client, server_side=True, do_handshake_on_connect=False
+        )
+        return wrapped, address
 
     def stop(self) -> None:
         if self._server is not None:

@@ -9,6 +9,7 @@ import io
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -360,6 +361,14 @@ def test_dicom_tls_with_client_certificates(service: Server, tmp_path: Path) -> 
         assert done.returncode == 0, done.stdout + done.stderr
         until(lambda: len(pacs.received()) == 1, "the SEG at the TLS destination")
         assert pydicom.dcmread(pacs.received()[0]).SOPClassUID == SEGMENTATION
+        # A client that connects and never says hello holds up no one: the handshake runs
+        # in the association's thread, not in the one that accepts connections.
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            echo = [TOOLS["echoscu"] or "", "-aet", "MODALITY", "-aec", "UNET", "-to", "10"]
+            echo += ["-ta", "10", "+tls", str(pem["modality.key"]), str(pem["modality.pem"])]
+            echo += [*trusted, "127.0.0.1", str(port)]
+            answered = subprocess.run(echo, capture_output=True, check=False, timeout=30)
+            assert answered.returncode == 0, answered.stdout + answered.stderr
         # No client certificate, or plain TCP: no association.
         anonymous = [*base, "+tla", *trusted, "127.0.0.1", str(port), str(instance)]
         assert subprocess.run(anonymous, capture_output=True, check=False).returncode != 0
