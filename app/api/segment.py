@@ -50,7 +50,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         408: "the body stalled for UNET_BODY_TIMEOUT seconds",
         413: "body above UNET_MAX_UPLOAD_BYTES; image above UNET_MAX_IMAGE_PIXELS or "
         "UNET_MAX_FRAMES, or costing more work than an image of that many pixels",
-        415: "recognised but unsupported image format, or dicom-seg for a non-DICOM input",
+        415: "recognised but unsupported image format, or dicom-seg or dicom-sr for a "
+        "non-DICOM input",
         422: "bad query parameter, or a multi-frame input with a single-frame format",
         503: "not ready, overloaded or shutting down (see Retry-After)",
     }.items()

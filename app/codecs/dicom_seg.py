@@ -152,15 +152,15 @@ def derived_uid(*parts: str) -> str:
     return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
-def seg_uids(sources: Sequence[Dataset], model_sha256: str) -> tuple[str, str]:
-    """(Series, SOP Instance) UIDs of the SEG of ``sources`` by the model ``model_sha256``:
-    one SEG series per source series and model, one instance per set of sources, so that
-    sending the same series again replaces its SEG (a PACS that overwrites) instead of
-    adding one."""
+def seg_uids(sources: Sequence[Dataset], model_sha256: str, kind: str = "seg") -> tuple[str, str]:
+    """(Series, SOP Instance) UIDs of the SEG (``kind`` "seg", or another result: "sr") of
+    ``sources`` by the model ``model_sha256``: one series per source series, model and kind,
+    one instance per set of sources, so that sending the same series again replaces its
+    result (a PACS that overwrites) instead of adding one."""
     series = str(sources[0].SeriesInstanceUID)
     instances = sorted(str(s.SOPInstanceUID) for s in sources)
-    return derived_uid("seg-series", series, model_sha256), derived_uid(
-        "seg-instance", series, model_sha256, *instances
+    return derived_uid(f"{kind}-series", series, model_sha256), derived_uid(
+        f"{kind}-instance", series, model_sha256, *instances
     )
 
 

@@ -28,7 +28,7 @@ def test_a_toy_format_appears_in_the_schema_and_works_over_http(binary_model: Pa
         assert answer.text == "0:(30, 20)\n1:(30, 20)\n"
         unknown = client.post("/segment?format=jpeg", content=png(noise(30, 20)))
         assert unknown.status_code == 422
-        assert "'dicom-seg' or 'shape' (got 'jpeg')" in unknown.json()["detail"]
+        assert "'dicom-seg', 'dicom-sr' or 'shape' (got 'jpeg')" in unknown.json()["detail"]
     with TestClient(create_app(settings(binary_model))) as plain:  # another app: no toy
         assert plain.post("/segment?format=shape", content=png(noise(30, 20))).status_code == 422
 

@@ -35,7 +35,7 @@ def softmax(tmp_path_factory: pytest.TempPathFactory) -> Model:
 
 def test_the_installations_formats_in_order() -> None:
     names = ["png", "rle", "probability", "overlay", "instances", "objects", "geojson"]
-    assert default_outputs().names() == [*names, "dicom-seg"]
+    assert default_outputs().names() == [*names, "dicom-seg", "dicom-sr"]
 
 
 def test_class_probability_is_the_class_channel() -> None:
@@ -70,7 +70,9 @@ def test_refusals_name_the_formats_from_the_registry(softmax: Model) -> None:
         match=r"2 frames and format=png carries one; use format=rle, objects or geojson$",
     ):
         outputs.encoder("png", image(2, "tiff"), softmax, Options())
-    with pytest.raises(FrameCountError, match=r"use format=rle, objects, geojson or dicom-seg$"):
+    with pytest.raises(
+        FrameCountError, match=r"use format=rle, objects, geojson, dicom-seg or dicom-sr$"
+    ):
         outputs.encoder("probability", image(2, "dicom"), softmax, Options())
 
 

@@ -61,7 +61,8 @@ def default_outputs() -> Outputs:
         ]
     )
     if importlib.util.find_spec("highdicom") is not None:  # the `dicom` extra
-        from app.codecs.outputs import dicom_seg
+        from app.codecs.outputs import dicom_seg, dicom_sr
 
         registry.add(dicom_seg.OUTPUT)
+        registry.add(dicom_sr.OUTPUT)
     return registry

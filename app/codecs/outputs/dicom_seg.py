@@ -15,6 +15,7 @@ from app.inference.predictor import Prediction
 class DicomSegEncoder:
     headers: dict[str, str] = {}  # noqa: RUF012 -- read only
     media_type = "application/dicom"
+    format = "dicom-seg"
 
     def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
         from pydicom.dataset import Dataset
@@ -28,7 +29,7 @@ class DicomSegEncoder:
         elif isinstance(source, Dataset):
             self.sources = [source]
         else:
-            raise UnsupportedOutputError("format=dicom-seg needs a DICOM input")
+            raise UnsupportedOutputError(f"format={self.format} needs a DICOM input")
         for dataset in self.sources:
             check_source(dataset)  # 422 before any inference (e.g. no plane positions)
         self.model = model
