@@ -102,28 +102,15 @@ def measurements(
     return out
 
 
-def encode_sr(
-    sources: Dataset | Sequence[Dataset],
-    masks: Sequence[np.ndarray],
+def _groups(
+    seg: hd.seg.Segmentation,
+    series: Sequence[Dataset],
+    values: dict[int, tuple[str, float]],
     classes: Sequence[str],
-    model_name: str,
-    model_version: str,
-    model_sha256: str = "",
-) -> bytes:
-    """A Comprehensive 3D SR (Part 10 bytes) measuring each segment of the SEG that
-    ``encode_seg`` makes of the same arguments, which it references by that SEG's UIDs.
-    Raises DicomSegError (422) when the source cannot carry a SEG or states no geometry."""
-    series = [sources] if isinstance(sources, Dataset) else list(sources)
-    seg_bytes = encode_seg(series, masks, classes, model_name, model_version, model_sha256)
-    seg = hd.seg.Segmentation.from_dataset(dcmread(BytesIO(seg_bytes)), copy=False)
-    values = measurements(series, masks, classes)
-    algorithm = hd.sr.AlgorithmIdentification(_lo(model_name), _lo(model_version))
-    device = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=derived_uid("device", model_sha256 or model_name), name=_lo(model_name)
-        ),
-    )
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    """One measurement group per segment the SEG carries: its volume (or area), the SEG's
+    segment and the source images referenced."""
     present = {int(item.SegmentNumber) for item in seg.SegmentSequence}
     # highdicom's ReferencedSegment.from_segmentation misses a one-segment SEG's segment
     # (identified in the shared functional groups): the references are written out here.
@@ -157,6 +144,31 @@ def encode_sr(
                 ],
             )
         )
+    return groups
+
+
+def encode_sr(
+    sources: Dataset | Sequence[Dataset],
+    masks: Sequence[np.ndarray],
+    classes: Sequence[str],
+    model_name: str,
+    model_version: str,
+    model_sha256: str = "",
+) -> bytes:
+    """A Comprehensive 3D SR (Part 10 bytes) measuring each segment of the SEG that
+    ``encode_seg`` makes of the same arguments, which it references by that SEG's UIDs.
+    Raises DicomSegError (422) when the source cannot carry a SEG or states no geometry."""
+    series = [sources] if isinstance(sources, Dataset) else list(sources)
+    seg_bytes = encode_seg(series, masks, classes, model_name, model_version, model_sha256)
+    seg = hd.seg.Segmentation.from_dataset(dcmread(BytesIO(seg_bytes)), copy=False)
+    algorithm = hd.sr.AlgorithmIdentification(_lo(model_name), _lo(model_version))
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid("device", model_sha256 or model_name), name=_lo(model_name)
+        ),
+    )
+    groups = _groups(seg, series, measurements(series, masks, classes), classes, algorithm)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=IMAGING,
