@@ -10,7 +10,7 @@ Nothing here logs, and no message quotes an attribute value.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from io import BytesIO
 
 import highdicom as hd
@@ -189,7 +189,8 @@ def encode_seg(
     series = [_complete(source) for source in series]
     segments = _segments(classes, model_name, model_version)
     series_uid, instance_uid = seg_uids(series, model_sha256)
-    try:
+
+    def build() -> Dataset:
         seg = hd.seg.Segmentation(
             source_images=series,
             pixel_array=pixels,
@@ -209,13 +210,23 @@ def encode_seg(
             omit_empty_frames=True,
         )
         seg.SeriesDescription = _lo(f"SEG {model_name}")
+        return seg
+
+    return part10(
+        build,
+        "a DICOM SEG cannot be made for this source image: highdicom rejected its "
+        "attributes or geometry (e.g. a CT without Frame of Reference); ask format=rle "
+        "or format=png",
+    )
+
+
+def part10(build: Callable[[], Dataset], refusal: str) -> bytes:
+    """``build()``'s dataset as Part 10 bytes; DicomSegError(refusal) when highdicom rejects
+    the source: its messages may quote source attribute values, so they are replaced,
+    never chained."""
+    try:
         out = BytesIO()
-        dcmwrite(out, seg, enforce_file_format=True)
-    # highdicom's messages may quote source attribute values: replaced, never chained.
+        dcmwrite(out, build(), enforce_file_format=True)
     except (ValueError, TypeError, AttributeError, KeyError):
-        raise DicomSegError(
-            "a DICOM SEG cannot be made for this source image: highdicom rejected its "
-            "attributes or geometry (e.g. a CT without Frame of Reference); ask format=rle "
-            "or format=png"
-        ) from None
+        raise DicomSegError(refusal) from None
     return out.getvalue()

@@ -18,7 +18,7 @@ from io import BytesIO
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
-from pydicom import dcmread, dcmwrite
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -28,6 +28,7 @@ from app.codecs.dicom_seg import (
     _lo,
     derived_uid,
     encode_seg,
+    part10,
     seg_uids,
 )
 from app.codecs.errors import DicomSegError
@@ -160,23 +161,24 @@ def encode_sr(
     Raises DicomSegError (422) when the source cannot carry a SEG or states no geometry."""
     series = [sources] if isinstance(sources, Dataset) else list(sources)
     seg_bytes = encode_seg(series, masks, classes, model_name, model_version, model_sha256)
-    seg = hd.seg.Segmentation.from_dataset(dcmread(BytesIO(seg_bytes)), copy=False)
-    algorithm = hd.sr.AlgorithmIdentification(_lo(model_name), _lo(model_version))
-    device = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=derived_uid("device", model_sha256 or model_name), name=_lo(model_name)
-        ),
-    )
-    groups = _groups(seg, series, measurements(series, masks, classes), classes, algorithm)
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=device),
-        procedure_reported=IMAGING,
-        imaging_measurements=groups,
-    )
+    values = measurements(series, masks, classes)
     series_uid, instance_uid = seg_uids(series, model_sha256, kind="sr")
-    try:
-        sr = hd.sr.Comprehensive3DSR(
+
+    def build() -> Dataset:
+        seg = hd.seg.Segmentation.from_dataset(dcmread(BytesIO(seg_bytes)), copy=False)
+        algorithm = hd.sr.AlgorithmIdentification(_lo(model_name), _lo(model_version))
+        device = hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=derived_uid("device", model_sha256 or model_name), name=_lo(model_name)
+            ),
+        )
+        report = hd.sr.MeasurementReport(
+            observation_context=hd.sr.ObservationContext(observer_device_context=device),
+            procedure_reported=IMAGING,
+            imaging_measurements=_groups(seg, series, values, classes, algorithm),
+        )
+        return hd.sr.Comprehensive3DSR(
             evidence=[*(_complete(s) for s in series), seg],
             content=report,
             series_instance_uid=series_uid,
@@ -188,12 +190,9 @@ def encode_sr(
             is_final=True,
             series_description=_lo(f"SR {model_name}"),
         )
-        out = BytesIO()
-        dcmwrite(out, sr, enforce_file_format=True)
-    # highdicom's messages may quote source attribute values: replaced, never chained.
-    except (ValueError, TypeError, AttributeError, KeyError):
-        raise DicomSegError(
-            "a DICOM SR cannot be made for this source image: highdicom rejected its "
-            "attributes; ask format=dicom-seg"
-        ) from None
-    return out.getvalue()
+
+    return part10(
+        build,
+        "a DICOM SR cannot be made for this source image: highdicom rejected its "
+        "attributes; ask format=dicom-seg",
+    )
