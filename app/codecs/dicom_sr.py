@@ -6,8 +6,9 @@ Per segment (non-background class): its volume in mm³, the sum over its frames 
 pixel area x the frame's extent along the slice normal (half the distance to each
 neighbouring slice position, so uneven gaps count as they are; never Slice Thickness), or,
 for a single frame, its area in mm²; the algorithm (the model's name and version) beside
-each. The SR's UIDs derive from the source series and the model, as the SEG's do.
-Nothing here logs, and no message quotes an attribute value.
+each; and, for an object model (its card states ``objects``), the number of objects of
+each segment (``counts``). The SR's UIDs derive from the source series and the model, as
+the SEG's do. Nothing here logs, and no message quotes an attribute value.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from io import BytesIO
 
 import highdicom as hd
 import numpy as np
-import numpy.typing as npt
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from scipy import ndimage
 
+from app.codecs.dicom_geometry import geometry, volumes
 from app.codecs.dicom_seg import (
     MANUFACTURER,
     _complete,
@@ -31,58 +33,12 @@ from app.codecs.dicom_seg import (
     part10,
     seg_uids,
 )
-from app.codecs.errors import DicomSegError
 
 SERIES_NUMBER = 9002  # after the SEG's 9001
 IMAGING = hd.sr.CodedConcept("363679005", "SCT", "Imaging")  # the procedure reported
-
-
-def geometry(sources: Sequence[Dataset]) -> tuple[list[float], float]:
-    """(each frame's position along the slice normal in mm, in frame order; the pixel area
-    in mm²). DicomSegError when the sources do not state their geometry."""
-    first = sources[0]
-    try:
-        if int(first.get("NumberOfFrames") or 1) > 1:  # an enhanced multi-frame image
-            shared = first.SharedFunctionalGroupsSequence[0]
-            spacing = shared.PixelMeasuresSequence[0].PixelSpacing
-            orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
-            positions = [
-                item.PlanePositionSequence[0].ImagePositionPatient
-                for item in first.PerFrameFunctionalGroupsSequence
-            ]
-        else:
-            spacing, orientation = first.PixelSpacing, first.ImageOrientationPatient
-            positions = [s.ImagePositionPatient for s in sources]
-        row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
-        normal = np.cross(row, column)
-        along = [float(np.dot(np.asarray(p, float), normal)) for p in positions]
-        area = float(spacing[0]) * float(spacing[1])
-    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
-        raise DicomSegError(
-            "the source DICOM does not state its pixel spacing, orientation and positions, "
-            "which a volume in mm³ needs; ask format=dicom-seg or format=objects"
-        ) from None
-    if not area > 0 or not np.isfinite(along).all():
-        raise DicomSegError("the source DICOM's pixel spacing or positions are not usable")
-    return along, area
-
-
-def extents(along: Sequence[float]) -> npt.NDArray[np.float64]:
-    """Each frame's thickness along the normal: half the gap to each neighbour (the end
-    frames: the gap to their one neighbour); 0 for a single frame."""
-    z = np.asarray(along, dtype=np.float64)
-    if z.size < 2:
-        return np.zeros(z.size)
-    order = np.argsort(z, kind="stable")
-    gaps = np.diff(z[order])
-    if (gaps <= 0).any():
-        raise DicomSegError("two frames of the source share a position: no volume")
-    sorted_extent = np.empty(z.size)
-    sorted_extent[1:-1] = (gaps[:-1] + gaps[1:]) / 2
-    sorted_extent[0], sorted_extent[-1] = gaps[0], gaps[-1]
-    result = np.empty(z.size)
-    result[order] = sorted_extent
-    return result
+# A segment's objects: DCM 111406 "Number of similar findings", unitless ("1" in UCUM).
+COUNT = (codes.DCM.NumberOfSimilarFindings, codes.UCUM.NoUnits)
+FACES = ndimage.generate_binary_structure(3, 1)  # 6-connected: 4-connected within a slice
 
 
 def measurements(
@@ -92,26 +48,50 @@ def measurements(
     along, area = geometry(sources)
     if len(along) != len(masks):
         raise ValueError(f"{len(masks)} masks for a source with {len(along)} frame(s)")
-    thickness = extents(along)
+    counts = np.array([np.bincount(m.ravel(), minlength=len(classes)) for m in masks])
+    if len(masks) == 1:
+        return {i: ("area", float(counts[0, i] * area)) for i in range(1, len(classes))}
+    by_class = volumes(sources, counts)
+    return {i: ("volume", float(by_class[i])) for i in range(1, len(classes))}
+
+
+def component_counts(
+    along: Sequence[float], masks: Sequence[np.ndarray], classes: Sequence[str], min_size: int
+) -> dict[int, int]:
+    """Segment number -> its objects: the face-connected components of its pixels through
+    the frames in slice order (in one frame, format=objects' 4-connected components), those
+    of fewer than ``min_size`` pixels (voxels) left out."""
+    order = np.argsort(np.asarray(along, dtype=np.float64), kind="stable")
+    volume = np.stack([masks[i] for i in order])
     out = {}
     for index in range(1, len(classes)):
-        counts = np.array([int(np.count_nonzero(m == index)) for m in masks], dtype=np.float64)
-        if len(masks) == 1:
-            out[index] = ("area", float(counts[0] * area))
-        else:
-            out[index] = ("volume", float((counts * thickness).sum() * area))
+        labels, n = ndimage.label(volume == index, structure=FACES)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        out[index] = int(np.count_nonzero(sizes >= max(min_size, 1)))
     return out
+
+
+def _measurement(
+    kind: str, value: float, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.Measurement:
+    name, unit = {
+        "volume": (codes.SCT.Volume, codes.UCUM.CubicMillimeter),
+        "area": (codes.SCT.Area, codes.UCUM.SquareMillimeter),
+        "count": COUNT,
+    }[kind]
+    return hd.sr.Measurement(name=name, value=round(value, 3), unit=unit, algorithm_id=algorithm)
 
 
 def _groups(
     seg: hd.seg.Segmentation,
     series: Sequence[Dataset],
     values: dict[int, tuple[str, float]],
+    counts: dict[int, int],
     classes: Sequence[str],
     algorithm: hd.sr.AlgorithmIdentification,
 ) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
-    """One measurement group per segment the SEG carries: its volume (or area), the SEG's
-    segment and the source images referenced."""
+    """One measurement group per segment the SEG carries: its volume (or area) and number of
+    objects when counted, the SEG's segment and the source images referenced."""
     present = {int(item.SegmentNumber) for item in seg.SegmentSequence}
     # highdicom's ReferencedSegment.from_segmentation misses a one-segment SEG's segment
     # (identified in the shared functional groups): the references are written out here.
@@ -122,11 +102,9 @@ def _groups(
     for number, (kind, value) in values.items():
         if number not in present:
             continue
-        name, unit = (
-            (codes.SCT.Volume, codes.UCUM.CubicMillimeter)
-            if kind == "volume"
-            else (codes.SCT.Area, codes.UCUM.SquareMillimeter)
-        )
+        figures = [_measurement(kind, value, algorithm)]
+        if number in counts:
+            figures.append(_measurement("count", counts[number], algorithm))
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
@@ -138,11 +116,7 @@ def _groups(
                 ),
                 finding_type=codes.SCT.Tissue,
                 algorithm_id=algorithm,
-                measurements=[
-                    hd.sr.Measurement(
-                        name=name, value=round(value, 3), unit=unit, algorithm_id=algorithm
-                    )
-                ],
+                measurements=figures,
             )
         )
     return groups
@@ -155,9 +129,11 @@ def encode_sr(
     model_name: str,
     model_version: str,
     model_sha256: str = "",
+    counts: dict[int, int] | None = None,
 ) -> bytes:
     """A Comprehensive 3D SR (Part 10 bytes) measuring each segment of the SEG that
-    ``encode_seg`` makes of the same arguments, which it references by that SEG's UIDs.
+    ``encode_seg`` makes of the same arguments, which it references by that SEG's UIDs;
+    ``counts``: segment number -> its number of objects, for an object model.
     Raises DicomSegError (422) when the source cannot carry a SEG or states no geometry."""
     series = [sources] if isinstance(sources, Dataset) else list(sources)
     seg_bytes = encode_seg(series, masks, classes, model_name, model_version, model_sha256)
@@ -176,7 +152,7 @@ def encode_sr(
         report = hd.sr.MeasurementReport(
             observation_context=hd.sr.ObservationContext(observer_device_context=device),
             procedure_reported=IMAGING,
-            imaging_measurements=_groups(seg, series, values, classes, algorithm),
+            imaging_measurements=_groups(seg, series, values, counts or {}, classes, algorithm),
         )
         return hd.sr.Comprehensive3DSR(
             evidence=[*(_complete(s) for s in series), seg],

@@ -15,10 +15,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from app.codecs.dicom_sr import extents, geometry, measurements
+from app.codecs.dicom_geometry import extents, geometry
+from app.codecs.dicom_sr import component_counts, measurements
 from app.codecs.errors import DicomSegError
 from app.main import create_app
-from tests.app.conftest import settings
+from bench.nets import default_card, save_model
+from tests.app.conftest import SOFTMAX3, settings
 from tests.app.test_dicom_series import ct_series, dciodvfy_errors, files
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -35,11 +37,12 @@ def read_sr(data: bytes) -> hd.sr.Comprehensive3DSR:
 
 
 def figures(sr: hd.sr.Comprehensive3DSR) -> dict[int, tuple[str, str, float, str]]:
-    """Segment number -> (referenced SEG UID, measurement name, value, unit)."""
+    """Segment number -> (referenced SEG UID, measurement name, value, unit): the first
+    measurement of each group (its volume or area)."""
     out = {}
     for group in sr.content.get_volumetric_roi_measurement_groups():
         (reference,) = group.referenced_segment[0].ReferencedSOPSequence  # the SEG item
-        (measurement,) = group.get_measurements()
+        measurement = group.get_measurements()[0]
         number = int(reference.ReferencedSegmentNumber)
         out[number] = (
             str(reference.ReferencedSOPInstanceUID),
@@ -174,3 +177,135 @@ def test_a_multi_frame_image_is_read_from_its_functional_groups() -> None:
     along, area = geometry([ds])
     assert area == 0.125
     assert [abs(a) for a in along] == [10.0, 12.0, 14.0]
+
+
+def counted(sr: hd.sr.Comprehensive3DSR) -> dict[int, tuple[float, str]]:
+    """Segment number -> (its number of objects, unit), for the groups that count."""
+    out = {}
+    for group in sr.content.get_volumetric_roi_measurement_groups():
+        (reference,) = group.referenced_segment[0].ReferencedSOPSequence
+        for measurement in group.get_measurements():
+            if measurement.name.meaning == "Number of similar findings":
+                out[int(reference.ReferencedSegmentNumber)] = (
+                    float(measurement.value),
+                    str(measurement.unit.value),
+                )
+    return out
+
+
+def test_components_are_counted_through_the_slices_in_position_order() -> None:
+    """Two blobs of class 1 that touch only across shuffled slices, one of class 2, and a
+    one-voxel speck left out by min_size 2."""
+    masks = np.zeros((4, 6, 6), dtype=np.uint8)
+    masks[0, 0:2, 0:2] = 1  # z 0 mm
+    masks[1, 0:2, 0:2] = 1  # z 2 mm: the same blob as z 0
+    masks[3, 4:6, 4:6] = 1  # z 6 mm: another
+    masks[1:3, 3, 0] = 2  # z 2 and 4 mm: one object of class 2
+    masks[2, 5, 2] = 1  # a speck at z 4 mm, touching nothing
+    along = [0.0, 2.0, 4.0, 6.0]
+    order = [2, 0, 3, 1]
+    shuffled = [masks[i] for i in order]
+    classes = ["bg", "a", "b"]
+    assert component_counts([along[i] for i in order], shuffled, classes, 2) == {1: 2, 2: 1}
+    assert component_counts(along, list(masks), classes, 0) == {1: 3, 2: 1}
+    # Taken in the order given, z 0 and z 6 would touch: in position order, z 3 parts them.
+    dot, empty = np.ones((1, 1), dtype=np.uint8), np.zeros((1, 1), dtype=np.uint8)
+    assert component_counts([0.0, 6.0, 3.0], [dot, dot, empty], ["bg", "a"], 0) == {1: 2}
+
+
+def _objects_model(model_dir: Path, recipe: dict[str, object]) -> Path:
+    path = model_dir / f"objects-{recipe['method']}.onnx"
+    if not path.exists():
+        card = default_card(SOFTMAX3, name=f"objects-{recipe['method']}", objects=recipe)
+        save_model(path, SOFTMAX3, seed=5, card=card)  # seed 5: objects of both classes
+    return path
+
+
+def test_an_object_model_counts_each_segments_objects(model_dir: Path, tmp_path: Path) -> None:
+    """components: the SEG's own segments, labelled in 3D by scipy, give the same numbers;
+    the SR stays dciodvfy-clean with a count beside each volume."""
+    from scipy import ndimage
+
+    model = _objects_model(model_dir, {"method": "components", "min_area": 3})
+    series = ct_series(4, seed=5)
+    with TestClient(create_app(settings(model))) as client:
+        answer = client.post("/segment?format=dicom-sr", files=files(series[::-1]))
+        seg_answer = client.post("/segment?format=dicom-seg", files=files(series))
+    assert answer.status_code == 200, answer.text
+    seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(seg_answer.content)))
+    uids = [str(pydicom.dcmread(io.BytesIO(s)).SOPInstanceUID) for s in series]  # z order
+    found = counted(read_sr(answer.content))
+    assert found
+    dropped = 0
+    for number, (value, unit) in found.items():
+        pixels = seg.get_pixels_by_source_instance(
+            uids, segment_numbers=[number], skip_overlap_checks=True
+        )[..., 0]
+        labels, n = ndimage.label(pixels, structure=ndimage.generate_binary_structure(3, 1))
+        sizes = np.bincount(labels.ravel())[1:]
+        assert (value, unit) == (int((sizes >= 3).sum()), "1")
+        dropped += n - int((sizes >= 3).sum())
+    assert dropped > 0  # the noise model makes specks: min_area mattered
+    assert dciodvfy_errors(answer.content, tmp_path) == []
+
+
+def test_a_watershed_model_counts_a_single_frame_as_format_objects_does(
+    model_dir: Path,
+) -> None:
+    model = _objects_model(model_dir, {"method": "watershed", "boundary_class": 1})
+    (data,) = ct_series(1, seed=6)
+    with TestClient(create_app(settings(model))) as client:
+        sr = read_sr(client.post("/segment?format=dicom-sr", content=data).content)
+        objects = client.post("/segment?format=objects", content=data).json()["objects"]
+        volume = read_sr(client.post("/segment?format=dicom-sr", files=files(ct_series(2))).content)
+    by_class = np.bincount([o["class_index"] for o in objects], minlength=3)
+    assert by_class[2] > 0
+    assert counted(sr) == {2: (float(by_class[2]), "1")}  # never the boundary class
+    assert counted(volume) == {}  # a per-frame recipe: no count for a volume
+
+
+def test_the_sr_after_its_seg_recalls_the_masks_and_is_the_same_sr(
+    softmax_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's and the plugin's order: the SEG, then the SR of the same series. The SR
+    runs no inference and is the SR of a service that never saw the SEG, element for element
+    but the clock's (dates and times);
+    another threshold, another series or a second SR infer again."""
+    series = ct_series(3, seed=9)
+    with TestClient(create_app(settings(softmax_model))) as fresh:
+        alone = fresh.post("/segment?format=dicom-sr", files=files(series)).content
+    with TestClient(create_app(settings(softmax_model))) as client:
+        predictor = client.app.state.service.predictor  # type: ignore[attr-defined]
+        calls: list[int] = []
+        predict = predictor.predict
+        monkeypatch.setattr(
+            predictor, "predict", lambda *a, **k: calls.append(1) or predict(*a, **k)
+        )
+
+        def frames_inferred(url: str, parts: list[bytes]) -> int:
+            before = len(calls)
+            answer = client.post(url, files=files(parts))
+            assert answer.status_code == 200, answer.text
+            return len(calls) - before
+
+        assert frames_inferred("/segment?format=dicom-seg", series) == 3
+        answer = client.post("/segment?format=dicom-sr", files=files(series[::-1]))  # any order
+        assert "inference;dur=0.0" in answer.headers["server-timing"]
+        assert timeless(answer.content) == timeless(alone)
+        assert frames_inferred("/segment?format=dicom-sr", series) == 3  # used once
+        assert frames_inferred("/segment?format=dicom-seg&threshold=0.3", series) == 3
+        assert frames_inferred("/segment?format=dicom-sr", series) == 3  # threshold 0.5 now
+        assert frames_inferred("/segment?format=dicom-seg", ct_series(3, seed=10)) == 3
+        assert frames_inferred("/segment?format=objects", series) == 3  # needs probabilities
+
+
+def timeless(data: bytes) -> Dataset:
+    """An SR with every date and time emptied (they say when it was made)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+
+    def blank(dataset: Dataset, element: pydicom.DataElement) -> None:
+        if element.VR in ("DA", "TM", "DT"):
+            element.value = ""
+
+    ds.walk(blank)
+    return ds

@@ -16,6 +16,7 @@ class DicomSegEncoder:
     headers: dict[str, str] = {}  # noqa: RUF012 -- read only
     media_type = "application/dicom"
     format = "dicom-seg"
+    masks_only = True  # its answer is made of the masks alone: a recalled mask will do
 
     def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
         from pydicom.dataset import Dataset
