@@ -37,6 +37,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import iter_pixels
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from app.codecs.dicom_geometry import pixel_spacing_um
 from app.codecs.dicom_pixels import (
     Window,
     colour_to_uint8,
@@ -230,7 +231,9 @@ def decode_dicom(data: bytes, limits: Limits, window: Window | None = None) -> D
         else:
             frames.append(colour_to_uint8(ds, decoded))
     del ds.PixelData  # SEG needs the attributes, not the (possibly large) encoded pixels
-    return DecodedImage("dicom", frames, columns, rows, source=ds)
+    return DecodedImage(
+        "dicom", frames, columns, rows, source=ds, pixel_size_um=pixel_spacing_um(ds)
+    )
 
 
 def dicom_format(window: Window | None = None) -> Format:

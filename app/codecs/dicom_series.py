@@ -94,4 +94,5 @@ def assemble(images: Sequence[DecodedImage]) -> DecodedImage:
         first.width,
         first.height,
         source=Series([datasets[i] for i in order]),
+        pixel_size_um=first.pixel_size_um,  # one spacing: checked above
     )

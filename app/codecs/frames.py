@@ -17,6 +17,9 @@ class DecodedImage:
     format: the registry name (``png``, ``jpeg``, ``tiff``, ``dicom``).
     frames: one array per page/frame, all ``height`` x ``width``.
     source: the format's own decoded object when a writer needs it (DICOM dataset).
+    pixel_size_um: (row spacing, column spacing) in µm when the input states it (DICOM
+        Pixel Spacing, OME-TIFF PhysicalSize, ImageJ's or a centimetre TIFF resolution);
+        None otherwise -- a PNG's or JPEG's dpi is a print size, not a physical one.
     """
 
     format: str
@@ -24,6 +27,7 @@ class DecodedImage:
     width: int
     height: int
     source: object | None = field(default=None, repr=False)
+    pixel_size_um: tuple[float, float] | None = None
 
 
 WorkCheck = Callable[[int, int, int], None]

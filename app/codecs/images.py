@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from app.codecs.errors import EmptyInputError, NotAnImageError, UnsupportedFormatError
 from app.codecs.frames import DecodedImage, DecodeFn, Format, Limits, WorkCheck
-from app.codecs.pillow import pillow_decoder
+from app.codecs.pillow import pillow_decoder, tiff_pixel_size_um
 
 __all__ = [
     "BASE_FORMATS",
@@ -147,7 +147,13 @@ def _is_heif(head: bytes) -> bool:
 BASE_FORMATS = (
     Format("png", "PNG", is_png, pillow_decoder("PNG", "PNG", "png", True), priority=10),
     Format("jpeg", "JPEG", is_jpeg, pillow_decoder("JPEG", "JPEG", "jpeg", False), 20),
-    Format("tiff", "TIFF", is_tiff, pillow_decoder("TIFF", "TIFF", "tiff", True), 30),
+    Format(
+        "tiff",
+        "TIFF",
+        is_tiff,
+        pillow_decoder("TIFF", "TIFF", "tiff", True, tiff_pixel_size_um),
+        30,
+    ),
     Format("dicom", "DICOM", is_dicom, None, priority=0),
     Format("gif", "GIF", lambda h: h[:6] in (b"GIF87a", b"GIF89a"), priority=90),
     Format("bmp", "BMP", _is_bmp, priority=90),

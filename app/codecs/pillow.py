@@ -8,9 +8,11 @@ an animated PNG and a multi-page TIFF are several frames of one size.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -114,7 +116,61 @@ def _page_count(im: Image.Image, limits: Limits, label: str) -> int:
     return pages
 
 
-def pillow_decoder(pil_format: str, label: str, name: str, multipage: bool) -> DecodeFn:
+# -- the pixel size a TIFF states --------------------------------------------------------------
+
+MICRONS = {"nm": 1e-3, "\u00b5m": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0,
+           "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}  # fmt: skip
+_OME_PIXELS = re.compile(r"<(?:\w+:)?Pixels\b([^>]*)>")
+_ATTRIBUTE = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
+TIFF_DESCRIPTION, X_RESOLUTION, Y_RESOLUTION, RESOLUTION_UNIT = 270, 282, 283, 296
+CENTIMETER = 3
+
+
+def _size(value: object, unit: str) -> float | None:
+    try:
+        size = float(value) * MICRONS[unit]  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return size if np.isfinite(size) and size > 0 else None
+
+
+def _pair(row: float | None, column: float | None) -> tuple[float, float] | None:
+    return None if row is None or column is None else (row, column)
+
+
+def tiff_pixel_size_um(im: Image.Image) -> tuple[float, float] | None:
+    """(row, column) spacing in µm that a TIFF states, in the order of trust: OME-XML's
+    PhysicalSizeY/X (unit attributes, µm by default), ImageJ's ``unit=`` with the
+    resolution tags (pixels per unit), the resolution tags in pixels per centimetre. Not a
+    resolution in inches: that is a print size (72 or 300 dpi), written by every editor."""
+    tags = getattr(im, "tag_v2", {})
+    description = str(tags.get(TIFF_DESCRIPTION, ""))[:65536]
+    found = _OME_PIXELS.search(description) if "PhysicalSize" in description else None
+    if found:
+        pixels = dict(_ATTRIBUTE.findall(found.group(1)))
+        return _pair(
+            _size(pixels.get("PhysicalSizeY"), pixels.get("PhysicalSizeYUnit", "µm")),
+            _size(pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeXUnit", "µm")),
+        )
+    try:
+        per_x, per_y = 1 / float(tags[X_RESOLUTION]), 1 / float(tags[Y_RESOLUTION])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    imagej = re.search(r"^unit=(\S+)$", description, re.MULTILINE)
+    if description.startswith("ImageJ=") and imagej:
+        unit = imagej.group(1).replace("\\u00B5", "µ")
+        return _pair(_size(per_y, unit), _size(per_x, unit))
+    if tags.get(RESOLUTION_UNIT) == CENTIMETER:
+        return _pair(_size(per_y, "cm"), _size(per_x, "cm"))
+    return None
+
+
+PixelSizeFn = Callable[[Image.Image], "tuple[float, float] | None"]
+
+
+def pillow_decoder(
+    pil_format: str, label: str, name: str, multipage: bool, pixel_size: PixelSizeFn | None = None
+) -> DecodeFn:
     def decode_with_pillow(data: bytes, limits: Limits) -> DecodedImage:
         try:
             with warnings.catch_warnings():
@@ -122,10 +178,11 @@ def pillow_decoder(pil_format: str, label: str, name: str, multipage: bool) -> D
                 with _open(data, pil_format, label) as im:
                     width, height = im.size
                     limits.check(width, height, 1, label)
+                    size = pixel_size(im) if pixel_size is not None else None
                     pages = _page_count(im, limits, label) if multipage else 1
                     frames = [_page(im, page, label) for page in range(pages)]
         except _PIL_ERRORS as exc:
             raise CorruptImageError(f"{label} data is corrupt or truncated: {exc}") from None
-        return DecodedImage(name, frames, width, height)
+        return DecodedImage(name, frames, width, height, pixel_size_um=size)
 
     return decode_with_pillow

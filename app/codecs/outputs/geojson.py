@@ -28,8 +28,10 @@ def feature(
     area: int,
     score: float,
     extra: dict[str, Any] | None = None,
+    pixel_um2: float | None = None,
 ) -> dict[str, Any]:
-    """One object's Feature: its polygons and QuPath's properties (class, colour, area, score)."""
+    """One object's Feature: its polygons and QuPath's properties (class, colour, area --
+    in µm² too when the pixel's area ``pixel_um2`` is known -- and score)."""
     geometry = (
         {"type": "Polygon", "coordinates": parts[0]}
         if len(parts) == 1
@@ -39,7 +41,11 @@ def feature(
         "objectType": "detection",
         "id": object_id,
         "classification": {"name": classes[class_index], "color": list(colour(class_index))},
-        "measurements": {"area": area, "score": round(score, 6)},
+        "measurements": {
+            "area": area,
+            **({} if pixel_um2 is None else {"area_um2": round(area * pixel_um2, 3)}),
+            "score": round(score, 6),
+        },
         **(extra or {}),
     }
     return {"type": "Feature", "geometry": geometry, "properties": properties}
@@ -52,6 +58,8 @@ class GeoJsonEncoder:
     def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
         self.model, self.options = model, options
         self.multi = len(image.frames) > 1
+        size = image.pixel_size_um
+        self.pixel_um2 = None if size is None else size[0] * size[1]
         self.features: list[bytes] = []  # each Feature's JSON as it is made: no dicts kept
 
     def add(self, index: int, prediction: Prediction) -> None:
@@ -62,7 +70,9 @@ class GeoJsonEncoder:
         names, extra = self.model.card.classes, {"frame": index} if self.multi else {}
         for i, (class_index, pixels, mean) in enumerate(list(facts)[1:], start=1):  # 0: none
             number = len(self.features) + 1
-            item = feature(shapes.polygons[i], number, names, class_index, pixels, mean, extra)
+            item = feature(
+                shapes.polygons[i], number, names, class_index, pixels, mean, extra, self.pixel_um2
+            )
             self.features.append(json_bytes(item))
 
     def finish(self) -> bytes:
