@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from types import FrameType
 
+import numpy as np
+
 from app.codecs.frames import DecodedImage
 from app.codecs.images import Decoders, Limits, default_decoders
 from app.codecs.outputs import Encoder, Options, Outputs
@@ -117,6 +119,38 @@ class WorkLimit:
             )
 
 
+class RecentMasks:
+    """The masks of the last DICOM request whose answer needs nothing else (dicom-seg, and
+    dicom-sr but for a watershed count), for the next request of the same input: the DICOM
+    gateway and the Orthanc plugin ask for a series' SR right after its SEG, and the SR
+    measures the very masks of that SEG -- without this, the series' inference twice.
+
+    One entry, at most MAX_BYTES of masks, forgotten after TTL_S; the key is a digest of
+    the input's bytes, the model's and the options that change a mask (threshold, TTA).
+    The masks are those the same inference gives (it is deterministic), so an answer made
+    from them is the answer made without them, byte for byte (tests/app/test_dicom_sr.py).
+    """
+
+    MAX_BYTES = 128 << 20
+    TTL_S = 300.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entry: tuple[str, float, list[np.ndarray]] | None = None
+
+    def get(self, key: str) -> list[np.ndarray] | None:
+        with self._lock:
+            entry, self._entry = self._entry, None  # taken: used once, or stale
+            if entry is None or entry[0] != key or perf_counter() - entry[1] > self.TTL_S:
+                return None
+            return entry[2]
+
+    def put(self, key: str, masks: list[np.ndarray]) -> None:
+        with self._lock:
+            small = sum(m.nbytes for m in masks) <= self.MAX_BYTES
+            self._entry = (key, perf_counter(), masks) if small else None
+
+
 @dataclass
 class Service:
     """Everything a request needs, made once in the lifespan.
@@ -136,6 +170,7 @@ class Service:
     # Set on SIGTERM: bodies still being read are refused (503) so that shutdown is not
     # held up by a client that stalls its upload.
     stopping: threading.Event = field(default_factory=threading.Event)
+    recent: RecentMasks = field(default_factory=RecentMasks)
 
     def limits(self, tta: bool) -> Limits:
         """What the decoders check from the header, for a request with or without TTA."""

@@ -11,7 +11,9 @@ and the service as ``make run`` starts it, all on loopback. Reports:
   alternately ``--repeats`` times: instances/s, MB/s and the gateway's share;
 - series: the same series through the whole path (gateway -> service -> storescp): from
   the end of the last C-STORE to the SEG at the destination, split from the gateway's log
-  into the stable wait, the service's answer (inference) and the sending;
+  into the stable wait, the service's answers (inference) and the sending; once with the
+  default results (the SEG and its SR: two requests) and once with
+  ``UNET_DICOM_RESULTS=seg``, side by side;
 - three: three series of ``--three`` slices from three modalities at once (three storescu
   processes, calling AE titles CT1..CT3): from the last C-STORE to the third SEG.
 
@@ -106,7 +108,11 @@ def first(log: str, words: str) -> float:
 
 
 def whole_path(
-    workdir: Path, service_url: str, groups: dict[str, list[Path]], stable: float
+    workdir: Path,
+    service_url: str,
+    groups: dict[str, list[Path]],
+    stable: float,
+    results: str = "seg,sr",
 ) -> tuple[float, float, str]:
     """Every group sent at once (one storescu each, its key the calling AE); seconds from
     the last C-STORE to the last SEG at storescp, and the gateway's log."""
@@ -115,7 +121,7 @@ def whole_path(
     port = free_port()
     node = gateway(
         workdir, service_url, port, stable_s=stable,
-        UNET_DICOM_DESTINATIONS=f"PACS@127.0.0.1:{pacs.port}",
+        UNET_DICOM_DESTINATIONS=f"PACS@127.0.0.1:{pacs.port}", UNET_DICOM_RESULTS=results,
     )  # fmt: skip
     node.start()
     try:
@@ -144,20 +150,22 @@ def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
         {"UNET_MODEL_PATH": str(args.model)}, workdir / "service.log", port=free_port()
     )
     try:
-        seconds, last_store, log = whole_path(
-            workdir / "series", service.url, {"MODALITY": files}, args.stable
-        )
-        stable, segmented, sent_at = (
-            first(log, "is stable"), first(log, "segmented"), first(log, "sent to")
-        )  # fmt: skip
-        results["series"] = {
-            "slices": args.series,
-            "last_store_to_seg_s": round(seconds, 2),
-            "stable_wait_s": round(stable - last_store, 2),
-            "service_s": round(segmented - stable, 2),
-            "sending_s": round(sent_at - segmented, 2),
-            "stable_seconds_setting": args.stable,
-        }
+        for name, kinds in (("series", "seg,sr"), ("series_seg_only", "seg")):
+            seconds, last_store, log = whole_path(
+                workdir / name, service.url, {"MODALITY": files}, args.stable, kinds
+            )
+            stable, segmented, sent_at = (
+                first(log, "is stable"), first(log, "segmented"), first(log, "sent to")
+            )  # fmt: skip
+            results[name] = {
+                "slices": args.series,
+                "results": kinds,
+                "last_store_to_seg_s": round(seconds, 2),
+                "stable_wait_s": round(stable - last_store, 2),
+                "service_s": round(segmented - stable, 2),
+                "sending_s": round(sent_at - segmented, 2),
+                "stable_seconds_setting": args.stable,
+            }
         groups = {
             f"CT{i}": ct_series(workdir / f"three-{i}", args.three, size=args.size)
             for i in (1, 2, 3)

@@ -8,17 +8,22 @@ encoded one by one; the encoder comes from the app's outputs registry
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import IO
 
+import numpy as np
+
 from app.codecs.dicom_series import assemble
 from app.codecs.errors import ImageTooLargeError
 from app.codecs.frames import DecodedImage
-from app.codecs.outputs import Model, Options
+from app.codecs.outputs import Encoder, Model, Options
 from app.errors import RequestCancelledError
-from app.service import LARGE_WORK, Service, segment_frames
+from app.inference.predictor import Prediction
+from app.inference.tiler import ProgressFn
+from app.service import LARGE_WORK, Service, Work, segment_frames
 
 
 @dataclass
@@ -39,18 +44,66 @@ class Outcome:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def decode_all(sources: list[IO[bytes]], service: Service, tta: bool) -> DecodedImage:
-    """One image, or several DICOM instances of one series as one image in slice order.
+def decode_all(sources: list[IO[bytes]], service: Service, tta: bool) -> tuple[DecodedImage, str]:
+    """One image, or several DICOM instances of one series as one image in slice order; and
+    a digest of the parts' bytes (in any order: a series is the same in any order).
 
     The request's limits hold for the whole series: checked from the first
     instance's header for all of them before the others are decoded.
     """
     limits = service.limits(tta)
-    first = service.inputs.decode(sources[0].read(), limits)
-    if len(sources) == 1:
-        return first
-    limits.check(first.width, first.height, len(sources), "DICOM series")
-    return assemble([first, *(service.inputs.decode(s.read(), limits) for s in sources[1:])])
+    digests: list[str] = []
+
+    def read(source: IO[bytes]) -> bytes:
+        data = source.read()
+        digests.append(hashlib.sha256(data).hexdigest())
+        return data
+
+    first = service.inputs.decode(read(sources[0]), limits)
+    if len(sources) > 1:
+        limits.check(first.width, first.height, len(sources), "DICOM series")
+        first = assemble([first, *(service.inputs.decode(read(s), limits) for s in sources[1:])])
+    return first, hashlib.sha256(" ".join(sorted(digests)).encode()).hexdigest()
+
+
+class Keeping:
+    """An encoder that also keeps each frame's mask (for RecentMasks)."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder, self.masks = encoder, list[np.ndarray]()
+        self.media_type, self.headers = encoder.media_type, encoder.headers
+
+    def add(self, index: int, prediction: Prediction) -> None:
+        self.masks.append(prediction.mask)
+        self.encoder.add(index, prediction)
+
+    def finish(self) -> bytes:
+        return self.encoder.finish()
+
+
+def predict_or_recall(
+    image: DecodedImage,
+    digest: str,
+    encoder: Encoder,
+    options: Options,
+    service: Service,
+    progress: ProgressFn,
+) -> Work:
+    """segment_frames, or, for an encoder that needs masks only (``masks_only``), the masks
+    of the request just before when it had the same input, model and options."""
+    if not getattr(encoder, "masks_only", False):
+        return segment_frames(image, encoder, service.predictor, options, progress=progress)
+    key = f"{digest} {service.model.engine.sha256} {options.threshold!r} {options.tta}"
+    masks = service.recent.get(key)
+    if masks is None or len(masks) != len(image.frames):
+        keeping = Keeping(encoder)
+        work = segment_frames(image, keeping, service.predictor, options, progress=progress)
+        service.recent.put(key, keeping.masks)
+        return work
+    start, none = perf_counter(), np.empty((0, image.height, image.width), np.float32)
+    for index, mask in enumerate(masks):
+        encoder.add(index, Prediction(none, mask, 0))
+    return Work(frames=len(masks), encode=perf_counter() - start)
 
 
 def run_job(
@@ -73,13 +126,13 @@ def run_job(
     check()  # it may have gone while the request waited in the queue
     start = perf_counter()
     try:
-        image = decode_all(sources, service, options.tta)
+        image, digest = decode_all(sources, service, options.tta)
     except ImageTooLargeError as exc:
         raise ImageTooLargeError(f"{exc}; {LARGE_WORK}") from None
     model = Model(service.model.card, service.model.engine.sha256)
     encoder = service.outputs.encoder(output, image, model, options)
     decoded = perf_counter()
-    work = segment_frames(image, encoder, service.predictor, options, progress=check)
+    work = predict_or_recall(image, digest, encoder, options, service, check)
     encoding = perf_counter()
     body = encoder.finish()
     outcome = Outcome(

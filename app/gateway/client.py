@@ -1,7 +1,7 @@
-"""The gateway's two kinds of peer: the segmentation service (one STOW-RS style request
-per series, as the Orthanc plugin sends it) and the destinations (C-STORE SCU with
-pynetdicom, or DICOMweb STOW-RS). Each call answers with an Outcome; none raises for
-what a peer does."""
+"""The gateway's two kinds of peer: the segmentation service (a STOW-RS style request per
+series and result -- the SEG, then the SR -- as the Orthanc plugin sends it) and the
+destinations (C-STORE SCU with pynetdicom, or DICOMweb STOW-RS), which get a round's
+results together. Each call answers with an Outcome; none raises for what a peer does."""
 
 from __future__ import annotations
 
@@ -16,13 +16,12 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from app.gateway.settings import Destination, GatewaySettings
+from app.gateway.settings import RESULTS, Destination, GatewaySettings
 
 log = logging.getLogger("app.gateway")
 
 # Answers of /segment that no retry changes: the series is refused, with the reason.
 REFUSED = {400, 413, 415, 422}
-RESULTS = "dicom-seg"  # the formats asked for; `dicom-sr` joins once the service has it
 
 
 @dataclass(frozen=True)
@@ -41,13 +40,14 @@ def multipart_related(parts: list[bytes]) -> tuple[bytes, str]:
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-def segment(settings: GatewaySettings, files: list[Path]) -> Outcome:
-    """POST a series to /segment?format=dicom-seg; the SEG, or why not."""
-    body, content_type = multipart_related([f.read_bytes() for f in files])
+def segment(settings: GatewaySettings, series: tuple[bytes, str], result: str) -> Outcome:
+    """POST a series (a ``multipart_related`` body and its type) to
+    /segment?format=dicom-seg (``result`` "seg") or dicom-sr ("sr"); the result, or why not."""
+    body, content_type = series
     headers = {"Content-Type": content_type, "Accept": "application/dicom"}
     if settings.api_key:
         headers["Authorization"] = f"Bearer {settings.api_key}"
-    url = settings.service_url.rstrip("/") + f"/segment?format={RESULTS}"
+    url = settings.service_url.rstrip("/") + f"/segment?format={RESULTS[result]}"
     try:
         answer = httpx.post(
             url, content=body, headers=headers, timeout=settings.dicom_service_timeout
@@ -71,15 +71,17 @@ def _detail(answer: httpx.Response) -> str:
         return answer.reason_phrase
 
 
-def send(settings: GatewaySettings, destination: Destination, path: Path, tls: Any) -> Outcome:
-    """Store one result at one destination."""
+def send(
+    settings: GatewaySettings, destination: Destination, paths: list[Path], tls: Any
+) -> Outcome:
+    """Store a round's results (its SEG, and SR) at one destination: ok once it took all."""
     if destination.is_dicomweb:
-        return _stow(settings, destination, path)
-    return _c_store(settings, destination, path, tls)
+        return _stow(settings, destination, paths)
+    return _c_store(settings, destination, paths, tls)
 
 
-def _stow(settings: GatewaySettings, destination: Destination, path: Path) -> Outcome:
-    body, content_type = multipart_related([path.read_bytes()])
+def _stow(settings: GatewaySettings, destination: Destination, paths: list[Path]) -> Outcome:
+    body, content_type = multipart_related([path.read_bytes() for path in paths])
     headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
     try:
         answer = httpx.post(destination.url, content=body, headers=headers, timeout=120)
@@ -96,11 +98,14 @@ def _scu(settings: GatewaySettings) -> AE:
     return ae
 
 
-def _associate(settings: GatewaySettings, destination: Destination, tls: Any, *context: str) -> Any:
-    """An association to a C-STORE destination proposing ``context`` (an abstract syntax and
-    its transfer syntaxes); over TLS, its certificate checked against the destination's host."""
+def _associate(
+    settings: GatewaySettings, destination: Destination, tls: Any, *contexts: tuple[str, ...]
+) -> Any:
+    """An association to a C-STORE destination proposing ``contexts`` (each an abstract syntax
+    and its transfer syntax); over TLS, its certificate checked against the destination's host."""
     ae = _scu(settings)
-    ae.add_requested_context(*context)
+    for context in dict.fromkeys(contexts):  # once each: a SEG and an SR share no context
+        ae.add_requested_context(*context)
     return ae.associate(
         destination.host,
         destination.port,
@@ -109,22 +114,38 @@ def _associate(settings: GatewaySettings, destination: Destination, tls: Any, *c
     )
 
 
-def _c_store(settings: GatewaySettings, destination: Destination, path: Path, tls: Any) -> Outcome:
-    dataset = dcmread(path)
-    syntaxes = (dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
-    assoc = _associate(settings, destination, tls, *syntaxes)
+def _c_store(
+    settings: GatewaySettings, destination: Destination, paths: list[Path], tls: Any
+) -> Outcome:
+    """Every result over one association; ok only when each was stored."""
+    datasets = [dcmread(path) for path in paths]
+    contexts = [(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets]
+    assoc = _associate(settings, destination, tls, *contexts)
     if not assoc.is_established:
         return Outcome("retry", "association not established")
+    accepted = {c.abstract_syntax for c in assoc.accepted_contexts}
+    refused = [
+        kind
+        for kind, (uid, _) in zip(_kinds(datasets), contexts, strict=True)
+        if uid not in accepted
+    ]
+    codes = []
     try:
-        status = assoc.send_c_store(dataset)
+        if refused:  # e.g. a PACS that stores no SR: say so, never a bare exception
+            return Outcome("retry", f"the destination accepts no {' or '.join(refused)} storage")
+        for dataset in datasets:
+            code = getattr(assoc.send_c_store(dataset), "Status", None)
+            codes.append("none" if code is None else f"0x{code:04X}")
+            # success, or stored with a warning; anything else: the round is tried again
+            if code is None or not (code == 0x0000 or 0xB000 <= code <= 0xBFFF):
+                return Outcome("retry", f"C-STORE {', '.join(codes)}")
     finally:
         assoc.release()
-    code = getattr(status, "Status", None)
-    if code is None:
-        return Outcome("retry", "no C-STORE response")
-    if code == 0x0000 or 0xB000 <= code <= 0xBFFF:  # success, or stored with a warning
-        return Outcome("ok", f"C-STORE 0x{code:04X}")
-    return Outcome("retry", f"C-STORE 0x{code:04X}")
+    return Outcome("ok", f"C-STORE {', '.join(codes)}")
+
+
+def _kinds(datasets: list[Any]) -> list[str]:
+    return ["SEG" if getattr(d, "Modality", "") == "SEG" else "SR" for d in datasets]
 
 
 def echo(settings: GatewaySettings, destination: Destination, tls: Any) -> Outcome:
@@ -135,7 +156,7 @@ def echo(settings: GatewaySettings, destination: Destination, tls: Any) -> Outco
         except httpx.HTTPError as exc:
             return Outcome("retry", f"unreachable ({type(exc).__name__})")
         return Outcome("ok" if answer.status_code < 500 else "retry", f"HTTP {answer.status_code}")
-    assoc = _associate(settings, destination, tls, Verification)
+    assoc = _associate(settings, destination, tls, (Verification,))
     if not assoc.is_established:
         return Outcome("retry", "association not established")
     try:

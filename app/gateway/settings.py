@@ -62,6 +62,10 @@ def parse_caller(text: str) -> Caller:
     return Caller(ae, host or None)
 
 
+# What a series may give, in the order asked and sent: the SEG, and the SR that measures it.
+RESULTS = {"seg": "dicom-seg", "sr": "dicom-sr"}
+
+
 def _items(value: object) -> object:
     return [part for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
@@ -78,6 +82,7 @@ class GatewaySettings(BaseSettings):
     dicom_host: str = "0.0.0.0"
     dicom_allowed: Annotated[list[Caller], NoDecode] = []
     dicom_destinations: Annotated[list[Destination], NoDecode] = []
+    dicom_results: Annotated[list[str], NoDecode] = ["seg", "sr"]
     dicom_stable_seconds: float = Field(10.0, ge=0)
     dicom_state_dir: Path = Path(tempfile.gettempdir()) / "unet-dicom-gateway"
     dicom_max_associations: int = Field(10, ge=1)
@@ -107,6 +112,18 @@ class GatewaySettings(BaseSettings):
     def _destinations(cls, value: object) -> object:
         items = _items(value)
         return [parse_destination(v) if isinstance(v, str) else v for v in items]  # type: ignore[attr-defined]
+
+    @field_validator("dicom_results", mode="before")
+    @classmethod
+    def _results(cls, value: object) -> object:
+        items = [str(v).strip().lower() for v in _items(value)]  # type: ignore[attr-defined]
+        unknown = sorted(set(items) - set(RESULTS))
+        if unknown or "seg" not in items:
+            raise ValueError(
+                f"UNET_DICOM_RESULTS is a comma list of {' and '.join(RESULTS)} with seg in it "
+                f"(the SR measures the SEG's segments), got {','.join(items)!r}"
+            )
+        return [r for r in RESULTS if r in items]  # each once, the SEG first
 
     def admits(self, ae_title: str, host: str) -> bool:
         """Whether a calling AE (from ``host``) may associate: any when none is configured."""

@@ -17,7 +17,7 @@ the modality could not send the rest.
     state/queue.sqlite
     state/incoming/       instances being written (removed at start: never acknowledged)
     state/rounds/<key>/   a round's instances, <sop key>.dcm
-    state/results/<key>.dcm
+    state/results/<key>.<kind>.dcm   a round's results: seg, and sr (UNET_DICOM_RESULTS)
 """
 
 from __future__ import annotations
@@ -92,6 +92,10 @@ def write_durably(path: Path, write: Callable[[Path], object]) -> None:
         partial.unlink(missing_ok=True)
         raise
     fsync_folder(path.parent)
+
+
+def _writer(data: bytes) -> Callable[[Path], object]:
+    return lambda path: path.write_bytes(data)
 
 
 class GatewayStore:
@@ -190,12 +194,15 @@ class GatewayStore:
     def files(self, item: Round) -> list[Path]:
         return sorted((self.rounds / item.name).glob("*.dcm"))
 
-    def result(self, item: Round) -> Path:
-        return self.results / f"{item.name}.dcm"
+    def result_files(self, item: Round) -> list[Path]:
+        """A round's results, the SEG first (``.seg.dcm`` before ``.sr.dcm``)."""
+        return sorted(self.results.glob(f"{item.name}.*"))
 
-    def segmented(self, item: Round, seg: bytes, destinations: list[str]) -> None:
-        """The service's result is on disk; each destination gets a delivery to make."""
-        write_durably(self.result(item), lambda path: path.write_bytes(seg))
+    def segmented(self, item: Round, results: dict[str, bytes], destinations: list[str]) -> None:
+        """The service's results (kind -> Part 10 bytes) are on disk; each destination gets
+        a delivery to make."""
+        for kind, data in results.items():
+            write_durably(self.results / f"{item.name}.{kind}.dcm", _writer(data))
         with self._transaction() as db:
             state = "sending" if destinations else "kept"
             db.execute(
@@ -266,7 +273,8 @@ class GatewayStore:
                     f"DELETE FROM {table} WHERE series = ? AND round = ?",
                     (item.series, item.round),
                 )
-        self.result(item).unlink(missing_ok=True)
+        for path in self.result_files(item):
+            path.unlink(missing_ok=True)
         return True
 
     def delivery_failed(self, delivery: Delivery, seconds: float) -> None:

@@ -81,13 +81,26 @@ class Worker:
         if not files:  # nothing on disk (a round emptied by a crash): nothing to do
             self.store.refused(item, "no instance on disk")
             return
-        outcome = client.segment(self.settings, files)
-        if outcome.kind == "ok":
-            self.store.segmented(item, outcome.body, list(self.destinations))
+        series = client.multipart_related([f.read_bytes() for f in files])
+        results: dict[str, bytes] = {}
+        for kind in self.settings.dicom_results:  # the SEG first: without it, nothing
+            outcome = client.segment(self.settings, series, kind)
+            if outcome.kind == "ok":
+                results[kind] = outcome.body
+            elif outcome.kind == "refused" and results:  # a SEG without an SR (no geometry)
+                log.warning("series %s: no %s: %s", item.name, kind.upper(), outcome.detail)
+            else:
+                break
+        else:
+            self.store.segmented(item, results, list(self.destinations))
             self.metrics.series.labels("segmented").inc()
             where = f"{len(self.destinations)} destination(s)" if self.destinations else "kept"
-            log.info("series %s: %d instances segmented; to %s", item.name, len(files), where)
-        elif outcome.kind == "refused":
+            made = " and ".join(k.upper() for k in results)
+            log.info(
+                "series %s: %d instances segmented (%s); to %s", item.name, len(files), made, where
+            )
+            return
+        if outcome.kind == "refused":
             self.store.refused(item, outcome.detail)
             self.metrics.series.labels("refused").inc()
             log.warning("series %s refused by the service: %s", item.name, outcome.detail)
@@ -107,7 +120,7 @@ class Worker:
                 continue
             try:
                 outcome = client.send(
-                    self.settings, destination, self.store.result(delivery.round), self.tls
+                    self.settings, destination, self.store.result_files(delivery.round), self.tls
                 )
             except Exception as exc:  # an aborted association, a result gone: a failed try
                 log.exception("sending to %s failed", destination.name)

@@ -1,4 +1,4 @@
-"""Orthanc Python plugin: each stable series (or instance) -> /segment?format=dicom-seg -> a SEG.
+"""Orthanc Python plugin: each stable series (or instance) -> /segment -> a SEG and its SR.
 
 Standard library only: Orthanc's embedded Python has no third-party packages.
 Set-up (docs/dicom.md, "Behind Orthanc"): Orthanc's Python plugin loads this file
@@ -30,6 +30,10 @@ overridden by an environment variable of Orthanc's process:
                                             Orthanc's DicomModalities (C-STORE) or of its
                                             DICOMweb plugin's Servers (STOW-RS), a list or a
                                             comma list (default: none, the SEG stays in Orthanc)
+    Results          UNET_FORWARD_RESULTS   what each series gives: ``seg`` (format=dicom-seg)
+                                            and ``sr`` (format=dicom-sr, the TID 1500 report of
+                                            the SEG's volumes), a list or a comma list with seg
+                                            in it (default: seg,sr)
 
 Why it cannot stall the PACS: it calls no Orthanc API from inside an Orthanc
 callback. The change callback only wakes the worker thread; the worker reads
@@ -45,12 +49,17 @@ Orthanc's own database, so series (instances) stored while the service (or
 Orthanc) was down are segmented once both are back. Each source series
 (instance) gets the metadata ``UnetSegmentation`` = ``seg <SEG id>``,
 ``refused <status>`` or ``failed <reason>`` when its outcome is final; one that
-has it is never sent again. A series goes as one DICOMweb STOW-RS style
-``multipart/related`` body; the service derives the SEG's UIDs from the source
-series and the model, so a series segmented again replaces its SEG in a PACS
-that overwrites (``OverwriteInstances``) instead of adding one.
+has it is never sent again (with an SR: ``seg <SEG id> sr <SR id>``). A series goes as
+one DICOMweb STOW-RS style ``multipart/related`` body; the service derives the SEG's
+(and SR's) UIDs from the source series and the model, so a series segmented again
+replaces them in a PACS that overwrites (``OverwriteInstances``) instead of adding them.
 
-A SEG is sent on to every one of ``Destinations`` before its source is marked:
+With ``sr`` in ``Results``, the same series (instance) is then posted with format=dicom-sr:
+the SR is stored beside the SEG and goes wherever the SEG goes. An SR the service
+refuses (e.g. no pixel spacing: 422) or fails on ``Retries`` times leaves the SEG alone,
+logged; SRs and SEGs stored in Orthanc are never themselves segmented.
+
+A SEG (and its SR) is sent on to every one of ``Destinations`` before its source is marked:
 each destination is retried on its own (1 s doubling to 10 s) until it accepts, so
 a destination that is down delays the feed, and a restart meanwhile segments and
 sends the series again (the same SEG: its UIDs are deterministic).
@@ -75,13 +84,15 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import Message
 from typing import Any, Protocol
 
 log = logging.getLogger("unet_forwarder")
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_STORAGE_PREFIX = "1.2.840.10008.5.1.4.1.1.88."  # every structured report (ours included)
+RESULTS = {"seg": "dicom-seg", "sr": "dicom-sr"}  # what a series may give -> its format
 # Answers that mean "this instance cannot be segmented": final, no retry.
 NOT_SEGMENTABLE = frozenset({400, 413, 415, 422})
 # Answers that mean "the service is not there right now": wait and try the same instance again.
@@ -131,10 +142,12 @@ def post_instance(
     api_key: str | None = None,
     timeout: float = 300.0,
     content_type: str = "application/dicom",
+    result: str = "seg",
 ) -> Answer:
     """POST one DICOM instance (or a series' multipart/related body, with its
-    ``content_type``) to ``/segment?format=dicom-seg`` and classify the answer."""
-    url = service_url.rstrip("/") + "/segment?format=dicom-seg"
+    ``content_type``) to ``/segment?format=dicom-seg`` (``result`` "seg") or dicom-sr
+    ("sr"), and classify the answer (its ``seg`` holds the SEG or the SR)."""
+    url = service_url.rstrip("/") + f"/segment?format={RESULTS[result]}"
     headers = {"Content-Type": content_type, "Accept": "application/dicom"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -191,6 +204,7 @@ class Settings:
     backfill: bool = False
     trigger: str = "series"
     destinations: tuple[str, ...] = ()
+    results: tuple[str, ...] = ("seg", "sr")
 
 
 # setting -> (environment variable, type)
@@ -204,6 +218,7 @@ _SETTINGS: dict[str, tuple[str, str, type]] = {
     "Backfill": ("backfill", "UNET_BACKFILL", bool),
     "Trigger": ("trigger", "UNET_FORWARD_TRIGGER", str),
     "Destinations": ("destinations", "UNET_FORWARD_DESTINATIONS", tuple),
+    "Results": ("results", "UNET_FORWARD_RESULTS", tuple),
 }
 
 
@@ -238,6 +253,13 @@ def read_settings(configuration: Mapping[str, Any], environ: Mapping[str, str]) 
         )
     if settings.trigger not in ("series", "instance"):
         raise SettingsError(f"Trigger must be series or instance, got {settings.trigger[:100]!r}")
+    results = tuple(r.lower() for r in settings.results)
+    if "seg" not in results or not set(results) <= set(RESULTS):
+        raise SettingsError(
+            f"Results must list seg, and optionally sr (the SR measures the SEG), got "
+            f"{','.join(results)[:100]!r}"
+        )
+    settings = replace(settings, results=tuple(r for r in RESULTS if r in results))
     if settings.timeout <= 0 or settings.retries < 1:
         raise SettingsError("Timeout must be > 0 and Retries >= 1")
     if not 1024 <= settings.state_property <= 65535:
@@ -291,17 +313,18 @@ class Forwarder:
         self,
         api: OrthancApi,
         settings: Settings,
-        post: Callable[[bytes, str], Answer] | None = None,
+        post: Callable[[bytes, str, str], Answer] | None = None,
     ) -> None:
         self.api = api
         self.settings = settings
         self.post = post or (
-            lambda body, content_type: post_instance(
+            lambda body, content_type, result: post_instance(
                 body,
                 settings.service_url,
                 api_key=settings.api_key,
                 timeout=settings.timeout,
                 content_type=content_type,
+                result=result,
             )
         )
         self.wake = threading.Event()
@@ -360,8 +383,9 @@ class Forwarder:
         metadata = self._metadata("instances", instance_id)
         if metadata is None or self.settings.metadata_name in metadata:
             return True  # deleted meanwhile, or already done (a re-sent instance)
-        if metadata.get("SopClassUid") == SEGMENTATION_STORAGE:
-            return True  # a SEG (ours included): nothing to segment, no loop
+        sop_class = metadata.get("SopClassUid", "")
+        if sop_class == SEGMENTATION_STORAGE or sop_class.startswith(SR_STORAGE_PREFIX):
+            return True  # a SEG or an SR (ours included): nothing to segment, no loop
         data = self.api.RestApiGet(f"/instances/{instance_id}/file")
         return self._segment("instances", instance_id, data, "application/dicom")
 
@@ -371,20 +395,44 @@ class Forwarder:
         if metadata is None or self.settings.metadata_name in metadata:
             return True  # deleted meanwhile, or already done (a re-sent series)
         series = self._get_json(f"/series/{series_id}")
-        if series.get("MainDicomTags", {}).get("Modality") == "SEG":
-            return True  # SEGs (ours included): nothing to segment, no loop
+        if series.get("MainDicomTags", {}).get("Modality") in ("SEG", "SR"):
+            return True  # SEGs and SRs (ours included): nothing to segment, no loop
         files = [self.api.RestApiGet(f"/instances/{i}/file") for i in series.get("Instances", [])]
         body, content_type = series_body(files)
         return self._segment("series", series_id, body, content_type)
 
     def _segment(self, level: str, resource: str, body: bytes, content_type: str) -> bool:
-        """Post until the outcome is final (retries as the module says); False if stopped."""
+        """The SEG, then (Results) the SR, each posted until its outcome is final; stored,
+        sent on and recorded. False if stopped first."""
+        answer = self._final(level, resource, body, content_type, "seg")
+        if answer is None:
+            return False
+        reports = []
+        if answer.kind == "seg" and "sr" in self.settings.results:
+            report = self._final(level, resource, body, content_type, "sr")
+            if report is None:
+                return False
+            if report.kind == "seg":
+                reports.append(report.seg)
+            else:  # the SEG stands alone: say why there is no SR
+                log.warning("%s %s: no SR, %s", LEVEL[level], resource, report.detail)
+        return self._finish(level, resource, answer, reports)
+
+    def _final(
+        self, level: str, resource: str, body: bytes, content_type: str, result: str
+    ) -> Answer | None:
+        """Post until the outcome is final (retries as the module says); None if stopped."""
         failures, wait = 0, 1.0
-        for attempt, answer in enumerate(self._attempts(body, content_type), start=1):
+        for attempt, answer in enumerate(self._attempts(body, content_type, result), start=1):
             if answer.kind == "failed":
                 failures += 1
             if answer.kind in ("seg", "refused") or failures >= self.settings.retries:
-                return self._finish(level, resource, answer, attempt)
+                if answer.kind == "failed":
+                    log.error(
+                        "%s %s: %s given up after %d attempts: %s",
+                        LEVEL[level], resource, result.upper(), attempt, answer.detail,
+                    )  # fmt: skip
+                return answer
             delay = answer.retry_after or wait
             # A warning on the first and every 10th try; the others at info (--verbose).
             severity = logging.WARNING if attempt % 10 == 1 else logging.INFO
@@ -398,45 +446,51 @@ class Forwarder:
                 delay,
             )
             if self.stopping.wait(delay):
-                return False
+                return None
             wait = min(MAX_BACKOFF_S, wait * 2)
-        return False
+        return None
 
-    def _finish(self, level: str, resource: str, answer: Answer, attempts: int) -> bool:
-        """Store the SEG and send it on, or record why there is none; the outcome goes on the
-        resource. False when stopped before every destination accepted the SEG."""
+    def _finish(self, level: str, resource: str, answer: Answer, reports: list[bytes]) -> bool:
+        """Store the SEG (and its SR) and send them on, or record why there is none; the
+        outcome goes on the resource. False when stopped before every destination took them."""
         what = f"{LEVEL[level]} {resource}"
         if answer.kind == "seg":
-            seg_id = json.loads(self.api.RestApiPost("/instances", answer.seg)).get("ID", "")
-            log.info("%s: SEG stored as %s", what, seg_id)
-            if not self._send_on(what, seg_id):
+            ids = [self._store(data) for data in (answer.seg, *reports)]
+            log.info("%s: %s stored", what, " and ".join(f"{k} {i}" for k, i in self._named(ids)))
+            if not self._send_on(what, ids):
                 return False  # stopping: not marked, so segmented and sent again at restart
-            self._record(level, resource, f"seg {seg_id}")
+            self._record(level, resource, " ".join(f"{k.lower()} {i}" for k, i in self._named(ids)))
         elif answer.kind == "refused":
             self._record(level, resource, f"refused {answer.detail}")
             log.warning("%s: not segmented, the service answered %s", what, answer.detail)
-        else:
+        else:  # given up, logged as such
             self._record(level, resource, f"failed {answer.detail}")
-            log.error("%s: given up after %d attempts: %s", what, attempts, answer.detail)
         return True
 
-    def _send_on(self, what: str, seg_id: str) -> bool:
-        """The SEG to every destination, each retried on its own until it accepts it; False
-        if stopped first."""
+    @staticmethod
+    def _named(ids: list[str]) -> list[tuple[str, str]]:
+        return list(zip(("SEG", "SR")[: len(ids)], ids, strict=True))
+
+    def _store(self, data: bytes) -> str:
+        return str(json.loads(self.api.RestApiPost("/instances", data)).get("ID", ""))
+
+    def _send_on(self, what: str, ids: list[str]) -> bool:
+        """The SEG (and SR) to every destination, each retried on its own until it accepts
+        them; False if stopped first."""
         pending, wait = list(self.settings.destinations), 1.0
+        body = json.dumps({"Resources": ids, "Synchronous": True}).encode()
         while pending:
             for name in list(pending):
-                body = json.dumps({"Resources": [seg_id], "Synchronous": True}).encode()
                 try:
                     # "AfterPlugins": the DICOMweb plugin's routes are a plugin's, not the core's
                     self.api.RestApiPostAfterPlugins(self._store_uri(name), body)
                 except Exception as exc:  # orthanc.OrthancException: refused, unreachable
                     log.warning(
-                        "%s: SEG to %s: %s; again in %.0f s", what, name, _describe(exc), wait
+                        "%s: results to %s: %s; again in %.0f s", what, name, _describe(exc), wait
                     )
                     continue
                 pending.remove(name)
-                log.info("%s: SEG %s sent to %s", what, seg_id, name)
+                log.info("%s: %s sent to %s", what, " and ".join(ids), name)
             if pending and self.stopping.wait(wait):
                 return False
             wait = min(MAX_BACKOFF_S, wait * 2)
@@ -449,9 +503,9 @@ class Forwarder:
             return f"/modalities/{name}/store"
         return f"/dicom-web/servers/{name}/stow"
 
-    def _attempts(self, body: bytes, content_type: str) -> Iterator[Answer]:
+    def _attempts(self, body: bytes, content_type: str, result: str) -> Iterator[Answer]:
         while not self.stopping.is_set():
-            yield self.post(body, content_type)
+            yield self.post(body, content_type, result)
 
     def _metadata(self, level: str, resource: str) -> dict[str, str] | None:
         try:

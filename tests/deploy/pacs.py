@@ -35,6 +35,14 @@ ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
 STORESCU = shutil.which("storescu") or "/usr/bin/storescu"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_STORAGE_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+
+
+def is_result(sop_class: str) -> bool:
+    """A SEG or an SR: what the forwarder makes, never a source."""
+    return sop_class == SEGMENTATION_STORAGE or sop_class.startswith(SR_STORAGE_PREFIX)
+
+
 INSTALL_HINT = "make system-deps (Debian: apt-get install orthanc orthanc-python dcmtk dicom3tools)"
 
 
@@ -211,11 +219,11 @@ class Orthanc:
         return counts
 
     def sources(self) -> dict[str, str]:
-        """Orthanc id -> SOP Instance UID of every non-SEG instance."""
+        """Orthanc id -> SOP Instance UID of every instance but SEGs and SRs."""
         return {
             i["id"]: self.get(f"/instances/{i['id']}/simplified-tags")["SOPInstanceUID"]
             for i in self.instances()
-            if i["metadata"].get("SopClassUid") != SEGMENTATION_STORAGE
+            if not is_result(i["metadata"].get("SopClassUid", ""))
         }
 
 

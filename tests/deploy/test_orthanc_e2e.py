@@ -7,6 +7,7 @@ fail: a PACS integration that was never run is how the deadlock shipped.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from pacs import (
     ROOT,
     Orthanc,
     ct_series,
+    is_result,
     missing_tools,
     require,
     samples,
@@ -32,7 +34,7 @@ from pacs import (
 
 from bench.nets import UNetSpec, default_card, save_model
 from tests.app.conftest import Server, free_port, start_server, stop_server
-from tests.gateway.peers import SEGMENTATION, Pacs
+from tests.gateway.peers import COMPREHENSIVE_3D_SR, SEGMENTATION, Pacs
 
 pytestmark = pytest.mark.slow
 BINARY = UNetSpec(depth=2, base=2)
@@ -121,9 +123,9 @@ def parallel(*jobs: object) -> None:
 
 
 def series_final(pacs: Orthanc) -> bool:
-    """Every non-SEG series has its outcome (series mode)."""
+    """Every series but SEGs and SRs has its outcome (series mode)."""
     series = [pacs.get(f"/series/{s}") for s in pacs.get("/series")]
-    mine = [s for s in series if s["MainDicomTags"].get("Modality") != "SEG"]
+    mine = [s for s in series if s["MainDicomTags"].get("Modality") not in ("SEG", "SR")]
     return bool(mine) and all(
         "UnetSegmentation" in pacs.get(f"/series/{s['ID']}/metadata?expand") for s in mine
     )
@@ -131,8 +133,7 @@ def series_final(pacs: Orthanc) -> bool:
 
 def all_final(pacs: Orthanc) -> bool:
     return all(
-        i["metadata"].get("UnetSegmentation")
-        or i["metadata"].get("SopClassUid", "").endswith(".66.4")
+        i["metadata"].get("UnetSegmentation") or is_result(i["metadata"].get("SopClassUid", ""))
         for i in pacs.instances()
     )
 
@@ -277,7 +278,7 @@ def test_an_instance_the_service_fails_on_is_given_up_after_the_retries(tmp_path
         assert outcomes == ["failed HTTP 500", "failed HTTP 500"]
         errors = [line for line in pacs.forwarder_lines() if line.startswith("E")]
         assert len(errors) == 2
-        assert all("given up after 2 attempts" in e for e in errors)
+        assert all("SEG given up after 2 attempts" in e for e in errors)
     finally:
         pacs.stop()
         server.shutdown()
@@ -380,7 +381,8 @@ def test_a_stable_series_gets_one_seg_referencing_every_instance(
     service: Server, tmp_path: Path
 ) -> None:
     """The default: a 25-instance series stored with storescu -> exactly one SEG instance in
-    one new series; an RT plan's series is refused and recorded; re-sent, nothing new."""
+    one new series and one SR about it; an RT plan's series is refused and recorded;
+    re-sent, nothing new."""
     pacs = Orthanc(tmp_path / "orthanc", forwarder={"ServiceUrl": service.url})
     pacs.start()
     try:
@@ -401,8 +403,22 @@ def test_a_stable_series_gets_one_seg_referencing_every_instance(
             s: pacs.get(f"/series/{s}/metadata?expand").get("UnetSegmentation", "")
             for s in pacs.get("/series")
         }
-        assert sum(o.startswith("seg ") for o in outcomes.values()) == 1
+        (done,) = [o for o in outcomes.values() if o.startswith("seg ")]
         assert sum(o.startswith("refused HTTP 415") for o in outcomes.values()) == 1
+        # The SR is stored beside the SEG, refers to it, and carries a volume per segment.
+        _, seg_id, _, sr_id = done.split()
+        assert seg_id == segs[0]["id"]
+        report = pydicom.dcmread(io.BytesIO(pacs.file(sr_id)))
+        assert report.SOPClassUID == COMPREHENSIVE_3D_SR
+        seg = pydicom.dcmread(io.BytesIO(pacs.file(seg_id)))
+        evidence = {
+            item.ReferencedSOPInstanceUID
+            for study in report.CurrentRequestedProcedureEvidenceSequence
+            for ref in study.ReferencedSeriesSequence
+            for item in ref.ReferencedSOPSequence
+        }
+        assert evidence == {seg.SOPInstanceUID, *map(_uid, files)}
+        assert "Volume" in str(report.ContentSequence)
         pacs.store(files[:5])  # re-sent: Orthanc has them, nothing new
         time.sleep(4)  # longer than StableAge (2 s)
         assert len(pacs.seg_references()) == 25
@@ -430,9 +446,9 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 def test_the_seg_is_sent_on_to_a_modality_and_a_dicomweb_server(
     service: Server, tmp_path: Path
 ) -> None:
-    """Destinations: the SEG of a series goes on by C-STORE to storescp (down at first:
+    """Destinations: the SEG and SR of a series go on by C-STORE to storescp (down at first:
     retried until it is up) and by STOW-RS to a second Orthanc; the series is marked only
-    then; one copy at each."""
+    then; one copy of each at each."""
     require([] if DICOMWEB_PLUGIN.exists() else ["Debian's orthanc-dicomweb"])
     archive = Orthanc(tmp_path / "archive", extra={"Plugins": [str(DICOMWEB_PLUGIN)]})
     archive.start(wait_forwarder=False)
@@ -451,7 +467,7 @@ def test_the_seg_is_sent_on_to_a_modality_and_a_dicomweb_server(
         files = ct_series(tmp_path / "ct", 5)
         pacs.store(files)
         pacs.wait_until(
-            lambda: any("SEG to PACS" in line for line in pacs.forwarder_lines()),
+            lambda: any("results to PACS" in line for line in pacs.forwarder_lines()),
             60,
             "a try at the PACS, which is down",
         )
@@ -459,12 +475,15 @@ def test_the_seg_is_sent_on_to_a_modality_and_a_dicomweb_server(
         storescp.start()
         pacs.wait_until(lambda: series_final(pacs), 60, "the SEG sent on everywhere")
         (received,) = storescp.received()
-        seg = pydicom.dcmread(received)
-        assert seg.SOPClassUID == SEGMENTATION
-        (archived,) = archive.get("/instances")
-        assert archive.get(f"/instances/{archived}/simplified-tags")["SOPInstanceUID"] == (
-            seg.SOPInstanceUID
-        )
+        (report,) = storescp.received(COMPREHENSIVE_3D_SR)
+        assert len(storescp.received(None)) == 2
+        sent = {pydicom.dcmread(received).SOPInstanceUID, pydicom.dcmread(report).SOPInstanceUID}
+        assert pydicom.dcmread(received).SOPClassUID == SEGMENTATION
+        archived = {
+            archive.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"]
+            for i in archive.get("/instances")
+        }
+        assert archived == sent  # one copy each, at each destination
     finally:
         pacs.stop()
         archive.stop()

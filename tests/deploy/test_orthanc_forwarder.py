@@ -163,6 +163,17 @@ def test_bad_settings_name_the_problem(
         fwd.read_settings(config, environ)
 
 
+def test_results_are_seg_then_sr_and_never_an_sr_alone() -> None:
+    base = {**CONFIG, "UnetForwarder": {"ServiceUrl": "http://u"}}
+    assert fwd.read_settings(base, {}).results == ("seg", "sr")
+    assert fwd.read_settings(base, {"UNET_FORWARD_RESULTS": "SR,seg"}).results == ("seg", "sr")
+    listed = {**CONFIG, "UnetForwarder": {"ServiceUrl": "http://u", "Results": ["seg"]}}
+    assert fwd.read_settings(listed, {}).results == ("seg",)
+    for bad in ("sr", "seg,pdf"):
+        with pytest.raises(fwd.SettingsError, match="Results must list seg"):
+            fwd.read_settings(base, {"UNET_FORWARD_RESULTS": bad})
+
+
 def test_destinations_are_a_list_or_a_comma_list() -> None:
     listed = {**CONFIG, "UnetForwarder": {"ServiceUrl": "http://u", "Destinations": ["A", "b"]}}
     assert fwd.read_settings(listed, {}).destinations == ("A", "b")
@@ -198,7 +209,7 @@ def test_each_destination_is_retried_on_its_own_until_it_accepts(
     settings = fwd.Settings(service_url="http://u", destinations=("PACS", "archive"))
     forwarder = fwd.Forwarder(api, settings)
     forwarder.stopping.wait = lambda seconds: False  # type: ignore[method-assign]
-    assert forwarder._send_on("series s", "seg-1") is True
+    assert forwarder._send_on("series s", ["seg-1"]) is True
     assert api.posts == [
         "/modalities/PACS/store",  # C-STORE: accepted at once, never sent again
         "/dicom-web/servers/archive/stow",
@@ -212,4 +223,76 @@ def test_stopping_while_a_destination_refuses_leaves_the_series_unmarked() -> No
     settings = fwd.Settings(service_url="http://u", destinations=("PACS",))
     forwarder = fwd.Forwarder(api, settings)
     forwarder.stopping.set()
-    assert forwarder._send_on("series s", "seg-1") is False
+    assert forwarder._send_on("series s", ["seg-1"]) is False
+
+
+class RecordingOrthanc:
+    """Orthanc's REST API as a stored series sees it: what is stored, sent and recorded."""
+
+    def __init__(self) -> None:
+        self.stored: list[bytes] = []
+        self.sent: list[tuple[str, bytes]] = []
+        self.metadata: dict[str, bytes] = {}
+
+    def RestApiPost(self, uri: str, body: bytes) -> bytes:  # noqa: N802
+        assert uri == "/instances"
+        self.stored.append(body)
+        return f'{{"ID": "id-{len(self.stored)}"}}'.encode()
+
+    def RestApiGet(self, uri: str) -> bytes:  # noqa: N802
+        assert uri == "/modalities"
+        return b'["PACS"]'
+
+    def RestApiPostAfterPlugins(self, uri: str, body: bytes) -> bytes:  # noqa: N802
+        self.sent.append((uri, body))
+        return b"{}"
+
+    def RestApiPut(self, uri: str, body: bytes) -> bytes:  # noqa: N802
+        self.metadata[uri] = body
+        return b""
+
+
+@pytest.mark.parametrize(
+    ("sr_answer", "stored", "resources", "outcome"),
+    [
+        (
+            fwd.Answer("seg", "HTTP 200", seg=b"SR"),
+            [SEG, b"SR"],
+            ["id-1", "id-2"],
+            "seg id-1 sr id-2",
+        ),
+        (fwd.Answer("refused", "HTTP 422: no spacing"), [SEG], ["id-1"], "seg id-1"),
+        (fwd.Answer("failed", "HTTP 500"), [SEG], ["id-1"], "seg id-1"),
+    ],
+)
+def test_the_sr_is_stored_and_sent_with_the_seg_or_the_seg_goes_alone(
+    sr_answer: object, stored: list[bytes], resources: list[str], outcome: str
+) -> None:
+    api = RecordingOrthanc()
+    asked: list[str] = []
+
+    def post(body: bytes, content_type: str, result: str) -> object:
+        asked.append(result)
+        return fwd.Answer("seg", "HTTP 200", seg=SEG) if result == "seg" else sr_answer
+
+    settings = fwd.Settings(service_url="http://u", destinations=("PACS",), retries=1)
+    forwarder = fwd.Forwarder(api, settings, post=post)
+    assert forwarder._segment("series", "s1", CT, "application/dicom") is True
+    assert asked == ["seg", "sr"]
+    assert api.stored == stored
+    ((uri, body),) = api.sent  # one store request, the SEG and SR together
+    assert uri == "/modalities/PACS/store"
+    assert body == fwd.json.dumps({"Resources": resources, "Synchronous": True}).encode()
+    assert api.metadata == {"/series/s1/metadata/UnetSegmentation": outcome.encode()}
+
+
+def test_with_results_seg_no_sr_is_asked() -> None:
+    api, asked = RecordingOrthanc(), []
+
+    def post(body: bytes, content_type: str, result: str) -> object:
+        asked.append(result)
+        return fwd.Answer("seg", "HTTP 200", seg=SEG)
+
+    settings = fwd.Settings(service_url="http://u", results=("seg",))
+    assert fwd.Forwarder(api, settings, post=post)._segment("instances", "i1", CT, "x") is True
+    assert (asked, api.stored, api.sent) == (["seg"], [SEG], [])

@@ -1,6 +1,6 @@
 """dcmtk's programs and the gateway as processes on 127.0.0.1, for tests/gateway and
 bench/gateway.py: storescu and echoscu are the modality, storescp the destination PACS,
-dciodvfy the judge of a SEG."""
+dciodvfy the judge of a SEG and its SR."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tests.app.conftest import REPO
 
 TOOLS = {name: shutil.which(name) for name in ("storescu", "storescp", "echoscu", "dciodvfy")}
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 WAIT_S = 90
 
 
@@ -58,8 +59,17 @@ class Pacs(Process):
         super().__init__(command, folder.parent / f"storescp-{port}.log", {})
         self.folder, self.port = folder, port
 
-    def received(self) -> list[Path]:
-        return sorted(self.folder.iterdir())
+    def received(self, sop_class: str | None = SEGMENTATION) -> list[Path]:
+        """The instances stored so far of ``sop_class`` (None: all), whole ones only."""
+        paths = sorted(self.folder.iterdir())
+        return [p for p in paths if sop_class is None or _sop_class(p) == sop_class]
+
+
+def _sop_class(path: Path) -> str | None:
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True).SOPClassUID)
+    except Exception:  # still being written: not received yet
+        return "?"
 
 
 def gateway(
@@ -122,9 +132,22 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
 
 
-def the_one_seg(pacs: Pacs, series: list[Path]) -> pydicom.Dataset:
-    """Exactly one SEG arrived; it references every instance of ``series``; dciodvfy is clean."""
+def the_one_seg(pacs: Pacs, series: list[Path], sr: bool = True) -> pydicom.Dataset:
+    """Exactly one SEG arrived, and (``sr``) one SR measuring it, nothing else; the SEG
+    references every instance of ``series``; dciodvfy is clean on both."""
     (path,) = pacs.received()
+    if sr:  # right behind its SEG, over the same association
+        until(lambda: bool(pacs.received(COMPREHENSIVE_3D_SR)), "the SR at the PACS", 30)
+        (report,) = pacs.received(COMPREHENSIVE_3D_SR)
+        assert dciodvfy_errors(report) == []
+        evidence = {
+            item.ReferencedSOPInstanceUID
+            for study in pydicom.dcmread(report).CurrentRequestedProcedureEvidenceSequence
+            for ref in study.ReferencedSeriesSequence
+            for item in ref.ReferencedSOPSequence
+        }
+        assert pydicom.dcmread(path).SOPInstanceUID in evidence
+    assert len(pacs.received(None)) == 1 + sr
     seg = pydicom.dcmread(path)
     assert seg.SOPClassUID == SEGMENTATION
     referenced = {

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from tests.app.conftest import REPO, Server, free_port, start_server, stop_serve
 from tests.deploy.pacs import Orthanc, ct_series, require
 from tests.gateway import peers
 from tests.gateway.peers import (
+    COMPREHENSIVE_3D_SR,
     SEGMENTATION,
     TOOLS,
     Pacs,
@@ -89,14 +91,14 @@ class Routed:
     pacs: Pacs
 
 
-@pytest.fixture
-def routed(service: Server, tmp_path: Path) -> Iterator[Routed]:
+@contextmanager
+def routing(service: Server, tmp_path: Path, **settings: str) -> Iterator[Routed]:
+    """A storescp and a gateway sending it the results, with ``settings``."""
     pacs = Pacs(tmp_path / "pacs", free_port())
     pacs.start()
     port = free_port()
-    node = gateway(
-        tmp_path, service.url, port, UNET_DICOM_DESTINATIONS=f"PACS@127.0.0.1:{pacs.port}"
-    )
+    destination = f"PACS@127.0.0.1:{pacs.port}"
+    node = gateway(tmp_path, service.url, port, UNET_DICOM_DESTINATIONS=destination, **settings)
     node.start()
     try:
         wait_listening(port, node)
@@ -104,6 +106,12 @@ def routed(service: Server, tmp_path: Path) -> Iterator[Routed]:
     finally:
         assert node.stop() == 0  # SIGTERM: a clean stop
         pacs.stop()
+
+
+@pytest.fixture
+def routed(service: Server, tmp_path: Path) -> Iterator[Routed]:
+    with routing(service, tmp_path) as running:
+        yield running
 
 
 def test_a_series_over_three_associations_gives_one_seg_at_the_pacs(
@@ -382,8 +390,8 @@ def test_dicom_tls_with_client_certificates(service: Server, tmp_path: Path) -> 
 def test_a_stow_rs_destination_orthanc_beside_a_c_store_one(
     service: Server, tmp_path: Path
 ) -> None:
-    """Orthanc with Debian's DICOMweb plugin receives the SEG by STOW-RS while storescp
-    receives it by C-STORE: one copy each."""
+    """Orthanc with Debian's DICOMweb plugin receives the SEG and its SR by STOW-RS while
+    storescp receives them by C-STORE: one copy each."""
     orthanc = Orthanc(tmp_path / "orthanc", extra={"Plugins": [str(DICOMWEB_PLUGIN)]})
     orthanc.start(wait_forwarder=False)
     pacs = Pacs(tmp_path / "pacs", free_port())
@@ -398,12 +406,17 @@ def test_a_stow_rs_destination_orthanc_beside_a_c_store_one(
         sent(storescu(port, series))
         until(lambda: queue_is_empty(tmp_path / "state") and "sent" in node.text(), "both sent")
         the_one_seg(pacs, series)
-        (stored,) = httpx.get(f"{orthanc.url}/instances").json()
-        seg = pydicom.dcmread(
-            io.BytesIO(httpx.get(f"{orthanc.url}/instances/{stored}/file").content)
-        )
-        assert seg.SOPClassUID == SEGMENTATION
-        assert seg.SOPInstanceUID == pydicom.dcmread(pacs.received()[0]).SOPInstanceUID
+        stored = [
+            pydicom.dcmread(io.BytesIO(httpx.get(f"{orthanc.url}/instances/{i}/file").content))
+            for i in httpx.get(f"{orthanc.url}/instances").json()
+        ]
+        by_class = {str(d.SOPClassUID): str(d.SOPInstanceUID) for d in stored}
+        assert len(stored) == len(by_class) == 2
+        at_pacs = [pacs.received()[0], pacs.received(COMPREHENSIVE_3D_SR)[0]]
+        assert by_class == {
+            SEGMENTATION: pydicom.dcmread(at_pacs[0]).SOPInstanceUID,
+            COMPREHENSIVE_3D_SR: pydicom.dcmread(at_pacs[1]).SOPInstanceUID,
+        }
     finally:
         node.stop()
         pacs.stop()
@@ -461,8 +474,14 @@ def test_a_full_disk_answers_out_of_resources_and_leaves_nothing_half_written(
 
 
 def test_three_modalities_at_once_over_three_associations_each(
-    routed: Routed, tmp_path: Path
+    service: Server, tmp_path: Path
 ) -> None:
+    """... with UNET_DICOM_RESULTS=seg: the SEGs alone, no SR."""
+    with routing(service, tmp_path, UNET_DICOM_RESULTS="seg") as running:
+        three_modalities(running, tmp_path)
+
+
+def three_modalities(routed: Routed, tmp_path: Path) -> None:
     every = {
         modality: ct_series(tmp_path / modality, 9, size=64) for modality in ("CT1", "CT2", "CT3")
     }
@@ -489,3 +508,4 @@ def test_three_modalities_at_once_over_three_associations_each(
         for seg in segs
     }
     assert got == wanted
+    assert len(routed.pacs.received(None)) == 3  # no SR: UNET_DICOM_RESULTS=seg

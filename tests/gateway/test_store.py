@@ -45,9 +45,9 @@ def test_a_round_leaves_with_its_files_once_every_destination_accepted(tmp_path:
     store = GatewayStore(tmp_path)
     put(store, "s", "a")
     (item,) = store.close_stable(0)
-    store.segmented(item, b"SEG", ["PACS@h:104", "https://x/studies"])
+    store.segmented(item, {"seg": b"SEG", "sr": b"SR"}, ["PACS@h:104", "https://x/studies"])
     assert store.files(item) == []  # the instances go once the result is on disk
-    assert store.result(item).read_bytes() == b"SEG"
+    assert [p.read_bytes() for p in store.result_files(item)] == [b"SEG", b"SR"]  # SEG first
     first, second = store.due_deliveries()
     store.delivery_failed(first, 60)
     assert store.due_deliveries() == [second]  # each destination on its own
@@ -57,7 +57,8 @@ def test_a_round_leaves_with_its_files_once_every_destination_accepted(tmp_path:
         db.execute("UPDATE deliveries SET next = 0")
     (again,) = store.due_deliveries()
     assert store.delivered(again) is True
-    assert not store.result(item).exists()
+    assert store.result_files(item) == []
+    assert list(store.results.iterdir()) == []
     assert store.counts() == {}
 
 

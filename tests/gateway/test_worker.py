@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from app.gateway import client
 from app.gateway.metrics import Metrics
@@ -23,17 +24,59 @@ def test_a_delivery_that_raises_is_retried_and_the_next_one_still_goes(
         store.add_instance(series, "a", lambda path: path.write_bytes(b"x"))
     broken, fine = sorted(store.close_stable(0), key=lambda r: r.series)
     for item in (broken, fine):
-        store.segmented(item, item.series.encode(), ["PACS@127.0.0.1:104"])
+        store.segmented(item, {"seg": item.series.encode()}, ["PACS@127.0.0.1:104"])
 
-    def send(settings: object, destination: object, path: Path, tls: object) -> client.Outcome:
-        if path.read_bytes() == b"broken":
+    def send(
+        settings: object, destination: object, paths: list[Path], tls: object
+    ) -> client.Outcome:
+        if paths[0].read_bytes() == b"broken":
             raise RuntimeError("the peer aborted the association")
         return client.Outcome("ok", "C-STORE 0x0000")
 
     monkeypatch.setattr(client, "send", send)
     worker = Worker(settings, store, Metrics(store))
     worker.send_due()
-    assert not store.result(fine).exists()  # delivered and gone
-    assert store.result(broken).exists()
+    assert store.result_files(fine) == []  # delivered and gone
+    assert len(store.result_files(broken)) == 1
     assert store.due_deliveries() == []  # the broken one waits for its back-off
     assert store.counts() == {"sending": 1, "to PACS@127.0.0.1:104": 1}
+
+
+def test_results_are_seg_then_sr_and_never_an_sr_alone() -> None:
+    assert GatewaySettings().dicom_results == ["seg", "sr"]
+    assert GatewaySettings(dicom_results=" SR, seg ,sr").dicom_results == ["seg", "sr"]
+    assert GatewaySettings(dicom_results="seg").dicom_results == ["seg"]
+    for bad in ("sr", "seg,pdf", ""):
+        with pytest.raises(ValidationError, match="UNET_DICOM_RESULTS"):
+            GatewaySettings(dicom_results=bad)
+
+
+@pytest.mark.parametrize(
+    ("sr_outcome", "stored", "state"),
+    [
+        (client.Outcome("ok", "HTTP 200", b"SR"), [b"SEG", b"SR"], "kept"),
+        (client.Outcome("refused", "HTTP 422: no spacing"), [b"SEG"], "kept"),  # the SEG alone
+        (client.Outcome("retry", "HTTP 503", retry_after=5), [], "segmenting"),  # both again
+    ],
+)
+def test_a_round_keeps_its_seg_when_only_the_sr_is_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sr_outcome: client.Outcome,
+    stored: list[bytes],
+    state: str,
+) -> None:
+    store = GatewayStore(tmp_path)
+    store.add_instance("s", "a", lambda path: path.write_bytes(b"x"))
+    (item,) = store.close_stable(0)
+    asked = []
+
+    def segment(settings: object, series: object, kind: str) -> client.Outcome:
+        asked.append(kind)
+        return client.Outcome("ok", "HTTP 200", b"SEG") if kind == "seg" else sr_outcome
+
+    monkeypatch.setattr(client, "segment", segment)
+    Worker(GatewaySettings(dicom_state_dir=tmp_path), store, Metrics(store)).segment_due()
+    assert asked == ["seg", "sr"]
+    assert [p.read_bytes() for p in store.result_files(item)] == stored
+    assert store.counts() == {state: 1}
