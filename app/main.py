@@ -26,8 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import errors
-from app.api import methods_at, router
+from app.api import errors, methods_at, router
 from app.api.admission import Admission
 from app.api.middleware import Cors, RequestContext
 from app.codecs.images import Decoders

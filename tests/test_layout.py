@@ -4,6 +4,8 @@ no function over 60; checked here so that review need not."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 APP = Path(__file__).resolve().parents[1] / "app"
@@ -28,3 +30,18 @@ def test_no_function_in_app_is_over_60_lines() -> None:
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(APP)}:{node.name} ({lines} lines)")
     assert not long, f"split these: {long}"
+
+
+def test_the_command_line_and_the_workers_load_no_web_framework() -> None:
+    """What import-linter's contract promises, seen in a fresh interpreter: unet-segment, the
+    jobs runner and a Dask worker's module import no fastapi, starlette or uvicorn."""
+    code = (
+        "import sys, app.cli, app.jobs.runner, app.distributed; "
+        "loaded = {m.split('.')[0] for m in sys.modules}; "
+        "print(sorted(loaded & {'fastapi', 'starlette', 'uvicorn'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=APP.parent, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from app.api.auth import Authorized
 from app.api.deps import ServiceDep
+from app.api.errors import ErrorBody
 from app.api.job_upload import admitted, receive_input
 from app.api.schemas import JobList, JobView
 from app.api.segment import (
@@ -30,12 +31,7 @@ from app.api.segment import (
     choose_threshold,
 )
 from app.codecs.outputs import Options, every_format
-from app.errors import (
-    ErrorBody,
-    JobNotFoundError,
-    JobStateError,
-    quote,
-)
+from app.errors import JobNotFoundError, JobStateError, quote
 from app.jobs.inputs import probe
 from app.jobs.results import zip_folder
 from app.jobs.runner import JobRunner

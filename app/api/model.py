@@ -6,8 +6,8 @@ from fastapi import APIRouter
 
 from app.api.auth import Authorized
 from app.api.deps import ServiceDep
+from app.api.errors import ErrorBody
 from app.api.schemas import ModelInfo
-from app.errors import ErrorBody
 
 router = APIRouter(tags=["model"])
 

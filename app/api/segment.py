@@ -13,12 +13,13 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.api.auth import Authorized
 from app.api.deps import AdmissionDep, ServiceDep
+from app.api.errors import ErrorBody
 from app.api.pipeline import Outcome, run_job
 from app.api.schemas import ObjectsResponse, RLEResponse
 from app.api.upload import received_images, watching_disconnect
 from app.codecs.outputs import Options
 from app.codecs.outputs.base import either
-from app.errors import BadParameterError, ErrorBody, RequestCancelledError, quote
+from app.errors import BadParameterError, RequestCancelledError, quote
 from app.service import Service
 
 router = APIRouter(tags=["segmentation"])
