@@ -8,11 +8,11 @@ Each image the service accepts goes through exactly what ``POST /segment`` runs
 (the same decoders, predictor and output encoders), so a file equals the
 service's answer byte for byte. Larger images -- tiled or pyramidal TIFF,
 OME-TIFF, SVS and other slides, OME-Zarr -- are read a rectangle at a time and
-written block by block to an OME-Zarr or OME-TIFF (app/streaming.py): memory
+written block by block to an OME-Zarr or OME-TIFF (app/pipeline/large.py): memory
 stays flat whatever their size, and the class map equals the in-memory one bit
 for bit. The format defaults to ``png`` up to ``--max-pixels`` (the service's
 limit) and ``ome-zarr`` above; above it, ``instances`` (an OME-Zarr of object ids)
-and ``geojson`` are made block by block too (app/large_objects.py).
+and ``geojson`` are made block by block too (app/pipeline/objects.py).
 
 ``DIR/<stem>.<ext>`` (ext by format: ``png``, ``rle.json``, ``prob.png``,
 ``instances.png``, ``objects.json``, ``geojson``, ``overlay.png``, ``seg.dcm``,
@@ -25,7 +25,7 @@ stderr). Exit 0 when every input succeeded, 1 when any failed, 130 on Ctrl-C or
 SIGTERM (nothing half-written is left); 2 for bad arguments, a model or tiling
 that cannot run, or a Dask scheduler that cannot be reached. ``--dask ADDRESS``
 runs the blocks of large images and the small images of the batch on a Dask
-cluster (app/distributed.py).
+cluster (app/pipeline/dask.py).
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ from typing import Any
 import zarr
 from tqdm import tqdm
 
-from app.batch import Context, Large, Setup, Small, route
 from app.codecs.outputs import LARGE_OUTPUTS, Outputs, default_outputs, every_format
-from app.files import expand, remove, set_aside, size, target, write_atomically
 from app.inference import InferenceError
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
 from app.inference.providers import CHOICES, PRECISIONS
 from app.inference.tiler import ProgressFn
+from app.pipeline.batch import Context, Large, Setup, Small, route
+from app.pipeline.files import expand, remove, set_aside, size, target, write_atomically
 from app.settings import DEFAULT_MODEL
 
 
@@ -62,7 +62,7 @@ class Run:
         self.context = Context.load(chosen)
         self.cluster = None
         if args.dask:
-            from app.distributed import Cluster
+            from app.pipeline.dask import Cluster
 
             self.cluster = Cluster(args.dask, chosen, self.context.model.sha256)
 
@@ -162,7 +162,7 @@ def stage_bar(bar: tqdm) -> Callable[[str, int, int], None]:
 
 
 def setup(args: argparse.Namespace) -> Setup:
-    fields = ("providers", "precision", "tile", "batch", "threshold", "tta", "min_area")
+    fields = ("providers", "precision", "tile", "batch", "threshold", "tta", "min_area", "objects")
     more = {"max_pixels": args.max_pixels, "probability": args.probability}
     more["model"] = args.model.absolute()  # Dask workers elsewhere open it by this path
     return Setup(**{f: getattr(args, f) for f in fields}, **more)
@@ -219,6 +219,7 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
     add("--threshold", type=float, help="default: the card's, else 0.5")
     add("--tta", action="store_true", help="mean over the four flips")
     add("--min-area", type=count(0), help="object formats: smallest object, px")
+    add("--objects", action="store_true", help="format overlay: outline each object")
     add("--providers", default="auto", choices=CHOICES, help="auto: CUDA, else OpenVINO, else cpu")
     add("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 where the CPU has it")
     add("--max-pixels", type=count(1), default=Setup.max_pixels, help="largest in-memory image, px")
@@ -228,6 +229,8 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
     args = parser.parse_args(argv)
     if args.threshold is not None and not 0 < args.threshold < 1:
         parser.error(f"--threshold must be in (0, 1), got {args.threshold}")
+    if args.objects and args.format != "overlay":
+        parser.error("--objects outlines objects in an overlay: use it with --format overlay")
     if args.probability and args.format not in (None, "ome-zarr"):
         parser.error("--probability is stored in an OME-Zarr: use it with --format ome-zarr")
     return args

@@ -18,12 +18,10 @@ from types import FrameType
 
 import numpy as np
 
-from app.codecs.frames import DecodedImage
 from app.codecs.images import Decoders, Limits, default_decoders
-from app.codecs.outputs import Encoder, Options, Outputs
+from app.codecs.outputs import Outputs
 from app.errors import TooMuchWorkError
 from app.inference import LoadedModel, ModelCard, Predictor
-from app.inference.tiler import ProgressFn
 from app.metrics import Metrics
 from app.settings import Settings
 
@@ -45,42 +43,6 @@ def input_formats(card: ModelCard) -> Decoders:
     from app.codecs.dicom_pixels import window_from_card
 
     return default_decoders(window_from_card(card.model_extra))
-
-
-@dataclass
-class Work:
-    """What segmenting an image took: frames and tiles run, inference and encode seconds."""
-
-    frames: int = 0
-    tiles: int = 0
-    inference: float = 0.0
-    encode: float = 0.0
-
-
-def segment_frames(
-    image: DecodedImage,
-    encoder: Encoder,
-    predictor: Predictor,
-    options: Options,
-    progress: ProgressFn | None = None,
-) -> Work:
-    """Predict every frame and hand it to ``encoder``, one probability map alive at a time.
-
-    The one pipeline of ``POST /segment``, jobs and ``unet-segment``; ``progress``
-    is the predictor's (tiles done, total), and may raise to stop the work.
-    """
-    work = Work()
-    for index, frame in enumerate(image.frames):
-        t0 = perf_counter()
-        prediction = predictor.predict(
-            frame, threshold=options.threshold, tta=options.tta, progress=progress
-        )
-        t1 = perf_counter()
-        encoder.add(index, prediction)
-        work.frames, work.tiles = index + 1, work.tiles + prediction.tiles
-        del prediction  # free the probability map before the next frame
-        work.inference, work.encode = work.inference + t1 - t0, work.encode + perf_counter() - t1
-    return work
 
 
 class WorkLimit:

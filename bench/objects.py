@@ -13,7 +13,7 @@ watershed for the shipped model), then the encoders of ``format=objects`` and
 share of the inference time; then the same for the issue's case, a mask of about
 21,000 cells (``mask_*``: random points' nearest regions, one-pixel lines between
 them; the components recipe). Then the large-image path on the same mosaic
-(``format=instances`` block by block, app/large_objects.py): its time end to end and
+(``format=instances`` block by block, app/pipeline/objects.py): its time end to end and
 how its objects agree with the in-memory ones.
 """
 
@@ -38,7 +38,7 @@ from app.inference import Predictor, load_model
 from app.inference.card import ObjectsRecipe
 from app.inference.objects import FOUR
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, Prediction
-from app.streaming import segment_large
+from app.pipeline.large import segment_large
 from bench.report import report
 
 REPO = Path(__file__).resolve().parents[1]

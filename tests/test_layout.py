@@ -36,7 +36,7 @@ def test_the_command_line_and_the_workers_load_no_web_framework() -> None:
     """What import-linter's contract promises, seen in a fresh interpreter: unet-segment, the
     jobs runner and a Dask worker's module import no fastapi, starlette or uvicorn."""
     code = (
-        "import sys, app.cli, app.jobs.runner, app.distributed; "
+        "import sys, app.cli, app.jobs.runner, app.pipeline.dask; "
         "loaded = {m.split('.')[0] for m in sys.modules}; "
         "print(sorted(loaded & {'fastapi', 'starlette', 'uvicorn'}))"
     )

@@ -25,6 +25,7 @@ from app.api.segment import (
     IMAGE_BODY,
     ClassQuery,
     MinAreaQuery,
+    ObjectsQuery,
     ThresholdQuery,
     TtaQuery,
     check_format,
@@ -158,13 +159,14 @@ async def submit(
     class_index: ClassQuery = 1,
     tta: TtaQuery = False,
     min_area: MinAreaQuery = None,
+    objects: ObjectsQuery = False,
 ) -> JSONResponse:
     """Queue the image of the body (raw or multipart `file`), or the file named by a JSON
     body `{"source": "<path under UNET_JOB_SOURCE_ROOT>"}`. 202 with the job and its
     Location; poll it, then GET its result."""
     if output is not None:
         check_format(output, every_format(service.outputs))
-    options = Options(choose_threshold(service, threshold), class_index, tta, min_area)
+    options = Options(choose_threshold(service, threshold), class_index, tta, min_area, objects)
     options.check(service.model.card)  # 422 before a 20 GiB body is read, not after
     job_id = str(uuid.uuid4())
     with admitted(request, service, runner):
@@ -173,7 +175,7 @@ async def submit(
             found = await asyncio.to_thread(probe, path, output, options, service)
             given = JobRequest(
                 str(path), name, found.output, found.large, found.width, found.height,
-                found.frames, options.threshold, class_index, tta, min_area,
+                found.frames, options,
             )  # fmt: skip
             job = runner.store.add(job_id, given, found.tiles)
         except BaseException:

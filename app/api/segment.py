@@ -1,7 +1,7 @@
 """``POST /segment``: an image in (multipart field ``file`` or raw body), a mask out.
 
 The body is read on the event loop under its limits (app/api/upload.py);
-everything CPU-bound happens in the inference thread (app/api/pipeline.py via
+everything CPU-bound happens in the inference thread (app/pipeline/small.py via
 Admission).
 """
 
@@ -14,12 +14,12 @@ from fastapi import APIRouter, Query, Request, Response
 from app.api.auth import Authorized
 from app.api.deps import AdmissionDep, ServiceDep
 from app.api.errors import ErrorBody
-from app.api.pipeline import Outcome, run_job
 from app.api.schemas import ObjectsResponse, RLEResponse
 from app.api.upload import received_images, watching_disconnect
 from app.codecs.outputs import Options
 from app.codecs.outputs.base import either
 from app.errors import BadParameterError, RequestCancelledError, quote
+from app.pipeline.small import Outcome, run_job
 from app.service import Service
 
 router = APIRouter(tags=["segmentation"])

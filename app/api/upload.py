@@ -10,7 +10,7 @@
   RAM; nine concurrent 60 MiB uploads hold a few MiB, and nothing of them stays
   in the process's heap once they are done.
 - A client that disconnects while its work runs sets ``cancelled``: the work
-  stops at its next tile batch (app/api/pipeline.py).
+  stops at its next tile batch (app/pipeline/small.py).
 
 Runs on the event loop; only the inference thread reads the spooled bytes.
 """

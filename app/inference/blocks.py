@@ -2,7 +2,7 @@
 
 A block is the unit of work and of writing for images beyond memory: the
 streamed path runs the blocks one after another, Dask runs them as tasks
-(app/distributed.py), and each block is exactly the chunks of the output store
+(app/pipeline/dask.py), and each block is exactly the chunks of the output store
 it writes -- one writer per chunk (DESIGN.md, "Data flow of a large image").
 
 A block runs the tiles of the image's one plan whose keep range meets it, and

@@ -15,7 +15,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from app.batch import route
 from app.codecs.errors import FrameCountError, ImageTooLargeError, NotAnImageError
 from app.codecs.frames import Limits
 from app.codecs.outputs import Options
@@ -23,6 +22,7 @@ from app.codecs.slides import is_slide, open_slide
 from app.errors import SourceNotFoundError, SourceRefusedError, quote
 from app.inference.blocks import block_grid
 from app.inference.predictor import FLIPS
+from app.pipeline.batch import route
 from app.service import Service
 
 # A file the in-memory decoders read whole may be at most this many bytes per pixel of

@@ -1,8 +1,8 @@
 """The job runner: one thread that runs queued jobs, oldest first, on the service's engine.
 
-Each job runs through what ``unet-segment`` runs (app/batch.py): in memory for
+Each job runs through what ``unet-segment`` runs (app/pipeline/batch.py): in memory for
 formats of one image up to UNET_MAX_IMAGE_PIXELS, block by block into a store on
-disk (app/streaming.py) otherwise, so a job's result equals the command line's
+disk (app/pipeline/large.py) otherwise, so a job's result equals the command line's
 bit for bit. Its engine calls go through the Gate: one tile batch at a time,
 never while a ``/segment`` request waits (app/jobs/gate.py).
 
@@ -25,17 +25,17 @@ from typing import Any, Literal
 
 import numpy.typing as npt
 
-from app.batch import Context, Large, Small
 from app.codecs.frames import Limits
-from app.codecs.outputs import LARGE_OUTPUTS, Model, Options
-from app.files import remove, target, write_atomically
+from app.codecs.outputs import LARGE_OUTPUTS, Model
 from app.inference import Predictor
 from app.jobs.failure import failure
 from app.jobs.gate import Gate
 from app.jobs.inputs import check_source
 from app.jobs.store import FINISHED, Job, JobStore, Status
+from app.pipeline.batch import Context, Large, Small
+from app.pipeline.files import remove, target, write_atomically
+from app.pipeline.large import local_blocks
 from app.service import Service
-from app.streaming import local_blocks
 
 log = logging.getLogger("app.jobs")
 INPUT = "input"  # an uploaded image, in the job's folder
@@ -282,7 +282,7 @@ class JobRunner:
             run, base.card, tile_size=base.tile_size, batch_size=base.batch_size,
             context=base.context, fixed_shape=base.fixed_shape,
         )  # fmt: skip
-        options = Options(request.threshold, request.class_index, request.tta, request.min_area)
+        options = request.options
         limits = Limits(service.settings.max_image_pixels, service.settings.max_frames)
         model = Model(base.card, engine.sha256)
         return Context(model, predictor, service.inputs, options, limits)

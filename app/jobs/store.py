@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from app.codecs.outputs.base import Options
+
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
 STATUSES: tuple[Status, ...] = ("queued", "running", *FINISHED)
@@ -56,8 +58,9 @@ class Request:
 
     input: the image (the job's upload, or a file under UNET_JOB_SOURCE_ROOT);
     name: the input's name for the result's file name; output: the format;
-    large: whether it goes block by block (app/streaming.py); width, height,
-    frames: from the input's header; threshold .. min_area: as in /segment.
+    large: whether it goes block by block (app/pipeline/large.py); width, height,
+    frames: from the input's header; options: the request's Options, whole, as /segment
+    takes them (so that no option can be lost on the way to the runner).
     """
 
     input: str
@@ -67,10 +70,16 @@ class Request:
     width: int
     height: int
     frames: int
-    threshold: float
-    class_index: int = 1
-    tta: bool = False
-    min_area: int | None = None
+    options: Options
+
+    @classmethod
+    def from_json(cls, text: str) -> Request:
+        """A stored request; one stored before Options were kept whole (its threshold,
+        class_index, tta and min_area beside the rest) reads back the same."""
+        values = json.loads(text)
+        legacy = [k for k in ("threshold", "class_index", "tta", "min_area") if k in values]
+        options = values.pop("options", None) or {k: values.pop(k) for k in legacy}
+        return cls(**values, options=Options(**options))
 
 
 @dataclass
@@ -92,7 +101,7 @@ class Job:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         values = dict(row)
-        values["request"] = Request(**json.loads(values["request"]))
+        values["request"] = Request.from_json(values["request"])
         values["result"] = json.loads(values["result"]) if values["result"] else None
         return cls(**values)
 

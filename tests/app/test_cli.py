@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app import cli
-from app.batch import Small
 from app.codecs.outputs import default_outputs
-from app.files import write_atomically
+from app.pipeline.batch import Small
+from app.pipeline.files import write_atomically
 from tests.app.samples import noise, png, tiff, truncated
 
 IMAGES = {
@@ -134,8 +134,22 @@ def test_a_threshold_changes_the_mask_as_the_service_does(
     assert (out / "a.png").read_bytes() == answer
 
 
+def test_objects_outline_each_object_in_an_overlay_as_the_service_does(
+    softmax_model: Path, softmax_client: TestClient, tmp_path: Path
+) -> None:
+    inputs = folder(tmp_path)
+    out = tmp_path / "out"
+    assert segment(softmax_model, out, inputs / "a.png", format="overlay", objects=True) == 0
+    query, image = "/segment?format=overlay", IMAGES["a.png"]
+    outlined = softmax_client.post(f"{query}&objects=true", content=image)
+    filled = softmax_client.post(query, content=image)
+    assert outlined.content != filled.content  # the flag changes the picture
+    assert (out / f"a.{cli_extension('overlay')}").read_bytes() == outlined.content
+
+
 BAD_ARGUMENTS = [
     ["--format", "jpeg"],
+    ["--objects"],  # an overlay's option: without --format overlay it says so
     ["--threshold", "1.5"],
     ["--tile", "x"],
     ["--batch", "0"],

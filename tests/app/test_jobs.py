@@ -4,12 +4,13 @@ shutdown queues the running job again and the next start finishes it."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import zarr
 from fastapi.testclient import TestClient
 
 from app import cli
+from app.codecs.outputs import Options
 from app.errors import SourceRefusedError
 from app.jobs.failure import failure
 from app.jobs.gate import Gate
@@ -108,6 +110,17 @@ def test_a_job_answers_what_segment_answers_byte_for_byte(
     assert result.status_code == expected.status_code == 200
     assert result.content == expected.content
     assert result.headers["content-type"] == expected.headers["content-type"]
+
+
+def test_a_job_outlines_objects_in_an_overlay_as_segment_does(softmax_client: TestClient) -> None:
+    """objects=true reaches the runner (the job keeps its Options whole): the outlined
+    overlay, not the filled one (the softmax model's differ on this image)."""
+    body, query = png(noise(150, 130, seed=7)), "?format=overlay&objects=true"
+    job, _ = wait(softmax_client, submit(softmax_client, body, query))
+    assert job["status"] == "succeeded", job
+    outlined = softmax_client.post(f"/segment{query}", content=body).content
+    assert outlined != softmax_client.post("/segment?format=overlay", content=body).content
+    assert softmax_client.get(f"/jobs/{job['id']}/result").content == outlined
 
 
 def run_cli(slide: Slide, out: Path, output: str) -> Path:
@@ -406,9 +419,21 @@ def test_a_job_whose_source_went_away_fails_and_says_why(
 # -- the pieces ------------------------------------------------------------------------------
 
 
+def test_a_request_stored_before_options_were_kept_whole_reads_back() -> None:
+    old = (
+        '{"input": "/j/in.png", "name": "in.png", "output": "png", "large": false, "width": 9,'
+        ' "height": 8, "frames": 1, "threshold": 0.4, "class_index": 2, "tta": true,'
+        ' "min_area": 5}'
+    )
+    request = Request.from_json(old)
+    assert request.options == Options(0.4, 2, True, 5)
+    new = Request("/j/in.png", "in.png", "overlay", False, 9, 8, 1, Options(0.4, 1, False, 5, True))
+    assert Request.from_json(json.dumps(asdict(new))) == new
+
+
 def test_a_failed_jobs_error_shows_no_server_path(tmp_path: Path) -> None:
     given = tmp_path / "lab" / "montage.ome.tif"
-    request = Request(str(given), "montage.ome.tif", "png", False, 10, 10, 1, 0.5)
+    request = Request(str(given), "montage.ome.tif", "png", False, 10, 10, 1, Options(0.5))
     folder = tmp_path / "jobs" / "0b6c"
 
     def error(exc: BaseException) -> str:

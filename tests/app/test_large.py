@@ -18,7 +18,7 @@ import tifffile
 import zarr
 from PIL import Image
 
-import app.batch
+import app.pipeline.batch
 from app import cli
 from app.codecs.errors import CorruptImageError
 from app.codecs.masks import to_uint16
@@ -28,7 +28,7 @@ from app.inference import Predictor, load_model
 from app.inference.blocks import block_grid
 from app.inference.objects import class_probability
 from app.inference.predictor import FLIPS
-from app.streaming import segment_large
+from app.pipeline.large import segment_large
 from bench.nets import UNetSpec, default_card, save_model
 from tests.app.samples import (
     gradient_rgb,
@@ -246,9 +246,9 @@ def test_a_block_failing_on_dask_leaves_nothing_behind(
 def test_ctrl_c_in_a_large_image_leaves_nothing_half_written(
     reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.streaming
+    import app.pipeline.large
 
-    real, calls = app.streaming.write_block, []
+    real, calls = app.pipeline.large.write_block, []
 
     def interrupted(*args: Any) -> int:
         calls.append(1)
@@ -256,7 +256,7 @@ def test_ctrl_c_in_a_large_image_leaves_nothing_half_written(
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(app.streaming, "write_block", interrupted)
+    monkeypatch.setattr(app.pipeline.large, "write_block", interrupted)
     assert run_cli(reference, tmp_path, reference.tif, format="ome-tiff") == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
@@ -282,7 +282,7 @@ def test_a_failed_overwrite_puts_the_old_output_back(
     def broken(*args: object, **kwargs: object) -> None:
         raise CorruptImageError("the disk went away")
 
-    monkeypatch.setattr(app.batch, "segment_large", broken)
+    monkeypatch.setattr(app.pipeline.batch, "segment_large", broken)
     assert run_cli(reference, tmp_path, reference.tif, format="ome-tiff", overwrite=True) == 1
     assert (tmp_path / "slide.ome.tif").read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slide.ome.tif", "summary.json"]

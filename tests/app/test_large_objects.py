@@ -15,14 +15,14 @@ import zarr
 from scipy import sparse
 
 from app import cli
-from app.batch import Setup
 from app.codecs.images import DecodedImage
 from app.codecs.outputs import LARGE_OUTPUTS, Model, Options, default_outputs
 from app.codecs.outputs._objects import objects_of
 from app.inference import Predictor, load_model
 from app.inference.objects import Objects
-from app.large_objects import local_map
-from app.streaming import segment_large
+from app.pipeline.batch import Setup
+from app.pipeline.large import segment_large
+from app.pipeline.objects import local_map
 from bench.nets import UNetSpec, default_card, save_model
 from tests.app.samples import smooth_noise, write_ome_tiff
 
@@ -113,7 +113,7 @@ def test_watershed_objects_agree_with_in_memory_up_to_ties(watershed: Case, tmp_
 
 
 def test_on_dask_the_objects_are_the_same(components: Case, cluster: str, tmp_path: Path) -> None:
-    from app.distributed import Cluster
+    from app.pipeline.dask import Cluster
 
     on = Cluster(cluster, Setup(components.model), components.info.sha256)
     try:

@@ -1,4 +1,4 @@
-"""The GeoJSON of a large image's objects, written block by block (app/large_objects.py
+"""The GeoJSON of a large image's objects, written block by block (app/pipeline/objects.py
 finds them). Each object is drawn by the block that holds the top-left corner of its
 bounding box, from the rectangle of its bounding box, so an object that spans blocks
 is one Feature whose polygons are exactly its pixels -- never cut at a seam.
@@ -22,7 +22,7 @@ from app.codecs.outputs.geojson import HEAD, TAIL, feature
 from app.codecs.polygons import outlines
 from app.codecs.pyramid import LabelStore
 from app.inference.blocks import Block, BlockGrid
-from app.large_objects import Found, Mapper, local_map
+from app.pipeline.objects import Found, Mapper, local_map
 
 LARGEST = 8192 * 8192  # px: the most a block's objects may cover together (their boxes)
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from app.batch import Context, Setup, Small
 from app.codecs.outputs import default_outputs
 from app.codecs.pyramid import LabelStore
 from app.codecs.slides import Slide, open_slide
@@ -32,7 +31,8 @@ from app.inference import ModelLoadError
 from app.inference.blocks import Block, BlockGrid
 from app.inference.objects import Recipe
 from app.inference.tiler import ProgressFn
-from app.streaming import Pass, write_block
+from app.pipeline.batch import Context, Setup, Small
+from app.pipeline.large import Pass, write_block
 
 SCATTER_BYTES = 1 << 20  # arrays at least this big go to the workers once, not with each task
 STOP_WAIT_S = 600  # the longest a failed or interrupted run waits for its running tasks

@@ -1,9 +1,11 @@
-"""The work of ``POST /segment`` off the event loop: bytes -> frames -> predictions -> answer.
+"""In memory: bytes -> frames -> predictions -> answer.
 
-Runs in the single inference thread (app/api/admission.py), so only one decoded
-image and one probability map are alive at a time. Frames are predicted and
-encoded one by one; the encoder comes from the app's outputs registry
-(app/codecs/outputs), the decoder from its inputs registry.
+``segment_frames`` is the one loop of POST /segment, jobs and ``unet-segment`` over an
+image held in memory: frames are predicted and encoded one by one, one probability map
+alive at a time. ``run_job`` is POST /segment's whole request around it, run in the
+single inference thread (app/api/admission.py) off the event loop; the encoder comes
+from the app's outputs registry (app/codecs/outputs), the decoder from its inputs
+registry.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from app.codecs.errors import ImageTooLargeError
 from app.codecs.frames import DecodedImage
 from app.codecs.outputs import Encoder, Model, Options
 from app.errors import RequestCancelledError
-from app.inference.predictor import Prediction
+from app.inference.predictor import Prediction, Predictor
 from app.inference.tiler import ProgressFn
-from app.service import LARGE_WORK, Service, Work, segment_frames
+from app.service import LARGE_WORK, Service
 
 
 @dataclass
@@ -42,6 +44,42 @@ class Outcome:
     tiles: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Work:
+    """What segmenting an image took: frames and tiles run, inference and encode seconds."""
+
+    frames: int = 0
+    tiles: int = 0
+    inference: float = 0.0
+    encode: float = 0.0
+
+
+def segment_frames(
+    image: DecodedImage,
+    encoder: Encoder,
+    predictor: Predictor,
+    options: Options,
+    progress: ProgressFn | None = None,
+) -> Work:
+    """Predict every frame and hand it to ``encoder``, one probability map alive at a time.
+
+    The one pipeline of ``POST /segment``, jobs and ``unet-segment``; ``progress``
+    is the predictor's (tiles done, total), and may raise to stop the work.
+    """
+    work = Work()
+    for index, frame in enumerate(image.frames):
+        t0 = perf_counter()
+        prediction = predictor.predict(
+            frame, threshold=options.threshold, tta=options.tta, progress=progress
+        )
+        t1 = perf_counter()
+        encoder.add(index, prediction)
+        work.frames, work.tiles = index + 1, work.tiles + prediction.tiles
+        del prediction  # free the probability map before the next frame
+        work.inference, work.encode = work.inference + t1 - t0, work.encode + perf_counter() - t1
+    return work
 
 
 def decode_all(sources: list[IO[bytes]], service: Service, tta: bool) -> tuple[DecodedImage, str]:

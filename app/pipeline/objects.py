@@ -1,6 +1,6 @@
 """Objects of images beyond memory: the card's recipe block by block, merged across borders.
 
-After the blocks' class maps are in the store (app/streaming.py), objects are
+After the blocks' class maps are in the store (app/pipeline/large.py), objects are
 found in passes over the same blocks, each pass a set of independent tasks
 (here one after another, or on Dask through a ``Mapper``) and a small merge:
 

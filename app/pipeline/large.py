@@ -11,7 +11,7 @@ Memory: one block's input, its tiles' batch and its K x h x w probabilities
 (about 2.3k x 2.3k px), whatever the image's size. The result equals, bit for
 bit, ``Predictor.predict`` of the whole image in memory (tests/app/test_large.py).
 Blocks run here one after another, or as tasks on a Dask cluster
-(app/distributed.py) through ``Blocks``.
+(app/pipeline/dask.py) through ``Blocks``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from app.inference.blocks import BLOCK_SIZE, Block, BlockGrid, block_grid
 from app.inference.objects import Recipe, class_probability, watershed_inputs
 from app.inference.predictor import Predictor
 from app.inference.tiler import ProgressFn, Region
-from app.large_geojson import write_geojson
-from app.large_objects import Mapper, find_large_objects, local_map
+from app.pipeline.geojson import write_geojson
+from app.pipeline.objects import Mapper, find_large_objects, local_map
 
 
 def write_block(

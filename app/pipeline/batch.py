@@ -1,6 +1,6 @@
 """What a batch of files runs on each input: the service's in-memory pipeline (``Small``),
 or the block-by-block path of images beyond memory (``Large``), with what they share
-(``Context``). Used by the command line here and by Dask workers (app/distributed.py)."""
+(``Context``). Used by the command line here and by Dask workers (app/pipeline/dask.py)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from app.codecs.slides import is_slide, is_tiff_file, open_slide
 from app.inference import Predictor, ProviderOptions, load_model
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, check_frame
 from app.inference.tiler import ProgressFn, Region
-from app.large_objects import Mapper, local_map
-from app.service import input_formats, segment_frames
-from app.streaming import Blocks, segment_large
+from app.pipeline.large import Blocks, segment_large
+from app.pipeline.objects import Mapper, local_map
+from app.pipeline.small import segment_frames
+from app.service import input_formats
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Setup:
     threshold: float | None = None  # None: the card's, else 0.5
     tta: bool = False
     min_area: int | None = None
+    objects: bool = False  # format overlay: outline each object instead of filling classes
     max_pixels: int = 64 << 20  # the service's default UNET_MAX_IMAGE_PIXELS (8192 x 8192)
     probability: bool = False  # large formats: also store round(p(class 1) * 65535)
 
@@ -71,7 +73,7 @@ class Context:
             Model(loaded.card, loaded.engine.sha256),
             predictor,
             input_formats(loaded.card),
-            Options(threshold, 1, setup.tta, setup.min_area),
+            Options(threshold, 1, setup.tta, setup.min_area, setup.objects),
             Limits(setup.max_pixels),
             setup.probability,
         )
