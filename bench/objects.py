@@ -35,7 +35,7 @@ from app.codecs.images import DecodedImage
 from app.codecs.outputs import LARGE_OUTPUTS, Model, Options, default_outputs
 from app.codecs.outputs._objects import objects_of
 from app.inference import Predictor, load_model
-from app.inference.card import ObjectsRecipe
+from app.inference.card import Recipe
 from app.inference.objects import FOUR
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, Prediction
 from app.pipeline.large import segment_large
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     results |= encoded("", image, prediction, model, options, inference_s, args.repeats)
     cells, cell_count = voronoi_mask(args.side, args.cells)
     by_components = Model(
-        loaded.card.model_copy(update={"objects": ObjectsRecipe()}), loaded.engine.sha256
+        loaded.card.model_copy(update={"objects": Recipe()}), loaded.engine.sha256
     )
     results |= {"mask_objects": cell_count}
     results |= encoded("mask_", image, cells, by_components, options, inference_s, args.repeats)

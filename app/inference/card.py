@@ -42,8 +42,9 @@ class Normalization(BaseModel):
         return scale, offset
 
 
-class ObjectsRecipe(BaseModel):
-    """The card's ``objects``: how pixels become objects (API.md, "Objects")."""
+class Recipe(BaseModel):
+    """How pixels become objects: the card's ``objects`` (API.md, "Objects"), validated once
+    here; a request's ``min_area`` replaces the card's by ``model_copy``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     method: Literal["components", "watershed"] = "components"
@@ -74,7 +75,7 @@ class ModelCard(BaseModel):
     threshold: float | None = Field(
         None, gt=0, lt=1, description="the default threshold of a binary model, calibrated"
     )
-    objects: ObjectsRecipe = ObjectsRecipe()
+    objects: Recipe = Recipe()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

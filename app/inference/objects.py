@@ -26,35 +26,18 @@ the reference the chunked one must equal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from app.inference.card import Recipe
 from app.inference.runs import Runs, vertical_runs
 
 # 4-connectivity: pixels touching only at a corner are different objects.
 FOUR = ndimage.generate_binary_structure(2, 1)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How pixels become objects (the card's ``objects``; API.md, "Objects")."""
-
-    method: Literal["components", "watershed"] = "components"
-    boundary_class: int = 1
-    seed_threshold: float = 0.5
-    min_area: int = 0
-
-    def __post_init__(self) -> None:
-        if self.method not in ("components", "watershed"):
-            raise ValueError(f"objects method must be components or watershed, got {self.method!r}")
-        if not 0 < self.seed_threshold < 1:
-            raise ValueError(f"seed_threshold must be in (0, 1), got {self.seed_threshold}")
-        if self.min_area < 0:
-            raise ValueError(f"min_area must be >= 0, got {self.min_area}")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from app.codecs.pyramid import LabelStore
 from app.codecs.slides import Slide, open_slide
 from app.inference import ModelLoadError
 from app.inference.blocks import Block, BlockGrid
-from app.inference.objects import Recipe
+from app.inference.card import Recipe
 from app.inference.tiler import ProgressFn
 from app.pipeline.batch import Context, Setup, Small
 from app.pipeline.large import Pass, write_block

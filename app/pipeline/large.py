@@ -30,7 +30,8 @@ from app.codecs.outputs._objects import recipe as objects_recipe
 from app.codecs.outputs.base import OUTLINES
 from app.codecs.pyramid import LabelStore
 from app.inference.blocks import BLOCK_SIZE, Block, BlockGrid, block_grid
-from app.inference.objects import Recipe, class_probability, watershed_inputs
+from app.inference.card import Recipe
+from app.inference.objects import class_probability, watershed_inputs
 from app.inference.predictor import Predictor
 from app.inference.tiler import ProgressFn, Region
 from app.pipeline.geojson import write_geojson

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.inference.objects import Recipe, find_objects, measure
+from app.inference.card import Recipe
+from app.inference.objects import find_objects, measure
 
 
 def cells(gap: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -24,14 +25,18 @@ def cells(gap: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def test_watershed_keeps_cells_apart_across_a_gap_and_components_do_not() -> None:
     probabilities, mask = cells(gap=True)
-    watershed = find_objects(probabilities, mask, 2, Recipe("watershed", 1, 0.2))
+    watershed = find_objects(
+        probabilities, mask, 2, Recipe(method="watershed", boundary_class=1, seed_threshold=0.2)
+    )
     assert watershed.count == 6
     assert (watershed.labels > 0).all()  # every pixel assigned
     assert set(watershed.classes[1:].tolist()) == {0}  # cells are the non-boundary class
     # Components of the mask's cell class (what a mask alone gives) merge two cells.
-    components = find_objects(1 - probabilities, 1 - mask, 2, Recipe("components"))
+    components = find_objects(1 - probabilities, 1 - mask, 2, Recipe(method="components"))
     assert components.count == 5
-    gapless = find_objects(*cells(gap=False), 2, Recipe("watershed", 1, 0.2))
+    gapless = find_objects(
+        *cells(gap=False), 2, Recipe(method="watershed", boundary_class=1, seed_threshold=0.2)
+    )
     assert gapless.count == 6
 
 

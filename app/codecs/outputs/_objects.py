@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import colorsys
-from dataclasses import replace
 from functools import cache
 
 from app.codecs.outputs.base import Model, Options
-from app.inference.objects import Objects, Recipe, find_objects
+from app.inference.card import Recipe
+from app.inference.objects import Objects, find_objects
 from app.inference.predictor import Prediction
 
 
 def recipe(model: Model, options: Options) -> Recipe:
     """The card's recipe, with the request's ``min_area`` when it gives one."""
-    card = model.card.objects
-    base = Recipe(card.method, card.boundary_class, card.seed_threshold, card.min_area)
-    return base if options.min_area is None else replace(base, min_area=options.min_area)
+    base = model.card.objects
+    return (
+        base if options.min_area is None else base.model_copy(update={"min_area": options.min_area})
+    )
 
 
 def objects_of(prediction: Prediction, model: Model, options: Options) -> Objects:
