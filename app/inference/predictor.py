@@ -212,13 +212,16 @@ class Predictor:
         back in place, in the same order, then divided by four.
         progress: ``(tiles done, tiles)`` after each batch, counted afresh for each flip.
         """
-        total, tiles = self._mirrored_block(image, grid, block, *FLIPS[0], progress)
-        for fy, fx in FLIPS[1:] if tta else ():
+        if not tta:  # the block's own array: no copy
+            probs, tiles = self._mirrored_block(image, grid, block, *FLIPS[0], progress)
+            return Prediction(probs, self.mask(probs, threshold), tiles)
+        shape = (self.card.out_channels, *block.shape)
+        mean, tiles = FlipMean(np.zeros(shape, np.float32), FLIPS), 0
+        for fy, fx in mean.flips:
             probs, more = self._mirrored_block(image, grid, block, fy, fx, progress)
-            total += probs[:, ::fy, ::fx]
+            mean.add(fy, fx, probs)
             tiles += more
-        if tta:
-            total *= np.float32(1 / len(FLIPS))
+        total = mean.finish()
         return Prediction(total, self.mask(total, threshold), tiles)
 
     def _mirrored_block(

@@ -78,6 +78,10 @@ class FlipMean:
         height, width = self.out.shape[1:]
         return ArraySink(height, width, self.out[:, ::fy, ::fx], accumulate=True)
 
+    def add(self, fy: int, fx: int, values: npt.NDArray[np.float32]) -> None:
+        """A whole prediction of the flip (fy, fx), in that flip's orientation (a block's)."""
+        self.out[:, ::fy, ::fx] += values
+
     def finish(self) -> npt.NDArray[np.float32]:
         self.out *= np.float32(1 / len(self.flips))
         return self.out
