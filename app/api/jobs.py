@@ -31,7 +31,7 @@ from app.api.segment import (
     check_format,
     choose_threshold,
 )
-from app.codecs.outputs import Options, every_format
+from app.codecs.outputs import LARGE_OUTPUTS, Options, default_outputs, every_format
 from app.errors import JobNotFoundError, JobStateError, quote
 from app.jobs.inputs import probe
 from app.jobs.results import zip_folder
@@ -56,8 +56,10 @@ def _errors(**statuses: str) -> dict[int | str, dict[str, Any]]:
 
 
 BINARY = {"type": "string", "format": "binary"}
-RESULT_TYPES = ("application/zip", "image/png", "image/tiff", "application/json",
-                "application/geo+json", "application/dicom")  # fmt: skip
+# What a result may be: every format's media type, from the outputs registries.
+RESULT_TYPES = list(
+    dict.fromkeys(o.media_type for o in [*default_outputs(), *LARGE_OUTPUTS.values()])
+)
 _NOT_FOUND = "no such job (never submitted, deleted, or expired after UNET_JOB_TTL)"
 
 

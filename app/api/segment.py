@@ -16,6 +16,7 @@ from app.api.deps import AdmissionDep, ServiceDep
 from app.api.errors import ErrorBody
 from app.api.schemas import ObjectsResponse, RLEResponse
 from app.api.upload import received_images, watching_disconnect
+from app.codecs.images import BASE_FORMATS
 from app.codecs.outputs import Options
 from app.codecs.outputs.base import either
 from app.errors import BadParameterError, RequestCancelledError, quote
@@ -25,7 +26,7 @@ from app.service import Service
 router = APIRouter(tags=["segmentation"])
 DEFAULT_THRESHOLD = 0.5  # when neither the request nor the model card gives one
 
-_IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff", "application/dicom")
+_IMAGE_TYPES = [f.media_type for f in BASE_FORMATS if f.media_type]  # the inputs registry's
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 IMAGE_BODY: dict[str, Any] = {
     "required": True,

@@ -50,7 +50,7 @@ from app.codecs.errors import (
     DicomTransferSyntaxError,
     UnsupportedFormatError,
 )
-from app.codecs.images import DecodedImage, Format, Limits, is_dicom
+from app.codecs.frames import DecodedImage, DecodeFn, Limits
 
 LABEL = "DICOM"
 _PIXEL_DATA_TAG, _PIXEL_DATA_TAG_BE = b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10"  # (7FE0,0010)
@@ -236,10 +236,11 @@ def decode_dicom(data: bytes, limits: Limits, window: Window | None = None) -> D
     )
 
 
-def dicom_format(window: Window | None = None) -> Format:
-    """The registry entry for ``app.codecs.images.register``, with the model's window."""
+def dicom_decoder(window: Window | None = None) -> DecodeFn:
+    """The DICOM entry's decoder for the input registry (app/codecs/images.py), with the
+    model's window."""
 
     def decode(data: bytes, limits: Limits) -> DecodedImage:
         return decode_dicom(data, limits, window)
 
-    return Format("dicom", LABEL, is_dicom, decode, priority=0)
+    return decode

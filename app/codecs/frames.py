@@ -70,10 +70,14 @@ DecodeFn = Callable[[bytes, Limits], DecodedImage]
 
 @dataclass(frozen=True)
 class Format:
-    """name: registry key; label: for messages; matches(head): the magic-number test."""
+    """name: registry key; label: for messages; matches(head): the magic-number test;
+    media_type and suffixes: of the files of a format the service reads (the OpenAPI
+    body's types, the file names a folder contributes), none for one it only names."""
 
     name: str
     label: str
     matches: Callable[[bytes], bool]
     decode: DecodeFn | None = None
     priority: int = 50
+    media_type: str = ""
+    suffixes: tuple[str, ...] = ()

@@ -19,9 +19,11 @@ from __future__ import annotations
 import functools
 import importlib.util
 from collections.abc import Iterable
+from dataclasses import replace
 
 from app.codecs.errors import EmptyInputError, NotAnImageError, UnsupportedFormatError
 from app.codecs.frames import DecodedImage, DecodeFn, Format, Limits, WorkCheck
+from app.codecs.magic import JP2, is_bmp, is_dicom, is_heif, is_jpeg, is_png, is_tiff, is_webp
 from app.codecs.pillow import pillow_decoder, tiff_pixel_size_um
 
 __all__ = [
@@ -34,9 +36,7 @@ __all__ = [
     "WorkCheck",
     "decode",
     "default_decoders",
-    "is_dicom",
 ]
-_JP2 = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 HEAD_BYTES = 132  # enough for every signature, DICOM's "DICM" at 128 included
 
 
@@ -90,76 +90,44 @@ class Decoders:
         )
 
 
-def is_png(head: bytes) -> bool:
-    return head.startswith(b"\x89PNG\r\n\x1a\n")
-
-
-def is_jpeg(head: bytes) -> bool:
-    return head.startswith(b"\xff\xd8\xff")
-
-
-def is_tiff(head: bytes) -> bool:
-    return head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-_VRS = {
-    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
-    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
-    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
-}  # fmt: skip
-
-
-def is_dicom(head: bytes) -> bool:
-    """DICOM Part 10 (``DICM`` at offset 128), or a bare dataset without preamble.
-
-    A bare dataset must open with an element of group 0002 or 0008 (the first groups
-    of every image) in either byte order, followed by a valid explicit VR or, for
-    implicit VR little endian, a plausible value length: about 1 in 10^9 random heads
-    pass, and no PNG/JPEG/TIFF/GIF/PDF/ZIP signature does.
-    """
-    if head[128:132] == b"DICM":
-        return True
-    if len(head) < 8:
-        return False
-    if head[:2] in (b"\x02\x00", b"\x08\x00"):  # little endian
-        return head[4:6] in _VRS or int.from_bytes(head[4:8], "little") <= 1024
-    return head[:2] in (b"\x00\x02", b"\x00\x08") and head[4:6] in _VRS  # explicit big endian
-
-
-def _is_webp(head: bytes) -> bool:
-    return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
-
-
-def _is_bmp(head: bytes) -> bool:
-    # "BM", then a DIB header whose size (offset 14) is one of the known ones.
-    return head[:2] == b"BM" and head[14:18] in {
-        n.to_bytes(4, "little") for n in (12, 16, 40, 52, 56, 64, 108, 124)
-    }
-
-
-def _is_heif(head: bytes) -> bool:
-    return head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"avif", b"avis")
-
-
 # In the order messages list them; tried by priority (DICOM first: its preamble may
 # itself start with a TIFF header). DICOM is recognised without a decoder until the
 # `dicom` extra gives it one (default_decoders).
+DICOM = Format("dicom", "DICOM", is_dicom, None, 0, "application/dicom", (".dcm", ".dicom"))
 BASE_FORMATS = (
-    Format("png", "PNG", is_png, pillow_decoder("PNG", "PNG", "png", True), priority=10),
-    Format("jpeg", "JPEG", is_jpeg, pillow_decoder("JPEG", "JPEG", "jpeg", False), 20),
+    Format(
+        "png",
+        "PNG",
+        is_png,
+        pillow_decoder("PNG", "PNG", "png", True),
+        10,
+        "image/png",
+        (".png",),
+    ),
+    Format(
+        "jpeg",
+        "JPEG",
+        is_jpeg,
+        pillow_decoder("JPEG", "JPEG", "jpeg", False),
+        20,
+        "image/jpeg",
+        (".jpg", ".jpeg"),
+    ),
     Format(
         "tiff",
         "TIFF",
         is_tiff,
         pillow_decoder("TIFF", "TIFF", "tiff", True, tiff_pixel_size_um),
         30,
+        "image/tiff",
+        (".tif", ".tiff", ".btf"),
     ),
-    Format("dicom", "DICOM", is_dicom, None, priority=0),
+    DICOM,
     Format("gif", "GIF", lambda h: h[:6] in (b"GIF87a", b"GIF89a"), priority=90),
-    Format("bmp", "BMP", _is_bmp, priority=90),
-    Format("webp", "WebP", _is_webp, priority=90),
-    Format("heif", "HEIF/AVIF", _is_heif, priority=90),
-    Format("jp2", "JPEG 2000", lambda h: h[:12] == _JP2, priority=90),
+    Format("bmp", "BMP", is_bmp, priority=90),
+    Format("webp", "WebP", is_webp, priority=90),
+    Format("heif", "HEIF/AVIF", is_heif, priority=90),
+    Format("jp2", "JPEG 2000", lambda h: h[:12] == JP2, priority=90),
     Format("psd", "Photoshop", lambda h: h[:4] == b"8BPS", priority=90),
 )
 
@@ -170,10 +138,11 @@ def default_decoders(window: object | None = None) -> Decoders:
     decoders = Decoders(BASE_FORMATS)
     if importlib.util.find_spec("pydicom") is None:
         return decoders
-    from app.codecs.dicom import dicom_format
+    from app.codecs.dicom import dicom_decoder
     from app.codecs.dicom_pixels import Window
 
-    return decoders.with_format(dicom_format(window if isinstance(window, Window) else None))
+    decode = dicom_decoder(window if isinstance(window, Window) else None)
+    return decoders.with_format(replace(DICOM, decode=decode))
 
 
 @functools.cache

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.codecs.errors import CorruptImageError, NotAnImageError, UnsupportedFormatError
-from app.codecs.images import is_tiff
+from app.codecs.magic import is_tiff
 
 SPATIAL = ("Y", "X")
 LARGEST_CHUNK = 256 << 20  # bytes of one TIFF strip or tile: more is refused (not tiled)

@@ -11,11 +11,12 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from app.codecs.images import BASE_FORMATS
 from app.codecs.slides import is_slide
 
 # Files a folder contributes (by name; their content is recognised by magic number),
 # and the folders that are one input each (a zarr array or OME-Zarr image).
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".btf", ".dcm", ".dicom"}
+IMAGE_SUFFIXES = {suffix for f in BASE_FORMATS for suffix in f.suffixes}  # the registry's
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".zarr"}
 # Taken off an input's name with its extension: x.ome.tif -> x -> x.ome.zarr, not x.ome.ome.zarr.
 DOUBLE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".ome.btf")

@@ -39,7 +39,7 @@ from app.codecs.errors import (
     NotAnImageError,
     UnsupportedFormatError,
 )
-from app.codecs.images import is_dicom
+from app.codecs.magic import is_dicom
 from app.inference.predictor import check_frame
 
 BIG = images.Limits(10**9)
