@@ -21,7 +21,7 @@ from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, check_frame
 from app.inference.tiler import ProgressFn, Region
 from app.pipeline.large import Blocks, segment_large
 from app.pipeline.objects import Mapper, local_map
-from app.pipeline.small import segment_frames
+from app.pipeline.small import segment_image
 from app.service import input_formats
 
 
@@ -139,8 +139,9 @@ class Small:
         """(body, media type, facts); progress: tiles done of each frame."""
         c = self.context
         image = self.decode(source)
-        encoder = self.outputs.encoder(self.output, image, c.model, c.options)
-        segment_frames(image, encoder, c.predictor, c.options, progress)
+        encoder, _ = segment_image(
+            image, self.output, self.outputs, c.model, c.options, c.predictor, progress
+        )
         size = {"width": image.width, "height": image.height, "frames": len(image.frames)}
         return encoder.finish(), encoder.media_type, size
 

@@ -21,11 +21,11 @@ import numpy as np
 from app.codecs.dicom_series import assemble
 from app.codecs.errors import ImageTooLargeError
 from app.codecs.frames import DecodedImage
-from app.codecs.outputs import Encoder, Model, Options
+from app.codecs.outputs import Encoder, Model, Options, Outputs
 from app.errors import RequestCancelledError
 from app.inference.predictor import Prediction, Predictor
 from app.inference.tiler import ProgressFn
-from app.service import LARGE_WORK, Service
+from app.service import LARGE_WORK, RecentMasks, Service
 
 
 @dataclass
@@ -119,29 +119,37 @@ class Keeping:
         return self.encoder.finish()
 
 
-def predict_or_recall(
+def segment_image(
     image: DecodedImage,
-    digest: str,
-    encoder: Encoder,
+    output: str,
+    outputs: Outputs,
+    model: Model,
     options: Options,
-    service: Service,
-    progress: ProgressFn,
-) -> Work:
-    """segment_frames, or, for an encoder that needs masks only (``masks_only``), the masks
-    of the request just before when it had the same input, model and options."""
-    if not getattr(encoder, "masks_only", False):
-        return segment_frames(image, encoder, service.predictor, options, progress=progress)
-    key = f"{digest} {service.model.engine.sha256} {options.threshold!r} {options.tta}"
-    masks = service.recent.get(key)
+    predictor: Predictor,
+    progress: ProgressFn | None = None,
+    recall: tuple[RecentMasks, str] | None = None,
+) -> tuple[Encoder, Work]:
+    """The encoder of ``output`` fed every frame's prediction: what POST /segment, a job and
+    ``unet-segment`` do with an image in memory (its ``finish`` is the answer).
+
+    recall: (the service's recent masks, this request's key): an encoder that needs masks
+    only (``masks_only``) takes those of the request just before when its key is this one,
+    instead of predicting them again.
+    """
+    encoder = outputs.encoder(output, image, model, options)
+    if recall is None or not getattr(encoder, "masks_only", False):
+        return encoder, segment_frames(image, encoder, predictor, options, progress=progress)
+    recent, key = recall
+    masks = recent.get(key)
     if masks is None or len(masks) != len(image.frames):
         keeping = Keeping(encoder)
-        work = segment_frames(image, keeping, service.predictor, options, progress=progress)
-        service.recent.put(key, keeping.masks)
-        return work
+        work = segment_frames(image, keeping, predictor, options, progress=progress)
+        recent.put(key, keeping.masks)
+        return encoder, work
     start, none = perf_counter(), np.empty((0, image.height, image.width), np.float32)
     for index, mask in enumerate(masks):
         encoder.add(index, Prediction(none, mask, 0))
-    return Work(frames=len(masks), encode=perf_counter() - start)
+    return encoder, Work(frames=len(masks), encode=perf_counter() - start)
 
 
 def run_job(
@@ -168,9 +176,12 @@ def run_job(
     except ImageTooLargeError as exc:
         raise ImageTooLargeError(f"{exc}; {LARGE_WORK}") from None
     model = Model(service.model.card, service.model.engine.sha256)
-    encoder = service.outputs.encoder(output, image, model, options)
     decoded = perf_counter()
-    work = predict_or_recall(image, digest, encoder, options, service, check)
+    key = f"{digest} {model.sha256} {options.threshold!r} {options.tta}"
+    encoder, work = segment_image(
+        image, output, service.outputs, model, options, service.predictor, check,
+        recall=(service.recent, key),
+    )  # fmt: skip
     encoding = perf_counter()
     body = encoder.finish()
     outcome = Outcome(
