@@ -36,8 +36,7 @@ from app.errors import JobNotFoundError, JobStateError, quote
 from app.jobs.inputs import probe
 from app.jobs.results import zip_folder
 from app.jobs.runner import JobRunner
-from app.jobs.store import FINISHED, Job
-from app.jobs.store import Request as JobRequest
+from app.jobs.store import FINISHED, Job, Submission
 
 router = APIRouter(
     prefix="/jobs",
@@ -175,7 +174,7 @@ async def submit(
         try:
             path, name = await receive_input(request, service, runner, job_id)
             found = await asyncio.to_thread(probe, path, output, options, service)
-            given = JobRequest(
+            given = Submission(
                 str(path), name, found.output, found.large, found.width, found.height,
                 found.frames, options,
             )  # fmt: skip

@@ -7,14 +7,14 @@ from __future__ import annotations
 import re
 from pathlib import Path, PurePath
 
-from app.jobs.store import Request
+from app.jobs.store import Submission
 
 ENOSPC = 28
 # An absolute path left in a library's message: the name of its last part is all we show.
 SERVER_PATH = re.compile(r"(?<![^\s'\"(\[=:,])(?:/[^/\s'\"]+){2,}/?")
 
 
-def failure(exc: BaseException, request: Request, folder: Path) -> str:
+def failure(exc: BaseException, request: Submission, folder: Path) -> str:
     """The error of the job of ``request``, whose files are in ``folder``, failed by ``exc``."""
     if isinstance(exc, OSError) and exc.errno == ENOSPC:
         return "the jobs volume is full (UNET_JOBS_DIR); free space and submit again"

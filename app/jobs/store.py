@@ -53,7 +53,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created);
 
 
 @dataclass(frozen=True)
-class Request:
+class Submission:
     """What a job was asked to do; stored as JSON, read back at every (re)start.
 
     input: the image (the job's upload, or a file under UNET_JOB_SOURCE_ROOT);
@@ -73,7 +73,7 @@ class Request:
     options: Options
 
     @classmethod
-    def from_json(cls, text: str) -> Request:
+    def from_json(cls, text: str) -> Submission:
         """A stored request; one stored before Options were kept whole (its threshold,
         class_index, tta and min_area beside the rest) reads back the same."""
         values = json.loads(text)
@@ -89,7 +89,7 @@ class Job:
 
     id: str
     status: Status
-    request: Request
+    request: Submission
     created: float
     tiles_done: int = 0
     tiles_total: int = 0
@@ -101,7 +101,7 @@ class Job:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         values = dict(row)
-        values["request"] = Request.from_json(values["request"])
+        values["request"] = Submission.from_json(values["request"])
         values["result"] = json.loads(values["result"]) if values["result"] else None
         return cls(**values)
 
@@ -155,7 +155,7 @@ class JobStore:
 
     # -- rows -----------------------------------------------------------------------------
 
-    def add(self, job_id: str, request: Request, tiles_total: int) -> Job:
+    def add(self, job_id: str, request: Submission, tiles_total: int) -> Job:
         job = Job(job_id, "queued", request, time.time(), tiles_total=tiles_total)
         with self._sql() as db:
             db.execute(

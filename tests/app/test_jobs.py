@@ -27,7 +27,7 @@ from app.jobs.failure import failure
 from app.jobs.gate import Gate
 from app.jobs.inputs import check_source
 from app.jobs.runner import TileCounter
-from app.jobs.store import Request
+from app.jobs.store import Submission
 from app.main import create_app
 from bench.nets import UNetSpec, default_card, save_model
 from tests.app.conftest import settings
@@ -425,15 +425,17 @@ def test_a_request_stored_before_options_were_kept_whole_reads_back() -> None:
         ' "height": 8, "frames": 1, "threshold": 0.4, "class_index": 2, "tta": true,'
         ' "min_area": 5}'
     )
-    request = Request.from_json(old)
+    request = Submission.from_json(old)
     assert request.options == Options(0.4, 2, True, 5)
-    new = Request("/j/in.png", "in.png", "overlay", False, 9, 8, 1, Options(0.4, 1, False, 5, True))
-    assert Request.from_json(json.dumps(asdict(new))) == new
+    new = Submission(
+        "/j/in.png", "in.png", "overlay", False, 9, 8, 1, Options(0.4, 1, False, 5, True)
+    )
+    assert Submission.from_json(json.dumps(asdict(new))) == new
 
 
 def test_a_failed_jobs_error_shows_no_server_path(tmp_path: Path) -> None:
     given = tmp_path / "lab" / "montage.ome.tif"
-    request = Request(str(given), "montage.ome.tif", "png", False, 10, 10, 1, Options(0.5))
+    request = Submission(str(given), "montage.ome.tif", "png", False, 10, 10, 1, Options(0.5))
     folder = tmp_path / "jobs" / "0b6c"
 
     def error(exc: BaseException) -> str:
