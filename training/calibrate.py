@@ -32,8 +32,8 @@ import onnx
 from skimage.metrics import adapted_rand_error
 
 from app.inference import Predictor, load_model
-from app.inference.card import METADATA_KEY
-from app.inference.objects import Recipe, find_objects
+from app.inference.card import METADATA_KEY, Recipe
+from app.inference.objects import find_objects
 from training.data import Sample, load_samples
 from training.losses import Objects, object_labels
 
@@ -117,14 +117,17 @@ def calibrate(
         )
 
     record["rand_error"] = {"mask_components": rand(None)}  # what the mask alone gives
-    recipe = Recipe("components")
+    recipe = Recipe(method="components")
     if binary and objects == "background":
-        by_seed = {float(t): rand(Recipe("watershed", 1, float(t))) for t in SEED_THRESHOLDS}
+        by_seed = {
+            float(t): rand(Recipe(method="watershed", boundary_class=1, seed_threshold=float(t)))
+            for t in SEED_THRESHOLDS
+        }
         seed = seed_with_margin(by_seed, seed_tolerance)
         record["rand_error"]["watershed_by_seed_threshold"] = by_seed
         record["rand_error"]["watershed"] = by_seed[seed]
         record["seed_tolerance"] = seed_tolerance
-        recipe = Recipe("watershed", 1, seed)
+        recipe = Recipe(method="watershed", boundary_class=1, seed_threshold=seed)
     return threshold, recipe, record
 
 

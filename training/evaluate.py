@@ -31,7 +31,6 @@ from skimage.metrics import adapted_rand_error
 
 from app.inference import Predictor, RunFn, load_model
 from app.inference.card import parse_card
-from app.inference.objects import Recipe
 from training.checkpoint import card_of, load_checkpoint
 from training.data import Sample, load_samples
 from training.losses import Objects, object_labels
@@ -113,8 +112,7 @@ def objects_rand_error(
     returns), against the true instances of the ``objects`` region."""
     from training.calibrate import object_rand_error
 
-    recipe = predictor.card.objects
-    rule = Recipe(recipe.method, recipe.boundary_class, recipe.seed_threshold, recipe.min_area)
+    rule = predictor.card.objects
     classes = len(predictor.card.classes)
     errors = []
     for sample in samples:

@@ -331,6 +331,7 @@ def test_unknown_ids_result_before_success_cancel_and_delete(
     jobs = Path(paper.app.state.jobs.store.root)  # type: ignore[attr-defined]
     assert leftovers(jobs) == []  # a cancelled job's input and partial output are gone
     assert paper.delete(f"/jobs/{running}").status_code == 204  # finished: deleted
+    assert paper.get(f"/jobs/{running}").status_code == 404  # and gone
     assert paper.delete(f"/jobs/{running}").status_code == 404
     listed = [j["id"] for j in paper.get("/jobs").json()["jobs"]]
     assert listed == [queued]

@@ -23,6 +23,11 @@ def test_schemathesis_finds_nothing(server_factory: Callable[..., Server], keys:
     server = server_factory(UNET_API_KEYS=keys)
     command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run"]
     command += [f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "60"]
+    # All but use_after_free: DELETE /jobs/{id} of a queued or running job cancels it (202)
+    # and the job stays readable, "cancelled", until a second DELETE removes it (204; API.md,
+    # "Jobs"). The check reads any 2XX of a DELETE as "deleted", so it fails whenever the
+    # job it made was still running -- timing alone. test_jobs.py tests the 404 after a 204.
+    command += ["--exclude-checks", "use_after_free"]
     command += ["--seed", "1", "--request-timeout", "30"]
     if keys:
         command += ["--header", f"Authorization: Bearer {keys}"]
