@@ -29,14 +29,14 @@ from app.api.segment import (
     ThresholdQuery,
     TtaQuery,
     check_format,
-    choose_threshold,
 )
-from app.codecs.outputs import LARGE_OUTPUTS, Options, default_outputs, every_format
+from app.codecs.outputs import LARGE_OUTPUTS, default_outputs, every_format
 from app.errors import JobNotFoundError, JobStateError, quote
 from app.jobs.inputs import probe
 from app.jobs.results import zip_folder
 from app.jobs.runner import JobRunner
 from app.jobs.store import FINISHED, Job, Submission
+from app.pipeline.context import options_for
 
 router = APIRouter(
     prefix="/jobs",
@@ -167,8 +167,8 @@ async def submit(
     Location; poll it, then GET its result."""
     if output is not None:
         check_format(output, every_format(service.outputs))
-    options = Options(choose_threshold(service, threshold), class_index, tta, min_area, objects)
-    options.check(service.model.card)  # 422 before a 20 GiB body is read, not after
+    # 422 before a 20 GiB body is read, not after
+    options = options_for(service.model.card, threshold, class_index, tta, min_area, objects)
     job_id = str(uuid.uuid4())
     with admitted(request, service, runner):
         try:

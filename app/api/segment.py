@@ -17,14 +17,13 @@ from app.api.errors import ErrorBody
 from app.api.schemas import ObjectsResponse, RLEResponse
 from app.api.upload import received_images, watching_disconnect
 from app.codecs.images import BASE_FORMATS
-from app.codecs.outputs import Options
 from app.codecs.outputs.base import either
 from app.errors import BadParameterError, RequestCancelledError, quote
+from app.pipeline.context import options_for
 from app.pipeline.small import Outcome, run_job
 from app.service import Service
 
 router = APIRouter(tags=["segmentation"])
-DEFAULT_THRESHOLD = 0.5  # when neither the request nor the model card gives one
 
 _IMAGE_TYPES = [f.media_type for f in BASE_FORMATS if f.media_type]  # the inputs registry's
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -120,13 +119,6 @@ ObjectsQuery = Annotated[
 ]
 
 
-def choose_threshold(service: Service, threshold: float | None) -> float:
-    """The request's threshold, else the model card's calibrated one, else 0.5."""
-    if threshold is not None:
-        return threshold
-    return service.model.card.threshold or DEFAULT_THRESHOLD
-
-
 def check_format(output: str, names: list[str]) -> None:
     """422 for a ``format`` not among ``names`` (a registry's), listing them."""
     if output not in names:
@@ -173,7 +165,7 @@ async def segment(
 ) -> Response:
     """Segment the image in the body; see the `format` parameter for what comes back."""
     check_format(output, service.outputs.names())
-    options = Options(choose_threshold(service, threshold), class_index, tta, min_area, objects)
+    options = options_for(service.model.card, threshold, class_index, tta, min_area, objects)
     with admission.reserve() as ticket:  # 503 before reading a body we cannot serve
         async with (
             received_images(request, service.settings, service.stopping) as images,

@@ -141,7 +141,6 @@ def _probe(path: Path, output: str | None, options: Options, service: Service) -
     name, large = route(
         path, output, settings.max_image_pixels, service.outputs, "UNET_MAX_IMAGE_PIXELS"
     )
-    options.check(service.model.card)
     if is_slide(path) and (large or not path.is_file()):
         with open_slide(path) as slide:
             width, height, frames = slide.width, slide.height, 1

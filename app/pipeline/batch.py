@@ -19,6 +19,7 @@ from app.codecs.slides import is_slide, is_tiff_file, open_slide
 from app.inference import Predictor, ProviderOptions, load_model
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, check_frame
 from app.inference.tiler import ProgressFn, Region
+from app.pipeline.context import options_for
 from app.pipeline.large import Blocks, segment_large
 from app.pipeline.objects import Mapper, local_map
 from app.pipeline.small import segment_image
@@ -63,17 +64,19 @@ class Context:
     @classmethod
     def load(cls, setup: Setup) -> Context:
         """Load ``setup``'s model and build everything else from it."""
-        options = ProviderOptions(precision=setup.precision)
-        loaded = load_model(setup.model, setup.providers, options=options)
+        engine = ProviderOptions(precision=setup.precision)
+        loaded = load_model(setup.model, setup.providers, options=engine)
         predictor = Predictor(
             loaded.engine.run, loaded.card, tile_size=setup.tile, batch_size=setup.batch
         )
-        threshold = setup.threshold or loaded.card.threshold or 0.5
+        options = options_for(
+            loaded.card, setup.threshold, 1, setup.tta, setup.min_area, setup.objects
+        )
         return cls(
             Model(loaded.card, loaded.engine.sha256),
             predictor,
             input_formats(loaded.card),
-            Options(threshold, 1, setup.tta, setup.min_area, setup.objects),
+            options,
             Limits(setup.max_pixels),
             setup.probability,
         )

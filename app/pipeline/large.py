@@ -171,7 +171,6 @@ def segment_large(
     progress(stage, done, total): stages ``blocks``, ``objects``, ``outlines``, ``levels``.
     block_size: the target side of a block and of a chunk of the store, px.
     """
-    options.check(model.card)
     card, (height, width) = model.card, image.shape[:2]
     grid = block_grid(predictor.plan(height, width), block_size)
     recipe = objects_recipe(model, options) if output.content != "classes" else None
