@@ -87,7 +87,8 @@ class RecentMasks:
     gateway and the Orthanc plugin ask for a series' SR right after its SEG, and the SR
     measures the very masks of that SEG -- without this, the series' inference twice.
 
-    One entry, at most MAX_BYTES of masks, forgotten after TTL_S; the key is a digest of
+    One entry, at most MAX_BYTES of masks, used once and within TTL_S (the first request
+    after that drops it, whatever its format); the key is a digest of
     the input's bytes, the model's and the options that change a mask (threshold, TTA).
     The masks are those the same inference gives (it is deterministic), so an answer made
     from them is the answer made without them, byte for byte (tests/app/test_dicom_sr.py).
@@ -106,6 +107,13 @@ class RecentMasks:
             if entry is None or entry[0] != key or perf_counter() - entry[1] > self.TTL_S:
                 return None
             return entry[2]
+
+    def expire(self) -> None:
+        """Drop the entry once it is too old to be used: called at every request, so that
+        an idle service does not keep a series' masks past the next request."""
+        with self._lock:
+            if self._entry is not None and perf_counter() - self._entry[1] > self.TTL_S:
+                self._entry = None
 
     def put(self, key: str, masks: list[np.ndarray]) -> None:
         with self._lock:

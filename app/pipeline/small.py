@@ -170,6 +170,7 @@ def run_job(
             raise RequestCancelledError("the client closed the connection", done, total)
 
     check()  # it may have gone while the request waited in the queue
+    service.recent.expire()
     start = perf_counter()
     try:
         image, digest = decode_all(sources, service, options.tta)

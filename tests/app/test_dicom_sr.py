@@ -19,6 +19,7 @@ from app.codecs.dicom_geometry import extents, geometry
 from app.codecs.dicom_sr import component_counts, measurements
 from app.codecs.errors import DicomSegError
 from app.main import create_app
+from app.service import RecentMasks
 from bench.nets import default_card, save_model
 from tests.app.conftest import SOFTMAX3, settings
 from tests.app.test_dicom_series import ct_series, dciodvfy_errors, files
@@ -309,3 +310,22 @@ def timeless(data: bytes) -> Dataset:
 
     ds.walk(blank)
     return ds
+
+
+def test_recent_masks_are_used_once_and_dropped_when_too_old(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    masks = [np.zeros((4, 4), np.uint8)]
+    recent = RecentMasks()
+    recent.put("a", masks)
+    recent.expire()  # young: kept
+    assert recent.get("a") is masks
+    assert recent.get("a") is None  # used once
+    recent.put("a", masks)
+    monkeypatch.setattr(RecentMasks, "TTL_S", -1.0)  # now too old
+    recent.expire()
+    monkeypatch.setattr(RecentMasks, "TTL_S", 300.0)
+    assert recent.get("a") is None  # dropped by the request that came after
+    monkeypatch.setattr(RecentMasks, "MAX_BYTES", 8)
+    recent.put("a", masks)  # 16 bytes: too large to keep
+    assert recent.get("a") is None
