@@ -83,25 +83,29 @@ def segment_frames(
 
 
 def decode_all(sources: list[IO[bytes]], service: Service, tta: bool) -> tuple[DecodedImage, str]:
-    """One image, or several DICOM instances of one series as one image in slice order; and
-    a digest of the parts' bytes (in any order: a series is the same in any order).
+    """One image, or several DICOM instances of one series as one image in slice order; and,
+    for DICOM, a digest of the parts' bytes in any order (a series is the same in any
+    order): the key of its recalled masks, which only DICOM answers use ("" otherwise, and
+    no bytes hashed on the way of a PNG).
 
     The request's limits hold for the whole series: checked from the first
     instance's header for all of them before the others are decoded.
     """
     limits = service.limits(tta)
-    digests: list[str] = []
-
-    def read(source: IO[bytes]) -> bytes:
-        data = source.read()
+    data = sources[0].read()
+    first = service.inputs.decode(data, limits)
+    dicom, digests = first.format == "dicom", list[str]()
+    if dicom:
         digests.append(hashlib.sha256(data).hexdigest())
-        return data
-
-    first = service.inputs.decode(read(sources[0]), limits)
-    if len(sources) > 1:
+    if len(sources) > 1:  # a series: assemble refuses anything but DICOM instances
         limits.check(first.width, first.height, len(sources), "DICOM series")
-        first = assemble([first, *(service.inputs.decode(read(s), limits) for s in sources[1:])])
-    return first, hashlib.sha256(" ".join(sorted(digests)).encode()).hexdigest()
+        images = [first]
+        for source in sources[1:]:
+            data = source.read()
+            digests += [hashlib.sha256(data).hexdigest()] if dicom else []
+            images.append(service.inputs.decode(data, limits))
+        first = assemble(images)
+    return first, hashlib.sha256(" ".join(sorted(digests)).encode()).hexdigest() if dicom else ""
 
 
 class Keeping:
@@ -181,7 +185,7 @@ def run_job(
     key = f"{digest} {model.sha256} {options.threshold!r} {options.tta}"
     encoder, work = segment_image(
         image, output, service.outputs, model, options, service.predictor, check,
-        recall=(service.recent, key),
+        recall=(service.recent, key) if digest else None,
     )  # fmt: skip
     encoding = perf_counter()
     body = encoder.finish()
