@@ -194,6 +194,9 @@ def cluster() -> Iterator[str]:
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        # Its HTTP server (metrics; the dashboard when bokeh is there) on a free loopback
+        # port: with None, distributed still tries 0.0.0.0:8787, and another cluster on
+        # this machine makes that a warning, an error here.
+        dashboard_address="127.0.0.1:0",
     ) as local:
         yield local.scheduler_address
