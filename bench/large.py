@@ -140,8 +140,11 @@ def gigapixel(scratch: Path, side: int, dask_only: bool, providers: str) -> dict
     if not dask_only:
         run = segment(source, scratch / "a", model, "--providers", providers)
         rows.append({"run": f"in-process, {providers}", **run})
-    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
-                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:  # fmt: skip
+    local = {"n_workers": 2, "threads_per_worker": 1, "host": "127.0.0.1"}
+    with (
+        LocalCluster(**local, dashboard_address="127.0.0.1:0") as cluster,
+        Client(cluster) as client,
+    ):
         address = cluster.scheduler_address
         on_dask = segment(source, scratch / "b", model, "--dask", address, "--providers", providers)
         row = {"run": "dask, 2 local workers", **on_dask}
