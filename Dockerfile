@@ -15,7 +15,7 @@
 # The default model is baked in at /app/model/unet.onnx (mount another one and
 # set UNET_MODEL_PATH to override). When model/unet.onnx is not in the build
 # context, the `model` stage writes the random-weight demo model instead
-# (python -m bench.nets, base 16); build with --build-arg DEMO_MODEL=0 to fail
+# (python -m deploy.demo_model, base 16); build with --build-arg DEMO_MODEL=0 to fail
 # instead, for release images.
 
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -31,7 +31,7 @@ FROM ${PYTHON_IMAGE} AS model
 ARG DEMO_MODEL=1
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY bench/__init__.py bench/nets.py bench/
+COPY deploy/demo_model.py deploy/
 COPY model/ model/
 RUN if [ -f model/unet.onnx ]; then \
         echo "default model: model/unet.onnx from the build context"; \
@@ -39,7 +39,7 @@ RUN if [ -f model/unet.onnx ]; then \
         echo "WARNING: model/unet.onnx is missing; baking in the random-weight DEMO model"; \
         python -m venv /tmp/onnx \
         && /tmp/onnx/bin/pip install --quiet "onnx>=1.16" "numpy>=1.26" \
-        && /tmp/onnx/bin/python -m bench.nets --out model/unet.onnx --base 16; \
+        && /tmp/onnx/bin/python -m deploy.demo_model --out model/unet.onnx --base 16; \
     else \
         echo "model/unet.onnx is missing and DEMO_MODEL=0" >&2; exit 1; \
     fi

@@ -48,7 +48,8 @@ from app.inference import InferenceError
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
 from app.inference.providers import CHOICES, PRECISIONS
 from app.inference.tiler import ProgressFn
-from app.pipeline.batch import Context, Large, Setup, Small, route
+from app.pipeline.batch import Large, Small, route
+from app.pipeline.context import Context, Setup
 from app.pipeline.files import expand, remove, set_aside, size, target, write_atomically
 from app.settings import DEFAULT_MODEL
 

@@ -31,14 +31,15 @@ from app.api.admission import Admission
 from app.api.middleware import Cors, RequestContext
 from app.codecs.images import Decoders
 from app.codecs.outputs import Outputs, default_outputs
-from app.inference import InferenceError, Predictor, load_model
+from app.inference import InferenceError, load_model
 from app.inference.card import ModelCard
-from app.inference.providers import GPU, ProviderOptions
+from app.inference.providers import ProviderOptions
 from app.jobs.gate import Gate
 from app.jobs.runner import JobRunner
 from app.jobs.store import JobStore
 from app.logging import configure_logging
 from app.metrics import Metrics
+from app.pipeline.context import on_gpu, predictor_for
 from app.service import Service, WorkLimit, input_formats, stop_reading_on_signals
 from app.settings import Settings, describe
 
@@ -100,16 +101,9 @@ def start_service(settings: Settings, metrics: Metrics, outputs: Outputs | None 
         )
     except InferenceError as exc:
         raise StartupError(f"cannot serve UNET_MODEL_PATH={settings.model_path}: {exc}") from None
-    on_gpu = model.engine.providers[0] in GPU
-    tiling = settings.tiling(on_gpu)
+    tile_size, batch_size = settings.tiling(on_gpu(model))
     try:
-        predictor = Predictor(
-            model.engine.run,
-            model.card,
-            tile_size=tiling[0],
-            batch_size=tiling[1],
-            fixed_shape=on_gpu,  # one input shape: no per-shape cuDNN search or TRT engine
-        )
+        predictor = predictor_for(model, tile_size, batch_size)
     except ValueError as exc:
         raise StartupError(f"invalid tiling (UNET_TILE_SIZE / UNET_BATCH_SIZE): {exc}") from None
     card = model.card

@@ -18,7 +18,7 @@ from types import FrameType
 
 import numpy as np
 
-from app.codecs.images import Decoders, Limits, default_decoders
+from app.codecs.images import Decoders, default_decoders
 from app.codecs.outputs import Outputs
 from app.errors import TooMuchWorkError
 from app.inference import LoadedModel, ModelCard, Predictor
@@ -141,15 +141,6 @@ class Service:
     # held up by a client that stalls its upload.
     stopping: threading.Event = field(default_factory=threading.Event)
     recent: RecentMasks = field(default_factory=RecentMasks)
-
-    def limits(self, tta: bool) -> Limits:
-        """What the decoders check from the header, for a request with or without TTA."""
-        settings = self.settings
-
-        def work(width: int, height: int, frames: int) -> None:
-            self.work.check(width, height, frames, tta)
-
-        return Limits(settings.max_image_pixels, settings.max_frames, work)
 
 
 def stop_reading_on_signals(service: Service) -> Callable[[], None]:

@@ -6,7 +6,7 @@
     python -m bench.inference --json out.json # also save every number
 
 For each image size and each padding (valid, same) of a depth-4 U-Net with
-random weights (``bench.nets``), it times whole-image inference (the DESIGN.md
+random weights (``deploy.demo_model``), it times whole-image inference (the DESIGN.md
 reference; skipped above ``--whole-max``, which is what tiling avoids), tiled
 inference through ``Predictor`` and the ONNX Runtime ``Engine``, and, for the
 same-padding net, MONAI's ``sliding_window_inference`` over the same weights
@@ -39,7 +39,7 @@ import numpy as np
 
 from app.inference.providers import CHOICES, GPU, PRECISIONS
 from bench.measure import Job, measure
-from bench.nets import UNetSpec, save_model
+from deploy.demo_model import UNetSpec, save_model
 
 ROOT = Path(__file__).resolve().parents[1]  # children import app and bench from here
 SGEMM_N = 4096

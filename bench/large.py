@@ -36,8 +36,8 @@ import tifffile
 import zarr
 from PIL import Image
 
-from bench.nets import UNetSpec, default_card, save_model
 from bench.report import report
+from deploy.demo_model import UNetSpec, default_card, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 ISBI = REPO.parent / "shared" / "data" / "isbi2012"

@@ -6,7 +6,7 @@ Three methods, all on the same seeded synthetic image and the same weights:
 
 - ``tiled``: ``Predictor.predict`` (overlap-tile, ONNX Runtime Engine) -- what the service does;
 - ``whole``: ``tiling.predict_whole``, the whole padded image in one run (the reference);
-- ``monai``: ``monai.inferers.sliding_window_inference`` over ``bench.nets.torch_forward``.
+- ``monai``: ``monai.inferers.sliding_window_inference`` over ``bench.network.torch_forward``.
 
 Times are the best of up to 3 runs (repeated only while the runs are short),
 after one warm-up inference at the tile shape (the whole-image run has no
@@ -32,7 +32,8 @@ from app.inference.engine import Engine
 from app.inference.plan import TilePlan, plan_tiles
 from app.inference.predictor import Normalizer, Predictor
 from app.inference.tiler import predict_whole, reference_padding
-from bench.nets import UNetSpec, conv_flops, default_card, random_weights, torch_forward
+from bench.network import conv_flops, torch_forward
+from deploy.demo_model import UNetSpec, default_card, random_weights
 
 MIN_SECONDS, MAX_REPEATS = 2.0, 3  # repeat a configuration while its runs are this short
 
@@ -51,7 +52,7 @@ class Job:
     providers: str = "auto"
     precision: str = "auto"  # UNET_PRECISION: auto, fp32, bf16, fp16
     threads: int = 0  # ORT intra-op threads, 0 = one per physical core
-    context: int = 96  # same-padding tiles: px discarded at inner borders
+    margin: int = 96  # same-padding tiles: px discarded at inner borders
     seed: int = 0  # image seed
     weights_seed: int = 0
     save: str | None = None  # .npy path for the H x W probability map
@@ -146,7 +147,7 @@ def measure_tiled(job: Job) -> dict[str, Any]:
     )
     timed = Timed(model.engine.run, job.spec)
     predictor = Predictor(
-        timed, model.card, tile_size=job.tile_size, batch_size=job.batch_size, context=job.context
+        timed, model.card, tile_size=job.tile_size, batch_size=job.batch_size, margin=job.margin
     )
     image = synthetic_image(job.size, job.seed)
     plan = plan_tiles(job.size, job.size, predictor.geometry, job.tile_size)
@@ -197,7 +198,7 @@ def measure_whole(job: Job) -> dict[str, Any]:
 
 def _monai_plan(job: Job) -> TilePlan:
     card = parse_card(default_card(job.spec), "bench")
-    return plan_tiles(job.size, job.size, card.geometry(), job.tile_size, job.context)
+    return plan_tiles(job.size, job.size, card.geometry(), job.tile_size, job.margin)
 
 
 def measure_monai(job: Job) -> dict[str, Any]:
@@ -209,7 +210,7 @@ def measure_monai(job: Job) -> dict[str, Any]:
     card = parse_card(default_card(job.spec), "bench")
     timed = Timed(torch_forward(job.spec, random_weights(job.spec, job.weights_seed)), job.spec)
     roi = _monai_plan(job).tile_shape  # the same window as our tiler's
-    overlap = job.monai_overlap if job.monai_overlap is not None else 2 * job.context / roi[0]
+    overlap = job.monai_overlap if job.monai_overlap is not None else 2 * job.margin / roi[0]
     image = synthetic_image(job.size, job.seed)
     batch = np.empty((1, 1, job.size, job.size), dtype=np.float32)
     Normalizer(card, 1, np.dtype(np.uint8))(image[:, :, None], batch[0])

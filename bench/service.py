@@ -40,7 +40,7 @@ from app.codecs.images import decode
 from app.inference import Predictor, load_model
 from app.inference.providers import CPU
 from app.settings import Settings
-from bench.nets import UNetSpec, default_card, save_model
+from deploy.demo_model import UNetSpec, default_card, save_model
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 300

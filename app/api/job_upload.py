@@ -2,9 +2,9 @@
 ``file``), or a JSON ``{"source": ...}`` naming a file under UNET_JOB_SOURCE_ROOT; and
 whether there is room for one more job (503: too many; 507: the volume is nearly full).
 
-Never in memory and never twice on disk: the multipart body is parsed as it
-comes (python-multipart's streaming parser) and only the bytes of ``file`` are
-written. Limits as for /segment (app/api/upload.py): UNET_JOB_MAX_BYTES for the
+Never in memory and never twice on disk: the body is parsed as it comes by
+/segment's reader (app/api/upload.py) and only the bytes of ``file`` are
+written. Limits as for /segment: UNET_JOB_MAX_BYTES for the
 whole body, UNET_BODY_TIMEOUT without a byte, 503 on shutdown; and the jobs
 volume's free space, checked as the bytes come (507 below UNET_JOB_MIN_FREE_BYTES).
 Whatever goes wrong, the partial file is removed.
@@ -12,21 +12,18 @@ Whatever goes wrong, the partial file is removed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import Request
 
-from app.api.upload import body_chunks
+from app.api.upload import body_chunks, receive_files
 from app.errors import BadUploadError, StorageFullError, UnavailableError
 from app.jobs.inputs import resolve_source
 from app.jobs.runner import INPUT, JobRunner
@@ -49,96 +46,39 @@ def check_free(settings: Settings, more: int = 0) -> None:
         )
 
 
-class FilePart:
-    """Callbacks of python-multipart that keep the bytes of the field ``file``."""
-
-    def __init__(self) -> None:
-        self.header, self.value, self.disposition = b"", b"", b""
-        self.keeping, self.found = False, False
-        self.filename: str | None = None
-        self.pending: list[bytes] = []
-
-    def callbacks(self) -> dict[str, object]:
-        return {
-            "on_part_begin": self._begin,
-            # python-multipart caps a part's header at 4224 bytes (400 past it)
-            "on_header_field": lambda d, s, e: setattr(self, "header", self.header + d[s:e]),
-            "on_header_value": lambda d, s, e: setattr(self, "value", self.value + d[s:e]),
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._data,
-            "on_part_end": lambda: setattr(self, "keeping", False),
-        }
-
-    def _begin(self) -> None:
-        self.disposition, self.keeping = b"", False
-
-    def _header_end(self) -> None:
-        if self.header.lower() == b"content-disposition":
-            self.disposition = self.value
-        self.header, self.value = b"", b""
-
-    def _headers_finished(self) -> None:
-        _, options = parse_options_header(self.disposition)
-        if options.get(b"name") != b"file":
-            return
-        if self.found:
-            raise BadUploadError("a job takes one image: one multipart field 'file'")
-        self.found = self.keeping = True
-        name = options.get(b"filename")
-        self.filename = name.decode("utf-8", "replace") if name else None
-
-    def _data(self, data: bytes, start: int, end: int) -> None:
-        if self.keeping:
-            self.pending.append(data[start:end])
-
-    def take(self) -> bytes:
-        data, self.pending = b"".join(self.pending), []
-        return data
-
-
-async def _write(out: IO[bytes], data: bytes) -> None:
-    if data:
-        await asyncio.to_thread(out.write, data)
+async def _watching_space(chunks: AsyncIterator[bytes], settings: Settings) -> AsyncIterator[bytes]:
+    """The body's chunks; after every CHECK_EVERY bytes, a look at the free space (507)."""
+    received, checked = 0, 0
+    async for chunk in chunks:
+        yield chunk  # written when the next is asked for
+        received += len(chunk)
+        if received - checked >= CHECK_EVERY:
+            check_free(settings)
+            checked = received
 
 
 async def receive_to_file(
     request: Request, path: Path, settings: Settings, stopping: threading.Event
 ) -> str | None:
-    """Write the image of the body to ``path``; the client's file name, if it gave one."""
-    content_type = request.headers.get("content-type", "")
-    multipart = content_type.lower().startswith("multipart/form-data")
-    part, parser = FilePart(), None
-    if multipart:
-        boundary = parse_options_header(content_type)[1].get(b"boundary")
-        if not boundary:
-            raise BadUploadError("malformed multipart body: no boundary in its Content-Type")
-        parser = MultipartParser(boundary, part.callbacks())  # type: ignore[arg-type]
+    """Write the image of the body (the raw body, or its one multipart field ``file``) to
+    ``path``; the client's file name, if it gave one. On any failure ``path`` is removed."""
     chunks = body_chunks(
         request, settings.job_max_bytes, "UNET_JOB_MAX_BYTES", settings.body_timeout, stopping
     )
-    written, checked = 0, 0
+    content_type = request.headers.get("content-type", "")
+    filenames: list[str | None] = []
     try:
         with path.open("wb") as out:
-            async for chunk in chunks:
-                if parser is not None:
-                    parser.write(chunk)
-                    chunk = part.take()
-                await _write(out, chunk)
-                written += len(chunk)
-                if written - checked >= CHECK_EVERY:
-                    check_free(settings)
-                    checked = written
-            if parser is not None:
-                parser.finalize()
-                if parser.state != MultipartState.END:
-                    raise BadUploadError(
-                        "malformed multipart body: it ends before its closing boundary"
-                    )
-                await _write(out, part.take())
-    except FormParserError as exc:
-        path.unlink(missing_ok=True)
-        raise BadUploadError(f"malformed multipart body: {exc}") from None
+
+            def one_image(filename: str | None) -> IO[bytes]:
+                if filenames:
+                    raise BadUploadError("a job takes one image: one multipart field 'file'")
+                filenames.append(filename)
+                return out
+
+            await receive_files(
+                content_type, _watching_space(chunks, settings), one_image, "image.tif"
+            )
     except OSError as exc:
         path.unlink(missing_ok=True)
         if exc.errno == ENOSPC:
@@ -147,13 +87,7 @@ async def receive_to_file(
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    if multipart and not part.found:
-        path.unlink(missing_ok=True)
-        raise BadUploadError(
-            "the multipart body has no file field 'file': send it as "
-            "`curl -F file=@image.tif`, or send the image as the raw body"
-        )
-    return part.filename
+    return filenames[0]
 
 
 async def read_source(request: Request, service: Service) -> Path:

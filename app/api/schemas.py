@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.inference.card import ModelCard
 
 
 class ModelRef(BaseModel):
@@ -75,38 +77,23 @@ class HealthResponse(BaseModel):
     )
 
 
-class Normalization(BaseModel):
-    scale: float | list[float]
-    offset: float | list[float]
-
-
 class Tiling(BaseModel):
     tile_size: int = Field(description="largest input tile side, px")
     batch_size: int = Field(description="tiles per network run")
     fixed_shape: bool = Field(description="one input shape for every image (GPU providers)")
 
 
-class ModelInfo(BaseModel):
-    """``GET /model``: the model card, its file hash, providers and tiling."""
+class ModelInfo(ModelCard):
+    """``GET /model``: the model card's fields, where the card came from, the file's hash,
+    the providers, the precision and the tiling."""
 
-    name: str
-    version: str
+    model_config = ConfigDict(frozen=True, extra="ignore")  # the card's own extras stay out
+
     card: Literal["sidecar", "embedded", "inferred"] = Field(
         description="where the card came from: a sidecar JSON beside the model, the model's "
         "own metadata, or inferred by probing the network (every field then an assumption)"
     )
     sha256: str
-    classes: list[str]
-    in_channels: int
-    padding: Literal["valid", "same"]
-    halo: int
-    size_multiple: int
-    size_offset: int
-    min_size: int
-    normalization: Normalization
-    activation: Literal["sigmoid", "softmax"]
-    threshold: float | None = Field(None, description="the card's calibrated default threshold")
-    objects: dict[str, Any] = Field(description="how pixels become objects (the card's recipe)")
     providers: list[str]
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         description="the precision the network runs in (UNET_PRECISION, resolved)"

@@ -20,7 +20,7 @@ from app.codecs.images import BASE_FORMATS
 from app.codecs.outputs.base import either
 from app.errors import BadParameterError, RequestCancelledError, quote
 from app.pipeline.context import options_for
-from app.pipeline.small import Outcome, run_job
+from app.pipeline.small import Outcome, segment_request
 from app.service import Service
 
 router = APIRouter(tags=["segmentation"])
@@ -173,7 +173,7 @@ async def segment(
         ):
             try:
                 outcome = await ticket.run(
-                    lambda: run_job(images, output, options, service, cancelled)
+                    lambda: segment_request(images, output, options, service, cancelled)
                 )
             except RequestCancelledError as exc:  # the log line says how far it had come
                 request.state.log = {"tiles_done": exc.tiles_done, "tiles_total": exc.tiles_total}

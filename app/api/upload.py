@@ -1,4 +1,9 @@
-"""The request body: read under limits of size, time and shutdown, spooled to disk, the image found.
+"""The request body: read under limits of size, time and shutdown, its images written as they come.
+
+The one body and multipart reader, for /segment and /jobs (app/api/job_upload.py):
+``receive_files`` writes a raw body whole, and each field ``file`` of a
+multipart/form-data body, to a file its caller gives (python-multipart's
+streaming parser; other fields are skipped, nothing is kept of them).
 
 - Size: a declared Content-Length above UNET_MAX_UPLOAD_BYTES is refused before
   reading; any body (chunked included) as soon as it passes the limit (413).
@@ -6,13 +11,14 @@
   the connection closes, which frees its admission slot.
 - Shutdown: a body still being read when SIGTERM comes is 503 (connection
   closed), so a client stalling its upload cannot hold up a graceful stop.
-- Memory: the bytes go to a temporary file (TMPDIR) past SPOOL_BYTES, not to
-  RAM; nine concurrent 60 MiB uploads hold a few MiB, and nothing of them stays
-  in the process's heap once they are done.
+- Memory: /segment's images go to temporary files (TMPDIR) past SPOOL_BYTES,
+  not to RAM; nine concurrent 60 MiB uploads hold a few MiB, and nothing of them
+  stays in the process's heap once they are done.
 - A client that disconnects while its work runs sets ``cancelled``: the work
   stops at its next tile batch (app/pipeline/small.py).
 
-Runs on the event loop; only the inference thread reads the spooled bytes.
+Runs on the event loop, the writes in a thread; only the inference thread reads the
+spooled bytes.
 """
 
 from __future__ import annotations
@@ -22,14 +28,13 @@ import email.message
 import io
 import tempfile
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from email.parser import BytesParser
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from starlette.datastructures import Headers, UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Receive
 
@@ -37,9 +42,11 @@ from app.errors import BadUploadError, BodyTimeoutError, BodyTooLargeError, Unav
 from app.service import LARGE_WORK
 from app.settings import Settings
 
-SPOOL_BYTES = 1 << 20  # bodies above this go to a temporary file
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
+SPOOL_BYTES = 1 << 20  # an image of /segment above this goes to a temporary file
 POLL_S = 0.25  # how often a waiting read looks at the shutdown flag
-CHUNK = 1 << 16
 SHUTDOWN_RETRY_S = 5
 
 
@@ -90,29 +97,89 @@ async def body_chunks(
             yield chunk
 
 
-async def read_body(request: Request, settings: Settings, stopping: threading.Event) -> IO[bytes]:
-    """The whole body in a spooled temporary file (rewound); the caller closes it."""
-    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 -- returned
-    try:
-        chunks = body_chunks(
-            request,
-            settings.max_upload_bytes,
-            f"UNET_MAX_UPLOAD_BYTES; {LARGE_WORK}",
-            settings.body_timeout,
-            stopping,
-        )
+Opener = Callable[[str | None], IO[bytes]]
+"""Where a body's image goes, given the client's file name (None: a raw body, or no name)."""
+
+
+class _FileFields:
+    """python-multipart's callbacks: the bytes of each field ``file`` for the file that
+    ``open_file`` gives it, kept until ``write_pending`` (other fields are skipped)."""
+
+    def __init__(self, open_file: Opener) -> None:
+        self.open_file = open_file
+        self.header, self.value, self.disposition = b"", b"", b""
+        self.out: IO[bytes] | None = None  # the file of the part being read; None: skipped
+        self.count = 0
+        self.pending: list[tuple[IO[bytes], bytes]] = []
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self._begin,
+            # python-multipart caps a part's headers: 8, of 4224 bytes each (400 past it)
+            "on_header_field": lambda d, s, e: setattr(self, "header", self.header + d[s:e]),
+            "on_header_value": lambda d, s, e: setattr(self, "value", self.value + d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._data,
+        }
+
+    def _begin(self) -> None:
+        self.disposition, self.out = b"", None
+
+    def _header_end(self) -> None:
+        if self.header.lower() == b"content-disposition":
+            self.disposition = self.value
+        self.header, self.value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self.disposition)
+        if options.get(b"name") == b"file":
+            name = options.get(b"filename")
+            self.out = self.open_file(name.decode("utf-8", "replace") if name else None)
+            self.count += 1
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self.out is not None:
+            self.pending.append((self.out, data[start:end]))
+
+    def write_pending(self) -> None:
+        pending, self.pending = self.pending, []
+        for out, data in pending:
+            out.write(data)
+
+
+async def receive_files(
+    content_type: str, chunks: AsyncIterator[bytes], open_file: Opener, example: str
+) -> None:
+    """Write the body's images as the ``chunks`` come: a raw body whole to ``open_file(None)``;
+    each field ``file`` of a multipart/form-data body, in order, to ``open_file(its file
+    name)``, which may refuse one more (raise). ``example`` is the file name of the curl hint
+    in the 400 for a form without a field ``file``. The writes run off the event loop."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        out = open_file(None)
         async for chunk in chunks:
-            spool.write(chunk)
-        spool.seek(0)
-        return spool
-    except BaseException:
-        spool.close()
-        raise
-
-
-async def _chunks(spool: IO[bytes]) -> AsyncGenerator[bytes, None]:
-    while chunk := spool.read(CHUNK):
-        yield chunk
+            await asyncio.to_thread(out.write, chunk)
+        return
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        raise BadUploadError("malformed multipart body: no boundary in its Content-Type")
+    fields = _FileFields(open_file)
+    try:
+        parser = MultipartParser(boundary, fields.callbacks())
+        async for chunk in chunks:
+            parser.write(chunk)
+            if fields.pending:
+                await asyncio.to_thread(fields.write_pending)
+        parser.finalize()
+    except FormParserError as exc:
+        raise BadUploadError(f"malformed multipart body: {exc}") from None
+    if parser.state != MultipartState.END:
+        raise BadUploadError("malformed multipart body: it ends before its closing boundary")
+    if not fields.count:
+        raise BadUploadError(
+            "the multipart body has no file field 'file': send it as "
+            f"`curl -F file=@{example}`, or send the image as the raw body"
+        )
 
 
 def related_parts(content_type: str, spool: IO[bytes]) -> list[IO[bytes]]:
@@ -138,43 +205,38 @@ async def received_images(
     request: Request, settings: Settings, stopping: threading.Event
 ) -> AsyncIterator[list[IO[bytes]]]:
     """The images of the request as files: the raw body; the multipart/form-data fields
-    ``file`` (one, or several DICOM instances of one series); or the parts of a
-    multipart/related body (STOW-RS)."""
-    spool = await read_body(request, settings, stopping)
+    ``file`` (one, or several DICOM instances of one series; at most UNET_MAX_FRAMES); or
+    the parts of a multipart/related body (STOW-RS)."""
+    content_type = request.headers.get("content-type", "")
+    files: list[IO[bytes]] = []
+
+    def spool(_: str | None) -> IO[bytes]:
+        if len(files) == settings.max_frames:
+            raise BadUploadError(
+                f"the multipart body has more than {settings.max_frames} fields 'file': "
+                "one image, or the instances of one series (UNET_MAX_FRAMES)"
+            )
+        files.append(tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES))  # noqa: SIM115 -- closed below
+        return files[-1]
+
+    chunks = body_chunks(
+        request,
+        settings.max_upload_bytes,
+        f"UNET_MAX_UPLOAD_BYTES; {LARGE_WORK}",
+        settings.body_timeout,
+        stopping,
+    )
     try:
-        content_type = request.headers.get("content-type", "")
-        kind = content_type.lower()
-        if kind.startswith("multipart/related"):
-            yield related_parts(content_type, spool)
-            return
-        if not kind.startswith("multipart/form-data"):
-            yield [spool]
-            return
-        parser = MultiPartParser(
-            Headers(scope=request.scope),
-            _chunks(spool),
-            max_files=settings.max_frames,
-            max_fields=8,
-        )
-        try:
-            form = await parser.parse()
-        except (MultiPartException, StarletteHTTPException) as exc:
-            detail = getattr(exc, "detail", None) or getattr(exc, "message", str(exc))
-            raise BadUploadError(f"malformed multipart body: {detail}") from None
-        try:
-            uploads = [u for u in form.getlist("file") if isinstance(u, UploadFile)]
-            if not uploads:
-                raise BadUploadError(
-                    "the multipart body has no file field 'file': send it as "
-                    "`curl -F file=@image.png`, or send the image as the raw body"
-                )
-            for upload in uploads:
-                await upload.seek(0)
-            yield [upload.file for upload in uploads]
-        finally:
-            await form.close()
+        await receive_files(content_type, chunks, spool, "image.png")
+        for file in files:
+            file.seek(0)
+        if content_type.lower().startswith("multipart/related"):
+            yield related_parts(content_type, files[0])
+        else:
+            yield files
     finally:
-        spool.close()
+        for file in files:
+            file.close()
 
 
 @asynccontextmanager

@@ -6,7 +6,7 @@ zarr v2 group, in the layout of an OME-NGFF 0.4 label image, that is the
 
     <store>/0, 1, 2, ...          class indices (uint8), level k = level 0 [::2^k, ::2^k]
     <store>/probability/0, 1, ... optional: round(p(class) * 65535) (uint16), same levels
-    <store>/work/...              scratch arrays while objects are found, removed before the end
+    <store>/scratch/...           arrays while objects are found, removed before the end
 
 Level 0 holds class indices (uint8) or, for object outputs, object ids (uint32).
 
@@ -98,27 +98,27 @@ class LabelStore:
         store.probability = store.group["probability/0"] if "probability" in store.group else None  # type: ignore[assignment]
         return store
 
-    def work(self, name: str, dtype: type | None = None) -> Any:
-        """The scratch array ``work/<name>`` (the image's shape and chunks): made when a
-        ``dtype`` is given, else opened. Removed with ``drop_work``."""
+    def scratch(self, name: str, dtype: type | None = None) -> Any:
+        """The scratch array ``scratch/<name>`` (the image's shape and chunks): made when a
+        ``dtype`` is given, else opened. Removed with ``drop_scratch``."""
         if dtype is None:
-            return self.group[f"work/{name}"]
-        work = self.group.require_group("work")
+            return self.group[f"scratch/{name}"]
+        group = self.group.require_group("scratch")
         height, width = self.labels.shape
-        return _array(work, name, (height, width), self.chunks, dtype)
+        return _array(group, name, (height, width), self.chunks, dtype)
 
-    def has_work(self, name: str) -> bool:
-        return f"work/{name}" in self.group
+    def has_scratch(self, name: str) -> bool:
+        return f"scratch/{name}" in self.group
 
     @property
     def classes(self) -> Any:
-        """Where the class map goes: the image itself, or ``work/classes`` when the image
+        """Where the class map goes: the image itself, or ``scratch/classes`` when the image
         holds object ids."""
-        return self.work("classes") if self.has_work("classes") else self.labels
+        return self.scratch("classes") if self.has_scratch("classes") else self.labels
 
-    def drop_work(self) -> None:
-        if "work" in self.group:
-            del self.group["work"]
+    def drop_scratch(self) -> None:
+        if "scratch" in self.group:
+            del self.group["scratch"]
 
     def groups(self) -> list[zarr.Group]:
         """The multiscale groups: the labels' (the root), then the probability's."""

@@ -21,7 +21,7 @@ three: 524 (output 340, origins 0, 336, 672). Tile i keeps [origin_i,
 origin_i+1): the keep ranges partition the axis.
 
 Same-padding networks see zero padding at every tile border, so tiles overlap
-by ``2 * context`` pixels and each keeps only its part of the overlap, cut in
+by ``2 * margin`` pixels and each keeps only its part of the overlap, cut in
 the middle (centre cropping). The deviation from whole-image inference is
 measured by the tests and the benchmark, not assumed to be zero.
 """
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from app.inference.geometry import Geometry
 
-DEFAULT_CONTEXT = 96  # same-padding nets: measured exact on the test network (docs/performance.md)
+DEFAULT_MARGIN = 96  # same-padding nets: measured exact on the test network (docs/performance.md)
 
 
 def _ceil_to(value: int, multiple: int) -> int:
@@ -96,22 +96,22 @@ def _plan_valid_axis(length: int, geometry: Geometry, max_size: int, fixed: bool
 
 
 def _plan_same_axis(
-    length: int, geometry: Geometry, max_size: int, context: int, fixed: bool
+    length: int, geometry: Geometry, max_size: int, margin: int, fixed: bool
 ) -> list[AxisTile]:
-    g, c = geometry, context
+    g, c = geometry, margin
     padded = g.valid_size_at_least(length)  # the reference reflects up to this length
     if padded <= max_size:
         return [AxisTile(0, max_size if fixed else padded, 0, 0, length)]
     step = (max_size - 2 * c) // g.size_multiple * g.size_multiple
     if step < g.size_multiple:
         raise ValueError(
-            f"tile size {max_size} leaves nothing between two context margins of {c} px; "
+            f"tile size {max_size} leaves nothing between two margins of {c} px; "
             f"use a tile size >= {g.valid_size_at_least(2 * c + g.size_multiple)}"
         )
     starts = [0]
     while starts[-1] + max_size < padded:
         starts.append(min(starts[-1] + step, padded - max_size))
-    # Cut each overlap in its middle: both neighbours keep >= context px from their border.
+    # Cut each overlap in its middle: both neighbours keep >= margin px from their border.
     cuts = [(a + b + max_size) // 2 for a, b in itertools.pairwise(starts)]
     bounds = [0, *(min(cut, length) for cut in cuts), length]
     return [
@@ -125,12 +125,12 @@ def plan_axis(
     length: int,
     geometry: Geometry,
     tile_size: int,
-    context: int = DEFAULT_CONTEXT,
+    margin: int = DEFAULT_MARGIN,
     fixed: bool = False,
 ) -> list[AxisTile]:
     """The tiles along one axis of ``length`` pixels, input tiles at most ``tile_size``.
 
-    context: same-padding networks only -- pixels at each inner tile border that
+    margin: same-padding networks only -- pixels at each inner tile border that
     are discarded because they saw the tile's zero padding (a tiling choice).
     fixed: every tile is the largest accepted size <= ``tile_size``, whatever the
     image (smaller images read further into their reflection; the last tile is
@@ -138,8 +138,8 @@ def plan_axis(
     new shape costs a cuDNN algorithm search or a TensorRT engine). Default: the
     tile shrinks to the smallest size needing no more tiles (faster on a CPU).
     """
-    if context < 0:
-        raise ValueError(f"context must be >= 0, got {context}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
     if length < 1:
         raise ValueError(f"image side must be >= 1 px, got {length}")
     max_size = geometry.valid_size_at_most(tile_size)
@@ -150,7 +150,7 @@ def plan_axis(
         )
     if geometry.padding == "valid":
         return _plan_valid_axis(length, geometry, max_size, fixed)
-    return _plan_same_axis(length, geometry, max_size, context, fixed)
+    return _plan_same_axis(length, geometry, max_size, margin, fixed)
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ def plan_tiles(
     width: int,
     geometry: Geometry,
     tile_size: int | tuple[int, int],
-    context: int = DEFAULT_CONTEXT,
+    margin: int = DEFAULT_MARGIN,
     fixed: bool = False,
 ) -> TilePlan:
     """Plan the tiles covering an ``height`` x ``width`` image.
@@ -195,6 +195,6 @@ def plan_tiles(
     smallest accepted size that needs no more tiles than the bound does.
     """
     th, tw = (tile_size, tile_size) if isinstance(tile_size, int) else tile_size
-    rows = tuple(plan_axis(height, geometry, th, context, fixed))
-    cols = tuple(plan_axis(width, geometry, tw, context, fixed))
+    rows = tuple(plan_axis(height, geometry, th, margin, fixed))
+    cols = tuple(plan_axis(width, geometry, tw, margin, fixed))
     return TilePlan(height, width, rows, cols, geometry.halo)

@@ -18,7 +18,7 @@ import numpy.typing as npt
 from app.inference.blocks import Block, BlockGrid, Flipped, Window
 from app.inference.card import ModelCard
 from app.inference.errors import ImageShapeError
-from app.inference.plan import DEFAULT_CONTEXT, TilePlan, plan_tiles
+from app.inference.plan import DEFAULT_MARGIN, TilePlan, plan_tiles
 from app.inference.sinks import ArraySink, BlockSink, FlipMean
 from app.inference.tiler import ProgressFn, Region, RunFn, run_plan, run_tiles
 
@@ -102,7 +102,7 @@ class Predictor:
 
     run: ``N x C x h x w float32 -> N x K x h' x w'`` logits (an Engine's ``run``).
     tile_size: largest input tile side (px); batch_size: tiles per ``run`` call.
-    context: same-padding models only, pixels discarded at inner tile borders.
+    margin: same-padding models only, pixels discarded at inner tile borders.
     fixed_shape: one input shape (batch_size x C x tile x tile) for every image
         (GPU providers; see plan.plan_axis), else tiles shrink to fit (CPU).
     """
@@ -114,12 +114,12 @@ class Predictor:
         *,
         tile_size: int = CPU_TILE_SIZE,
         batch_size: int = CPU_BATCH_SIZE,
-        context: int = DEFAULT_CONTEXT,
+        margin: int = DEFAULT_MARGIN,
         fixed_shape: bool = False,
     ):
         self.card = card
         self.geometry = card.geometry()
-        self.context, self.fixed_shape = context, fixed_shape
+        self.margin, self.fixed_shape = margin, fixed_shape
         if self.geometry.valid_size_at_most(tile_size) is None:
             raise ValueError(
                 f"tile_size {tile_size} is below the model's minimum input {card.min_size}"
@@ -133,7 +133,7 @@ class Predictor:
     def plan(self, height: int, width: int) -> TilePlan:
         """Where the tiles of a frame of this size go."""
         return plan_tiles(
-            height, width, self.geometry, self.tile_size, self.context, self.fixed_shape
+            height, width, self.geometry, self.tile_size, self.margin, self.fixed_shape
         )
 
     def work(self, height: int, width: int, tta: bool = False) -> int:
@@ -178,7 +178,7 @@ class Predictor:
                 batch_size=self.batch_size,
                 prepare=prepare,
                 progress=count,
-                context=self.context,
+                margin=self.margin,
                 fixed_shape=self.fixed_shape,
             )
         return (mean.finish() if tta else probs), finished

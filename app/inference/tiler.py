@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.inference.geometry import Geometry
-from app.inference.plan import DEFAULT_CONTEXT, AxisTile, TilePlan, plan_tiles
+from app.inference.plan import DEFAULT_MARGIN, AxisTile, TilePlan, plan_tiles
 from app.inference.sinks import ArraySink, Sink
 
 # The network: N x C x h x w float32 -> N x K x h' x w' (logits or probabilities).
@@ -116,7 +116,7 @@ def run_tiles(
     batch_size: int = 4,
     prepare: PrepareFn = default_prepare,
     progress: ProgressFn | None = None,
-    context: int = DEFAULT_CONTEXT,
+    margin: int = DEFAULT_MARGIN,
     fixed_shape: bool = False,
 ) -> int:
     """Predict an H x W (x C_in) image tile by tile into ``sink``; the number of tiles run.
@@ -133,7 +133,7 @@ def run_tiles(
     image, never anything per tile beyond the batch; the sink holds the result.
     """
     image = _as_hwc(image)
-    plan = plan_tiles(image.shape[0], image.shape[1], geometry, tile_size, context, fixed_shape)
+    plan = plan_tiles(image.shape[0], image.shape[1], geometry, tile_size, margin, fixed_shape)
     return run_plan(
         image,
         predict,
@@ -212,7 +212,7 @@ def predict_tiled(
     tile_size: int | tuple[int, int] = 572,
     batch_size: int = 4,
     prepare: PrepareFn = default_prepare,
-    context: int = DEFAULT_CONTEXT,
+    margin: int = DEFAULT_MARGIN,
     fixed_shape: bool = False,
 ) -> npt.NDArray[np.float32]:
     """``run_tiles`` into a new K x H x W float32 array, returned."""
@@ -227,7 +227,7 @@ def predict_tiled(
         tile_size=tile_size,
         batch_size=batch_size,
         prepare=prepare,
-        context=context,
+        margin=margin,
         fixed_shape=fixed_shape,
     )
     return sink.array

@@ -25,14 +25,13 @@ from typing import Any, Literal
 
 import numpy.typing as npt
 
-from app.codecs.frames import Limits
-from app.codecs.outputs import LARGE_OUTPUTS, Model
-from app.inference import Predictor
+from app.codecs.outputs import LARGE_OUTPUTS
 from app.jobs.failure import failure
 from app.jobs.gate import Gate
 from app.jobs.inputs import check_source
 from app.jobs.store import FINISHED, Job, JobStore, Status
-from app.pipeline.batch import Context, Large, Small
+from app.pipeline.batch import Large, Small
+from app.pipeline.context import Context
 from app.pipeline.files import remove, target, write_atomically
 from app.pipeline.large import local_blocks
 from app.service import Service
@@ -272,17 +271,9 @@ class JobRunner:
     def _context(self, job: Job, check: Callable[[], None]) -> Context:
         """The service's model and decoders, with a predictor whose every tile batch waits
         for its turn at the gate (and stops the job when ``check`` raises)."""
-        service, request = self.service, job.request
-        engine, base = service.model.engine, service.predictor
+        engine = self.service.model.engine
 
         def run(batch: npt.NDArray[Any]) -> Any:
             return self.gate.job_batch(lambda: engine.run(batch), check)
 
-        predictor = Predictor(
-            run, base.card, tile_size=base.tile_size, batch_size=base.batch_size,
-            context=base.context, fixed_shape=base.fixed_shape,
-        )  # fmt: skip
-        options = request.options
-        limits = Limits(service.settings.max_image_pixels, service.settings.max_frames)
-        model = Model(base.card, engine.sha256)
-        return Context(model, predictor, service.inputs, options, limits)
+        return Context.of_job(self.service, job.request.options, run)

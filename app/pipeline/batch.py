@@ -1,85 +1,27 @@
 """What a batch of files runs on each input: the service's in-memory pipeline (``Small``),
 or the block-by-block path of images beyond memory (``Large``), with what they share
-(``Context``). Used by the command line here and by Dask workers (app/pipeline/dask.py)."""
+(``Context``, app/pipeline/context.py). Used by the command line here, by jobs and by
+Dask workers (app/pipeline/dask.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.codecs.errors import CodecError, FrameCountError, ImageTooLargeError
-from app.codecs.images import DecodedImage, Decoders, Limits
-from app.codecs.outputs import LARGE_OUTPUTS, Model, Options, Outputs
+from app.codecs.images import DecodedImage
+from app.codecs.outputs import LARGE_OUTPUTS, Outputs
 from app.codecs.outputs.base import either
 from app.codecs.slides import is_slide, is_tiff_file, open_slide
-from app.inference import Predictor, ProviderOptions, load_model
-from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE, check_frame
+from app.inference.predictor import check_frame
 from app.inference.tiler import ProgressFn, Region
-from app.pipeline.context import options_for
+from app.pipeline.context import Context
 from app.pipeline.large import Blocks, segment_large
 from app.pipeline.objects import Mapper, local_map
 from app.pipeline.small import segment_image
-from app.service import input_formats
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What a batch is run with (the command line's options); hashable, picklable."""
-
-    model: Path
-    providers: str = "auto"
-    precision: str = "auto"  # UNET_PRECISION's values: auto, fp32, bf16, fp16
-    tile: int = CPU_TILE_SIZE
-    batch: int = CPU_BATCH_SIZE
-    threshold: float | None = None  # None: the card's, else 0.5
-    tta: bool = False
-    min_area: int | None = None
-    objects: bool = False  # format overlay: outline each object instead of filling classes
-    max_pixels: int = 64 << 20  # the service's default UNET_MAX_IMAGE_PIXELS (8192 x 8192)
-    probability: bool = False  # large formats: also store round(p(class 1) * 65535)
-
-
-class Context:
-    """The model, predictor, decoders and options every input of a batch shares.
-
-    probability: large formats also store round(p(class 1) * 65535).
-    """
-
-    def __init__(
-        self,
-        model: Model,
-        predictor: Predictor,
-        decoders: Decoders,
-        options: Options,
-        limits: Limits,
-        probability: bool = False,
-    ) -> None:
-        self.model, self.predictor, self.decoders = model, predictor, decoders
-        self.options, self.limits, self.probability = options, limits, probability
-
-    @classmethod
-    def load(cls, setup: Setup) -> Context:
-        """Load ``setup``'s model and build everything else from it."""
-        engine = ProviderOptions(precision=setup.precision)
-        loaded = load_model(setup.model, setup.providers, options=engine)
-        predictor = Predictor(
-            loaded.engine.run, loaded.card, tile_size=setup.tile, batch_size=setup.batch
-        )
-        options = options_for(
-            loaded.card, setup.threshold, 1, setup.tta, setup.min_area, setup.objects
-        )
-        return cls(
-            Model(loaded.card, loaded.engine.sha256),
-            predictor,
-            input_formats(loaded.card),
-            options,
-            Limits(setup.max_pixels),
-            setup.probability,
-        )
 
 
 def slide_pixels(source: Path) -> int | None:

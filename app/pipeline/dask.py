@@ -31,7 +31,8 @@ from app.inference import ModelLoadError
 from app.inference.blocks import Block, BlockGrid
 from app.inference.card import Recipe
 from app.inference.tiler import ProgressFn
-from app.pipeline.batch import Context, Setup, Small
+from app.pipeline.batch import Small
+from app.pipeline.context import Context, Setup
 from app.pipeline.large import Pass, write_block
 
 SCATTER_BYTES = 1 << 20  # arrays at least this big go to the workers once, not with each task
@@ -119,20 +120,20 @@ class Cluster:
             )
         return future.result()
 
-    def blocks(self, work: Pass, progress: ProgressFn) -> int:
+    def blocks(self, step: Pass, progress: ProgressFn) -> int:
         """Every block of the pass as a task writing into its store; the tiles run."""
         from distributed import as_completed
 
-        image = work.image
+        image = step.image
         source: Any = str(image.path) if isinstance(image, Slide) else None
         if source is None:  # an image decoded in memory: sent to the workers once
             source = self.client.scatter(np.asarray(image), broadcast=True)
-        where, setup, sha = str(work.store.path), self.setup, self.sha256
+        where, setup, sha = str(step.store.path), self.setup, self.sha256
         futures = [
             self.client.submit(
-                _block_task, setup, sha, source, work.grid, b, where, work.recipe, pure=False
+                _block_task, setup, sha, source, step.grid, b, where, step.recipe, pure=False
             )
-            for b in work.grid
+            for b in step.grid
         ]
         tiles = 0
         try:

@@ -36,7 +36,7 @@ def measure_block(path: str, block: Block, classes: npt.NDArray[np.int64]) -> tu
     area = np.bincount(dense.ravel(), minlength=len(ids))
     sums = np.zeros(len(ids))
     for c in np.unique(classes[ids[ids > 0]]):
-        p = np.asarray(store.work(f"p{c}")[block.rows, block.cols], dtype=np.float64)
+        p = np.asarray(store.scratch(f"p{c}")[block.rows, block.cols], dtype=np.float64)
         mine = classes[ids] == c
         sums[mine] = np.bincount(dense.ravel(), weights=p.ravel(), minlength=len(ids))[mine]
     boxes = np.zeros((len(ids), 4), dtype=np.int64)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from app.codecs.masks import to_uint16
-from app.codecs.outputs import LargeOutput, Model, Options
+from app.codecs.outputs import LargeOutput, Options, Provenance
 from app.codecs.outputs._objects import recipe as objects_recipe
 from app.codecs.outputs.base import OUTLINES
 from app.codecs.pyramid import LabelStore
@@ -51,8 +51,8 @@ def write_block(
     """Predict ``block`` and write it into ``store``; the number of tiles run.
 
     Always its class map; when the store has them, its 16-bit probability, the
-    16-bit p(k) of each class k (``work/p<k>``: object scores) and, for a watershed
-    ``recipe``, its flooding levels and seeds (``work/levels``, ``work/seeds``).
+    16-bit p(k) of each class k (``scratch/p<k>``: object scores) and, for a watershed
+    ``recipe``, its flooding levels and seeds (``scratch/levels``, ``scratch/seeds``).
     progress: the tiles of the block, as ``Predictor.predict_block`` reports them.
     """
     prediction = predictor.predict_block(
@@ -63,11 +63,11 @@ def write_block(
     if store.probability is not None:
         store.probability[here] = to_uint16(class_probability(probs, options.class_index))
     for k in range(len(predictor.card.classes)):
-        if store.has_work(f"p{k}"):
-            store.work(f"p{k}")[here] = to_uint16(class_probability(probs, k))
+        if store.has_scratch(f"p{k}"):
+            store.scratch(f"p{k}")[here] = to_uint16(class_probability(probs, k))
     if recipe is not None and recipe.method == "watershed":
         levels, seeds = watershed_inputs(probs, recipe)
-        store.work("levels")[here], store.work("seeds")[here] = levels, seeds
+        store.scratch("levels")[here], store.scratch("seeds")[here] = levels, seeds
     return prediction.tiles
 
 
@@ -89,13 +89,13 @@ Blocks = Callable[[Pass, ProgressFn], int]
 def local_blocks(predictor: Predictor, options: Options, tiles: ProgressFn | None = None) -> Blocks:
     """The blocks one after another in this process; ``tiles``: each block's tile progress."""
 
-    def run(work: Pass, progress: ProgressFn) -> int:
+    def run(step: Pass, progress: ProgressFn) -> int:
         count = 0
-        for done, block in enumerate(work.grid, start=1):
+        for done, block in enumerate(step.grid, start=1):
             count += write_block(
-                predictor, work.image, work.grid, block, options, work.store, work.recipe, tiles
+                predictor, step.image, step.grid, block, options, step.store, step.recipe, tiles
             )
-            progress(done, len(work.grid))
+            progress(done, len(step.grid))
         return count
 
     return run
@@ -118,7 +118,7 @@ def temporary_store(path: Path) -> Path:
 
 
 def _store(
-    work: Path,
+    scratch: Path,
     grid: BlockGrid,
     output: LargeOutput,
     recipe: Recipe | None,
@@ -129,15 +129,15 @@ def _store(
     objects = output.content != "classes"
     height, width = grid.plan.height, grid.plan.width
     dtype = np.uint32 if objects else np.uint8
-    store = LabelStore(work, height, width, grid.chunks, probability, dtype)
+    store = LabelStore(scratch, height, width, grid.chunks, probability, dtype)
     if recipe is not None:
-        store.work("classes", np.uint8)
-        store.work("local", np.uint32)
+        store.scratch("classes", np.uint8)
+        store.scratch("local", np.uint32)
         if recipe.method == "watershed":
             for name, kind in (("levels", np.uint8), ("seeds", np.uint8), ("flooded", np.uint32)):
-                store.work(name, kind)
+                store.scratch(name, kind)
         for k in object_classes(recipe, num_classes) if output.content == "outlines" else ():
-            store.work(f"p{k}", np.uint16)  # for the objects' scores
+            store.scratch(f"p{k}", np.uint16)  # for the objects' scores
     return store
 
 
@@ -154,7 +154,7 @@ def segment_large(
     path: Path,
     output: LargeOutput,
     predictor: Predictor,
-    model: Model,
+    model: Provenance,
     options: Options,
     *,
     blocks: Blocks | None = None,
@@ -174,13 +174,13 @@ def segment_large(
     card, (height, width) = model.card, image.shape[:2]
     grid = block_grid(predictor.plan(height, width), block_size)
     recipe = objects_recipe(model, options) if output.content != "classes" else None
-    work, found = temporary_store(path), None
+    scratch, found = temporary_store(path), None
 
     def stage(name: str) -> ProgressFn:
         return lambda done, total: progress(name, done, total) if progress else None
 
     try:
-        store = _store(work, grid, output, recipe, len(card.classes), probability)
+        store = _store(scratch, grid, output, recipe, len(card.classes), probability)
         run = blocks or local_blocks(predictor, options)
         tiles = run(Pass(image, grid, store, recipe), stage("blocks"))
         if recipe is not None:
@@ -190,12 +190,12 @@ def segment_large(
         if found is not None and output.content == "outlines":
             target = store.path / OUTLINES
             write_geojson(store, grid, found, card.classes, target, mapper, stage("outlines"))
-        store.drop_work()
+        store.drop_scratch()
         levels = store.build_levels(stage("levels")) if output.pyramid else 1
         facts = {"name": card.name, "version": card.version, "sha256": model.sha256}
         named = card.classes if output.content == "classes" else None
         store.describe(path.name, named, facts)
         output.finish(store, path)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return LargeResult(height, width, tiles, levels, found.count if found else None)

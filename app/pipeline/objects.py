@@ -6,7 +6,7 @@ found in passes over the same blocks, each pass a set of independent tasks
 
 1. ``label_block``: each block's pieces on their own -- the 4-connected components
    of each class (``components``), or of the seeds, p(boundary) < seed_threshold
-   (``watershed``) -- with provisional ids, into ``work/local``.
+   (``watershed``) -- with provisional ids, into ``scratch/local``.
 2. ``merge.merge``: pieces that touch across a block border (same class) are one
    object, as dask-image's ``ndmeasure.label`` does: the same partition as
    labelling the whole image at once.
@@ -60,17 +60,17 @@ class Found:
 
 
 def label_block(path: str, block: Block, method: str, num_classes: int) -> tuple[int, Any, Any]:
-    """Pass 1: (pieces, class of each, pixels of each) of one block, written to work/local."""
+    """Pass 1: (pieces, class of each, pixels of each) of one block, written to scratch/local."""
     store = LabelStore.open(Path(path))
     mask = np.asarray(store.classes[block.rows, block.cols])
     if method == "components":
         pieces = components(mask, num_classes)
         labels, classes, count = pieces.labels, pieces.classes, pieces.count
     else:
-        seeds = np.asarray(store.work("seeds")[block.rows, block.cols])
+        seeds = np.asarray(store.scratch("seeds")[block.rows, block.cols])
         labels, count = ndimage.label(seeds, structure=FOUR)
         classes = np.zeros(count + 1, dtype=np.int64)
-    store.work("local")[block.rows, block.cols] = labels
+    store.scratch("local")[block.rows, block.cols] = labels
     return count, classes, np.bincount(labels.ravel(), minlength=count + 1)
 
 
@@ -88,7 +88,7 @@ def _provisional(
     store: LabelStore, grid: BlockGrid, starts: npt.NDArray[np.int64], rows: slice, cols: slice
 ) -> npt.NDArray[np.int64]:
     """Provisional ids (block offset + local id; 0 stays 0) of a rectangle of any blocks."""
-    local = np.asarray(store.work("local")[rows, cols]).astype(np.int64)
+    local = np.asarray(store.scratch("local")[rows, cols]).astype(np.int64)
     (ch, cw), columns = grid.chunks, -(-grid.plan.width // grid.chunks[1])
     shift = np.zeros_like(local)
     for i in range(rows.start // ch, (rows.stop - 1) // ch + 1):
@@ -111,7 +111,7 @@ def merge_pieces(
         ids_b = _provisional(store, grid, starts, rb, cb).ravel()
         classes_a = np.asarray(store.classes[ra, ca]).ravel()
         classes_b = np.asarray(store.classes[rb, cb]).ravel()
-        if store.has_work("seeds"):  # seeds are one class, whatever the class map says
+        if store.has_scratch("seeds"):  # seeds are one class, whatever the class map says
             classes_a, classes_b = np.zeros_like(classes_a), np.zeros_like(classes_b)
         pairs.append(border_pairs(ids_a, ids_b, classes_a, classes_b))
     return starts, merge(int(sum(counts)), np.concatenate(pairs))
@@ -125,20 +125,20 @@ def flood_block(
     merged: npt.NDArray[np.int64],
     num_classes: int,
 ) -> tuple[Any, Any]:
-    """Pass 3 (watershed): flood the block with its margin into work/flooded; the
+    """Pass 3 (watershed): flood the block with its margin into scratch/flooded; the
     (ids, class counts) of the objects it holds."""
     store = LabelStore.open(Path(path))
     height, width = grid.plan.height, grid.plan.width
     rows = slice(max(0, block.rows.start - MARGIN), min(height, block.rows.stop + MARGIN))
     cols = slice(max(0, block.cols.start - MARGIN), min(width, block.cols.stop + MARGIN))
     seeds = merged[_provisional(store, grid, starts, rows, cols)]
-    levels = np.asarray(store.work("levels")[rows, cols])
+    levels = np.asarray(store.scratch("levels")[rows, cols])
     flooded = flood(levels, seeds) if seeds.any() else seeds  # no seed: no object
     core = flooded[
         block.rows.start - rows.start : block.rows.stop - rows.start,
         block.cols.start - cols.start : block.cols.stop - cols.start,
     ].astype(np.uint32)
-    store.work("flooded")[block.rows, block.cols] = core
+    store.scratch("flooded")[block.rows, block.cols] = core
     mask = np.asarray(store.classes[block.rows, block.cols])
     pairs, counts = np.unique(core.astype(np.int64) * num_classes + mask, return_counts=True)
     return pairs, counts
@@ -149,7 +149,7 @@ def relabel_block(
 ) -> None:
     """Pass 4: the final ids of the block's pixels into the image."""
     store = LabelStore.open(Path(path))
-    ids = np.asarray(store.work(source)[block.rows, block.cols]).astype(np.int64)
+    ids = np.asarray(store.scratch(source)[block.rows, block.cols]).astype(np.int64)
     ids = np.where(ids > 0, ids + starts, 0)
     store.labels[block.rows, block.cols] = final[ids].astype(np.uint32)
 

@@ -2,7 +2,7 @@
 
 ``segment_frames`` is the one loop of POST /segment, jobs and ``unet-segment`` over an
 image held in memory: frames are predicted and encoded one by one, one probability map
-alive at a time. ``run_job`` is POST /segment's whole request around it, run in the
+alive at a time. ``segment_request`` is POST /segment's whole request around it, run in the
 single inference thread (app/api/admission.py) off the event loop; the encoder comes
 from the app's outputs registry (app/codecs/outputs), the decoder from its inputs
 registry.
@@ -21,10 +21,11 @@ import numpy as np
 from app.codecs.dicom_series import assemble
 from app.codecs.errors import ImageTooLargeError
 from app.codecs.frames import DecodedImage
-from app.codecs.outputs import Encoder, Model, Options, Outputs
+from app.codecs.outputs import Encoder, Options, Outputs, Provenance
 from app.errors import RequestCancelledError
 from app.inference.predictor import Prediction, Predictor
 from app.inference.tiler import ProgressFn
+from app.pipeline.context import request_limits
 from app.service import LARGE_WORK, RecentMasks, Service
 
 
@@ -47,7 +48,7 @@ class Outcome:
 
 
 @dataclass
-class Work:
+class Tally:
     """What segmenting an image took: frames and tiles run, inference and encode seconds."""
 
     frames: int = 0
@@ -62,13 +63,13 @@ def segment_frames(
     predictor: Predictor,
     options: Options,
     progress: ProgressFn | None = None,
-) -> Work:
+) -> Tally:
     """Predict every frame and hand it to ``encoder``, one probability map alive at a time.
 
     The one pipeline of ``POST /segment``, jobs and ``unet-segment``; ``progress``
-    is the predictor's (tiles done, total), and may raise to stop the work.
+    is the predictor's (tiles done, total), and may raise to stop there.
     """
-    work = Work()
+    tally = Tally()
     for index, frame in enumerate(image.frames):
         t0 = perf_counter()
         prediction = predictor.predict(
@@ -76,10 +77,13 @@ def segment_frames(
         )
         t1 = perf_counter()
         encoder.add(index, prediction)
-        work.frames, work.tiles = index + 1, work.tiles + prediction.tiles
+        tally.frames, tally.tiles = index + 1, tally.tiles + prediction.tiles
         del prediction  # free the probability map before the next frame
-        work.inference, work.encode = work.inference + t1 - t0, work.encode + perf_counter() - t1
-    return work
+        tally.inference, tally.encode = (
+            tally.inference + t1 - t0,
+            tally.encode + perf_counter() - t1,
+        )
+    return tally
 
 
 def decode_all(sources: list[IO[bytes]], service: Service, tta: bool) -> tuple[DecodedImage, str]:
@@ -91,7 +95,7 @@ def decode_all(sources: list[IO[bytes]], service: Service, tta: bool) -> tuple[D
     The request's limits hold for the whole series: checked from the first
     instance's header for all of them before the others are decoded.
     """
-    limits = service.limits(tta)
+    limits = request_limits(service, tta)
     data = sources[0].read()
     first = service.inputs.decode(data, limits)
     dicom, digests = first.format == "dicom", list[str]()
@@ -127,12 +131,12 @@ def segment_image(
     image: DecodedImage,
     output: str,
     outputs: Outputs,
-    model: Model,
+    model: Provenance,
     options: Options,
     predictor: Predictor,
     progress: ProgressFn | None = None,
     recall: tuple[RecentMasks, str] | None = None,
-) -> tuple[Encoder, Work]:
+) -> tuple[Encoder, Tally]:
     """The encoder of ``output`` fed every frame's prediction: what POST /segment, a job and
     ``unet-segment`` do with an image in memory (its ``finish`` is the answer).
 
@@ -147,16 +151,16 @@ def segment_image(
     masks = recent.get(key)
     if masks is None or len(masks) != len(image.frames):
         keeping = Keeping(encoder)
-        work = segment_frames(image, keeping, predictor, options, progress=progress)
+        tally = segment_frames(image, keeping, predictor, options, progress=progress)
         recent.put(key, keeping.masks)
-        return encoder, work
+        return encoder, tally
     start, none = perf_counter(), np.empty((0, image.height, image.width), np.float32)
     for index, mask in enumerate(masks):
         encoder.add(index, Prediction(none, mask, 0))
-    return encoder, Work(frames=len(masks), encode=perf_counter() - start)
+    return encoder, Tally(frames=len(masks), encode=perf_counter() - start)
 
 
-def run_job(
+def segment_request(
     sources: list[IO[bytes]],
     output: str,
     options: Options,
@@ -180,22 +184,22 @@ def run_job(
         image, digest = decode_all(sources, service, options.tta)
     except ImageTooLargeError as exc:
         raise ImageTooLargeError(f"{exc}; {LARGE_WORK}") from None
-    model = Model(service.model.card, service.model.engine.sha256)
+    model = Provenance.of(service.model)
     decoded = perf_counter()
     key = f"{digest} {model.sha256} {options.threshold!r} {options.tta}"
-    encoder, work = segment_image(
+    encoder, tally = segment_image(
         image, output, service.outputs, model, options, service.predictor, check,
         recall=(service.recent, key) if digest else None,
     )  # fmt: skip
     encoding = perf_counter()
     body = encoder.finish()
     outcome = Outcome(
-        body, encoder.media_type, image.format, image.width, image.height, work.frames, work.tiles
+        body, encoder.media_type, image.format, image.width, image.height, tally.frames, tally.tiles
     )
     outcome.headers = dict(encoder.headers)
     outcome.seconds = {
         "decode": decoded - start,
-        "inference": work.inference,
-        "encode": work.encode + perf_counter() - encoding,
+        "inference": tally.inference,
+        "encode": tally.encode + perf_counter() - encoding,
     }
     return outcome

@@ -20,13 +20,9 @@ from fastapi.testclient import TestClient
 from app.inference import Engine
 from app.main import create_app
 from app.settings import Settings
-from bench.nets import UNetSpec, default_card, save_model
+from tests.nets import BINARY, RGB, SOFTMAX3, UNetSpec, default_card, save_model
 
 REPO = Path(__file__).resolve().parents[2]
-# depth 2, base 2: halo 20, sizes 4k, at least 44 px; a few ms per small image.
-BINARY = UNetSpec(depth=2, base=2)
-SOFTMAX3 = UNetSpec(depth=2, base=2, out_channels=3)
-RGB = UNetSpec(depth=2, base=2, in_channels=3)
 API_KEY = "test-key-1"
 STARTUP_TIMEOUT_S = 60
 

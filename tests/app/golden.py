@@ -5,7 +5,7 @@ since (tests/app/test_golden.py). To record again, on purpose, and say so:
 
     .venv/bin/python -m tests.app.golden        # writes tests/app/golden/
 
-Models are made by bench.nets from fixed seeds; inputs from fixed seeds. DICOM SEG
+Models are made by tests.nets from fixed seeds; inputs from fixed seeds. DICOM SEG
 answers are compared without the attributes that are fresh in every SEG (UIDs,
 content date and time), which are not the service's to fix (see issue 18).
 """
@@ -28,14 +28,14 @@ from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 
 from app.main import create_app
-from bench.nets import UNetSpec, default_card, save_model
 from tests.app.conftest import settings
 from tests.app.samples import dicom_without_pixels, encode, jpeg, noise, png, png_bomb, tiff
+from tests.nets import BINARY, SOFTMAX3, default_card, save_model
 
 FOLDER = Path(__file__).with_name("golden")
 MODELS = {
-    "binary": UNetSpec(depth=2, base=2),
-    "softmax3": UNetSpec(depth=2, base=2, out_channels=3),
+    "binary": BINARY,
+    "softmax3": SOFTMAX3,
 }
 # What is new in every SEG: UIDs made by highdicom's or pydicom's generate_uid (their
 # roots), and the moment it was made.

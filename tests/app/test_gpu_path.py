@@ -26,9 +26,9 @@ from app.inference.providers import (
 )
 from app.main import StartupError, create_app, provider_options
 from app.settings import Settings
-from bench.nets import UNetSpec, default_card, save_model
 from tests.app.conftest import settings as app_settings
 from tests.app.samples import png
+from tests.nets import UNetSpec, default_card, save_model
 
 
 def test_cuda_options() -> None:

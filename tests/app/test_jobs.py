@@ -29,7 +29,6 @@ from app.jobs.inputs import check_source
 from app.jobs.runner import TileCounter
 from app.jobs.store import Submission
 from app.main import create_app
-from bench.nets import UNetSpec, default_card, save_model
 from tests.app.conftest import settings
 from tests.app.jobs_helpers import leftovers, wait, zipped_labels
 from tests.app.samples import (
@@ -41,8 +40,8 @@ from tests.app.samples import (
     truncated,
     write_ome_zarr,
 )
+from tests.nets import PAPER, default_card, save_model
 
-PAPER = UNetSpec(depth=4, base=2)  # the paper's geometry: tiles like the real network's
 TILE = 380
 JSON = {"Content-Type": "application/json"}
 

@@ -22,14 +22,13 @@ import app.pipeline.batch
 from app import cli
 from app.codecs.errors import CorruptImageError
 from app.codecs.masks import to_uint16
-from app.codecs.outputs import LARGE_OUTPUTS, Model, Options
+from app.codecs.outputs import LARGE_OUTPUTS, Options, Provenance
 from app.codecs.slides import open_slide
 from app.inference import Predictor, load_model
 from app.inference.blocks import block_grid
 from app.inference.objects import class_probability
 from app.inference.predictor import FLIPS
 from app.pipeline.large import segment_large
-from bench.nets import UNetSpec, default_card, save_model
 from tests.app.samples import (
     gradient_rgb,
     noise,
@@ -40,9 +39,8 @@ from tests.app.samples import (
     write_ome_zarr,
     write_svs,
 )
+from tests.nets import PAPER, default_card, save_model
 
-# The paper's geometry (depth 4: halo 92, sizes 16k + 12), 2 channels: tiles like the real net's.
-PAPER = UNetSpec(depth=4, base=2)
 TILE = 380  # 16 x 27 tiles over 3000 x 5000
 
 
@@ -87,7 +85,7 @@ def test_streamed_equals_in_memory_for_any_block_size(
     with open_slide(reference.tif) as slide:
         result = segment_large(
             slide, path, LARGE_OUTPUTS["ome-zarr"], predictor,
-            Model(loaded.card, loaded.engine.sha256), options,
+            Provenance(loaded.card, loaded.engine.sha256), options,
             probability=True, block_size=block_size,
         )  # fmt: skip
     labels, probability = read_store(path)
@@ -112,7 +110,7 @@ def test_tta_streamed_equals_tta_in_memory(
     path = tmp_path / "tta.ome.zarr"
     result = segment_large(
         image[:, :, None], path, LARGE_OUTPUTS["ome-zarr"], predictor,
-        Model(loaded.card, loaded.engine.sha256), options, probability=True,
+        Provenance(loaded.card, loaded.engine.sha256), options, probability=True,
         block_size=block_size,
     )  # fmt: skip
     labels, probability = read_store(path)
@@ -339,7 +337,7 @@ def test_rgb_slides_and_16_bit_images_stream_exactly(
     with open_slide(source) as slide:
         segment_large(
             slide, path, LARGE_OUTPUTS["ome-zarr"], predictor,
-            Model(loaded.card, loaded.engine.sha256), Options(threshold=threshold),
+            Provenance(loaded.card, loaded.engine.sha256), Options(threshold=threshold),
             block_size=300,
         )  # fmt: skip
     labels, _ = read_store(path)

@@ -16,15 +16,15 @@ from scipy import sparse
 
 from app import cli
 from app.codecs.images import DecodedImage
-from app.codecs.outputs import LARGE_OUTPUTS, Model, Options, default_outputs
+from app.codecs.outputs import LARGE_OUTPUTS, Options, Provenance, default_outputs
 from app.codecs.outputs._objects import objects_of
 from app.inference import Predictor, load_model
 from app.inference.objects import Objects
-from app.pipeline.batch import Setup
+from app.pipeline.context import Setup
 from app.pipeline.large import segment_large
 from app.pipeline.objects import local_map
-from bench.nets import UNetSpec, default_card, save_model
 from tests.app.samples import smooth_noise, write_ome_tiff
+from tests.nets import UNetSpec, default_card, save_model
 
 SPEC = UNetSpec(depth=2, base=2)  # halo 20: fast
 IMAGE = smooth_noise(1200, 1700, seed=3)
@@ -34,7 +34,7 @@ IMAGE = smooth_noise(1200, 1700, seed=3)
 class Case:
     model: Path
     predictor: Predictor
-    info: Model
+    info: Provenance
     options: Options
     reference: Objects
 
@@ -52,7 +52,7 @@ def case(folder: Path, method: str) -> Case:
     loaded = load_model(model)
     predictor = Predictor(loaded.engine.run, loaded.card)
     options = Options(threshold=float(np.median(probs[0])))
-    info = Model(loaded.card, loaded.engine.sha256)
+    info = Provenance.of(loaded)
     prediction = predictor.predict(IMAGE, threshold=options.threshold)
     return Case(model, predictor, info, options, objects_of(prediction, info, options))
 

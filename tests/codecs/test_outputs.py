@@ -11,11 +11,11 @@ from PIL import Image
 
 from app.codecs.errors import FrameCountError, OptionError, UnsupportedOutputError
 from app.codecs.images import DecodedImage
-from app.codecs.outputs import Model, Options, Output, Outputs, default_outputs
+from app.codecs.outputs import Options, Output, Outputs, Provenance, default_outputs
 from app.codecs.outputs.geojson import collection
 from app.inference import Prediction, load_model
 from app.inference.objects import class_probability
-from bench.nets import UNetSpec, default_card, save_model
+from tests.nets import UNetSpec, default_card, save_model
 
 PROBS = np.random.default_rng(0).random((3, 4, 5), dtype=np.float32)
 
@@ -25,12 +25,12 @@ def image(frames: int = 1, fmt: str = "png") -> DecodedImage:
 
 
 @pytest.fixture(scope="module")
-def softmax(tmp_path_factory: pytest.TempPathFactory) -> Model:
+def softmax(tmp_path_factory: pytest.TempPathFactory) -> Provenance:
     spec = UNetSpec(depth=2, base=2, out_channels=3)
     path = tmp_path_factory.mktemp("outputs") / "softmax3.onnx"
     save_model(path, spec, seed=3, card=default_card(spec, name="softmax3"))
     loaded = load_model(path, "cpu", threads=1)
-    return Model(loaded.card, loaded.engine.sha256)
+    return Provenance.of(loaded)
 
 
 def test_the_installations_formats_in_order() -> None:
@@ -45,21 +45,23 @@ def test_class_probability_is_the_class_channel() -> None:
 
 
 @pytest.mark.parametrize("class_index", [0, 3, 7])
-def test_probability_checks_class_once_naming_the_classes(softmax: Model, class_index: int) -> None:
+def test_probability_checks_class_once_naming_the_classes(
+    softmax: Provenance, class_index: int
+) -> None:
     with pytest.raises(
         OptionError, match=rf"1\.\.2 \(1 = class_1, 2 = class_2\), got {class_index}"
     ):
         default_outputs().encoder("probability", image(), softmax, Options(class_index=class_index))
 
 
-def test_probability_answers_the_chosen_class(softmax: Model) -> None:
+def test_probability_answers_the_chosen_class(softmax: Provenance) -> None:
     encoder = default_outputs().encoder("probability", image(), softmax, Options(class_index=1))
     encoder.add(0, Prediction(PROBS, PROBS.argmax(axis=0).astype(np.uint8), 1))
     decoded = np.asarray(Image.open(io.BytesIO(encoder.finish())))
     np.testing.assert_array_equal(decoded, np.round(PROBS[1] * 65535).astype(np.uint16))
 
 
-def test_refusals_name_the_formats_from_the_registry(softmax: Model) -> None:
+def test_refusals_name_the_formats_from_the_registry(softmax: Provenance) -> None:
     outputs = default_outputs()
     with pytest.raises(
         UnsupportedOutputError, match=r"use format=png, rle, .*, objects or geojson$"
@@ -82,7 +84,7 @@ class Shape:
     media_type = "text/plain"
     headers: dict[str, str] = {}  # noqa: RUF012 -- read only
 
-    def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
+    def __init__(self, image: DecodedImage, model: Provenance, options: Options) -> None:
         self.text = ""
 
     def add(self, index: int, prediction: Prediction) -> None:
@@ -95,7 +97,7 @@ class Shape:
 TOY = Output("shape", "text/plain", "the mask's shape", Shape, multi_frame=True)
 
 
-def test_a_new_format_takes_part_in_every_message(softmax: Model) -> None:
+def test_a_new_format_takes_part_in_every_message(softmax: Provenance) -> None:
     outputs = Outputs([*default_outputs(), TOY])
     assert outputs.names()[-1] == "shape"
     with pytest.raises(FrameCountError, match=r"use format=rle, objects, geojson or shape$"):

@@ -35,7 +35,7 @@ import pytest
 from conftest import ROOT, Stage, graceful_timeout
 from PIL import Image
 
-from bench.nets import UNetSpec
+from tests.nets import UNetSpec
 
 NOBODY = 65534
 STARTUP_S = 120  # model load + warm-up on a busy CI machine
@@ -60,10 +60,10 @@ def free_port() -> int:
 
 
 def make_model(out: Path, spec: UNetSpec) -> None:
-    """Written by bench.nets' command line, as the Dockerfile's `model` stage does."""
+    """Written by deploy.demo_model's command line, as the Dockerfile's `model` stage does."""
     shape = ["--depth", str(spec.depth), "--base", str(spec.base), "--padding", spec.padding]
     subprocess.run(
-        [sys.executable, "-m", "bench.nets", "--out", str(out), *shape],
+        [sys.executable, "-m", "deploy.demo_model", "--out", str(out), *shape],
         cwd=ROOT,
         check=True,
         capture_output=True,

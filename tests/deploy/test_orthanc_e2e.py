@@ -32,12 +32,11 @@ from pacs import (
     samples,
 )
 
-from bench.nets import UNetSpec, default_card, save_model
 from tests.app.conftest import Server, free_port, start_server, stop_server
 from tests.gateway.peers import COMPREHENSIVE_3D_SR, SEGMENTATION, Pacs
+from tests.nets import BINARY, default_card, save_model
 
 pytestmark = pytest.mark.slow
-BINARY = UNetSpec(depth=2, base=2)
 ENV = {"UNET_THREADS": "1", "UNET_LOG_FORMAT": "json"}
 REST_LIMIT_S = 5.0  # Orthanc must keep answering uploads; the deadlock made them hang forever
 # The tests of the PACS issue run the per-instance mode (one SEG per instance); the default,

@@ -26,7 +26,6 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from bench.nets import UNetSpec, default_card, save_model
 from tests.app.conftest import REPO, Server, free_port, start_server, stop_server
 from tests.deploy.pacs import Orthanc, ct_series, require
 from tests.gateway import peers
@@ -44,10 +43,10 @@ from tests.gateway.peers import (
     until,
     wait_listening,
 )
+from tests.nets import BINARY, default_card, save_model
 
 pytestmark = pytest.mark.slow
 
-BINARY = UNetSpec(depth=2, base=2)
 HINT = "make system-deps (Debian: dcmtk, dicom3tools, orthanc, orthanc-dicomweb)"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 STABLE_S = 2.0  # a series is complete this long after its last instance

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from bench.nets import UNetSpec, build_onnx, default_card, random_weights, save_model
+from tests.nets import SOFTMAX3, UNetSpec, build_onnx, default_card, random_weights, save_model
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -44,7 +44,6 @@ def _model(model_dir: Path, name: str, spec: UNetSpec, **card_extra: object) -> 
 VALID = UNetSpec(depth=4, base=2, padding="valid")
 VALID_RGB = UNetSpec(depth=4, base=2, in_channels=3, padding="valid")
 SAME = UNetSpec(depth=4, base=2, padding="same")
-SOFTMAX3 = UNetSpec(depth=2, base=2, out_channels=3, padding="valid")
 SOFTMAX2 = UNetSpec(depth=2, base=2, out_channels=2, padding="same")
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from app.inference import ModelCardError, ModelLoadError, load_model
 from app.inference.card import parse_card
-from bench.nets import default_card
-from tests.inference.conftest import SOFTMAX3, VALID
+from tests.inference.conftest import VALID
+from tests.nets import SOFTMAX3, default_card
 
 
 def test_embedded_card_loads(valid_model: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -85,7 +85,7 @@ def test_without_card_or_sidecar_the_geometry_is_inferred(
 
 
 def test_inferred_softmax_same_model(tmp_path: Path) -> None:
-    from bench.nets import UNetSpec, build_onnx, random_weights
+    from tests.nets import UNetSpec, build_onnx, random_weights
 
     spec = UNetSpec(depth=3, base=2, out_channels=3, padding="same")
     path = tmp_path / "same3.onnx"

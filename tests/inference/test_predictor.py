@@ -104,8 +104,8 @@ def test_per_channel_normalisation(valid_rgb_model: Path, tmp_path: Path) -> Non
 
     import onnx
 
-    from bench.nets import default_card
     from tests.inference.conftest import VALID_RGB
+    from tests.nets import default_card
 
     scale, offset = [0.01, 0.02, 0.03], [-1.0, 0.0, 1.0]
     card = default_card(VALID_RGB, normalization={"scale": scale, "offset": offset})

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.inference.geometry import Geometry, unet_geometry
-from app.inference.plan import DEFAULT_CONTEXT, plan_axis, plan_tiles
+from app.inference.plan import DEFAULT_MARGIN, plan_axis, plan_tiles
 from app.inference.sinks import ArraySink
 from app.inference.tiler import predict_tiled, predict_whole, reflect_indices, run_tiles
 from tests.inference.conftest import ort_predict
@@ -26,10 +26,8 @@ def rand_image(h: int, w: int, c: int = 1, seed: int = 0) -> np.ndarray:
 # -- the plan -----------------------------------------------------------------------------
 
 
-def check_axis_plan(
-    length: int, g: Geometry, tile_size: int, context: int = DEFAULT_CONTEXT
-) -> None:
-    tiles = plan_axis(length, g, tile_size, context)
+def check_axis_plan(length: int, g: Geometry, tile_size: int, margin: int = DEFAULT_MARGIN) -> None:
+    tiles = plan_axis(length, g, tile_size, margin)
     assert tiles[0].keep_start == 0
     assert tiles[-1].keep_stop == length
     for a, b in itertools.pairwise(tiles):
@@ -52,8 +50,8 @@ def check_axis_plan(
         else:
             inner_lo = t.start > 0
             inner_hi = t.start + t.size < g.valid_size_at_least(length)
-            assert not inner_lo or t.keep_start - t.start >= context
-            assert not inner_hi or t.start + t.size - t.keep_stop >= context
+            assert not inner_lo or t.keep_start - t.start >= margin
+            assert not inner_hi or t.start + t.size - t.keep_stop >= margin
             assert t.start % g.size_multiple == 0
 
 
@@ -316,8 +314,8 @@ def test_the_papers_unaligned_stepping_would_not_be_exact(valid_predict) -> None
 
 
 @FIXED
-@pytest.mark.parametrize(("context", "within"), [(96, 1e-5), (48, None)])
-def test_same_padding_deviation(same_model, context: int, within: float | None, fixed) -> None:
+@pytest.mark.parametrize(("margin", "within"), [(96, 1e-5), (48, None)])
+def test_same_padding_deviation(same_model, margin: int, within: float | None, fixed) -> None:
     predict = ort_predict(same_model)
     image = rand_image(700, 900, seed=9)
     tiled = predict_tiled(
@@ -327,26 +325,26 @@ def test_same_padding_deviation(same_model, context: int, within: float | None, 
         channels=1,
         tile_size=320,
         batch_size=2,
-        context=context,
+        margin=margin,
         fixed_shape=fixed,
     )
     whole = predict_whole(image, predict, SAME16, channels=1)
     deviation = float(np.abs(sigmoid(tiled) - sigmoid(whole)).max())
     if within is not None:
-        # 96 px of context covers this net's receptive field once tiles sit on its
+        # 96 px of margin covers this net's receptive field once tiles sit on its
         # pooling grid: measured deviation 0 (float noise at most).
         assert deviation <= within
     else:
-        # Too little context: the tiles' zero padding shows at the seams.
+        # Too little margin: the tiles' zero padding shows at the seams.
         assert deviation > 1e-4
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 6])
 def test_unet_geometry_matches_real_networks(depth: int, padding: str) -> None:
-    """The formula against bench.nets' own copy and an actual ONNX network's output size."""
-    from bench.nets import UNetSpec, build_onnx, random_weights
+    """The formula against deploy.demo_model's own copy and an actual ONNX network's output size."""
     from tests.inference.conftest import ort_session_predict
+    from tests.nets import UNetSpec, build_onnx, random_weights
 
     g = unet_geometry(depth, padding)  # type: ignore[arg-type]
     spec = UNetSpec(depth=depth, base=1, padding=padding)  # type: ignore[arg-type]
@@ -374,7 +372,7 @@ def test_paper_geometry() -> None:
 @given(
     h=st.integers(1, 5000),
     w=st.integers(1, 5000),
-    tile=st.integers(208, 1200),  # same nets need 2 x 96 px of context and 16 between
+    tile=st.integers(208, 1200),  # same nets need 2 x 96 px of margin and 16 between
     padding=st.sampled_from(["valid", "same"]),
 )
 def test_the_fixed_plan_has_one_tile_shape_and_partitions_the_image(

@@ -21,12 +21,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from bench.nets import UNetSpec, default_card, save_model
 from tests.app.conftest import REPO, Server, free_port, start_server, stop_server
+from tests.nets import PAPER, default_card, save_model
 
-# The paper's geometry (depth 4: halo 92 px, inputs >= 188 px), 2 channels wide: cheap to
-# run, yet a thin strip costs what it costs with the real model.
-PAPER = UNetSpec(depth=4, base=2)
 BASE_ENV = {"UNET_THREADS": "1", "UNET_LOG_FORMAT": "json"}
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from app.inference import Predictor, load_model
 from app.inference.card import METADATA_KEY, parse_card
-from bench.nets import UNetSpec, default_card, save_model
+from tests.nets import UNetSpec, default_card, save_model
 from training import __main__ as cli
 from training.calibrate import SEED_TOLERANCE, calibrate, seed_with_margin
 from training.data import Sample

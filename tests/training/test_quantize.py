@@ -13,7 +13,7 @@ import onnx
 
 from app.inference import Predictor, load_model
 from app.inference.card import METADATA_KEY
-from bench.nets import UNetSpec, default_card, save_model
+from tests.nets import UNetSpec, default_card, save_model
 from training import __main__ as cli
 from training.data import load_samples
 

@@ -19,16 +19,16 @@ from app.codecs.outputs import (
     probability,
     rle,
 )
-from app.codecs.outputs.base import Encoder, LargeOutput, Model, Options, Output, Outputs
+from app.codecs.outputs.base import Encoder, LargeOutput, Options, Output, Outputs, Provenance
 
 __all__ = [
     "LARGE_OUTPUTS",
     "Encoder",
     "LargeOutput",
-    "Model",
     "Options",
     "Output",
     "Outputs",
+    "Provenance",
     "default_outputs",
     "every_format",
 ]

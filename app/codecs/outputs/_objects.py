@@ -5,13 +5,13 @@ from __future__ import annotations
 import colorsys
 from functools import cache
 
-from app.codecs.outputs.base import Model, Options
+from app.codecs.outputs.base import Options, Provenance
 from app.inference.card import Recipe
 from app.inference.objects import Objects, find_objects
 from app.inference.predictor import Prediction
 
 
-def recipe(model: Model, options: Options) -> Recipe:
+def recipe(model: Provenance, options: Options) -> Recipe:
     """The card's recipe, with the request's ``min_area`` when it gives one."""
     base = model.card.objects
     return (
@@ -19,7 +19,7 @@ def recipe(model: Model, options: Options) -> Recipe:
     )
 
 
-def objects_of(prediction: Prediction, model: Model, options: Options) -> Objects:
+def objects_of(prediction: Prediction, model: Provenance, options: Options) -> Objects:
     return find_objects(
         prediction.probabilities, prediction.mask, len(model.card.classes), recipe(model, options)
     )

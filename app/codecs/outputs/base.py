@@ -19,6 +19,7 @@ import orjson
 from app.codecs.errors import FrameCountError, OptionError, UnsupportedOutputError
 from app.codecs.images import DecodedImage
 from app.codecs.pyramid import LabelStore
+from app.inference import LoadedModel
 from app.inference.card import ModelCard
 from app.inference.predictor import Prediction
 
@@ -50,14 +51,19 @@ class Options:
 
 
 @dataclass(frozen=True)
-class Model:
-    """What an output may say about the model: its card and its file's SHA-256."""
+class Provenance:
+    """What an output may say about the model that made it: its card and its file's
+    SHA-256 (picklable: no engine, for a Dask task)."""
 
     card: ModelCard
     sha256: str
 
+    @classmethod
+    def of(cls, model: LoadedModel) -> Provenance:
+        return cls(model.card, model.engine.sha256)
 
-def json_header(image: DecodedImage, model: Model) -> dict[str, object]:
+
+def json_header(image: DecodedImage, model: Provenance) -> dict[str, object]:
     """What every JSON answer starts with: the input's size and the model."""
     card = model.card
     return {
@@ -84,7 +90,7 @@ class Encoder(Protocol):
         """The answer's body."""
 
 
-EncoderFactory = Callable[[DecodedImage, Model, Options], Encoder]
+EncoderFactory = Callable[[DecodedImage, Provenance, Options], Encoder]
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,9 @@ class Outputs:
         """The file extension of format ``name``'s answers (``png``, ``rle.json``, ...)."""
         return self._outputs[name].extension or name
 
-    def encoder(self, name: str, image: DecodedImage, model: Model, options: Options) -> Encoder:
+    def encoder(
+        self, name: str, image: DecodedImage, model: Provenance, options: Options
+    ) -> Encoder:
         """The encoder of format ``name`` for this input, or the 415/422 that says why not."""
         output = self._outputs[name]
         options.check(model.card)

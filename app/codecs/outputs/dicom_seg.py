@@ -8,7 +8,7 @@ import numpy as np
 
 from app.codecs.errors import UnsupportedOutputError
 from app.codecs.images import DecodedImage
-from app.codecs.outputs.base import Model, Options, Output
+from app.codecs.outputs.base import Options, Output, Provenance
 from app.inference.predictor import Prediction
 
 
@@ -18,7 +18,7 @@ class DicomSegEncoder:
     format = "dicom-seg"
     masks_only = True  # its answer is made of the masks alone: a recalled mask will do
 
-    def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
+    def __init__(self, image: DecodedImage, model: Provenance, options: Options) -> None:
         from pydicom.dataset import Dataset
 
         from app.codecs.dicom_seg import check_source

@@ -14,7 +14,7 @@ import numpy as np
 
 from app.codecs.images import DecodedImage
 from app.codecs.outputs._objects import objects_of, recipe
-from app.codecs.outputs.base import Model, Options, Output
+from app.codecs.outputs.base import Options, Output, Provenance
 from app.codecs.outputs.dicom_seg import DicomSegEncoder
 from app.inference.predictor import Prediction
 
@@ -22,7 +22,7 @@ from app.inference.predictor import Prediction
 class DicomSrEncoder(DicomSegEncoder):
     format = "dicom-sr"
 
-    def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
+    def __init__(self, image: DecodedImage, model: Provenance, options: Options) -> None:
         from app.codecs.dicom_geometry import geometry
 
         super().__init__(image, model, options)

@@ -13,7 +13,7 @@ from typing import Any
 
 from app.codecs.images import DecodedImage
 from app.codecs.outputs._objects import colour, objects_of
-from app.codecs.outputs.base import OUTLINES, LargeOutput, Model, Options, Output, json_bytes
+from app.codecs.outputs.base import OUTLINES, LargeOutput, Options, Output, Provenance, json_bytes
 from app.codecs.polygons import Ring, outlines
 from app.codecs.pyramid import LabelStore
 from app.inference.objects import mean_score
@@ -55,7 +55,7 @@ class GeoJsonEncoder:
     media_type = "application/geo+json"
     headers: dict[str, str] = {}  # noqa: RUF012 -- read only
 
-    def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
+    def __init__(self, image: DecodedImage, model: Provenance, options: Options) -> None:
         self.model, self.options = model, options
         self.multi = len(image.frames) > 1
         size = image.pixel_size_um

@@ -6,12 +6,12 @@ from __future__ import annotations
 from app.codecs.images import DecodedImage
 from app.codecs.masks import encode_instances
 from app.codecs.outputs._objects import objects_of
-from app.codecs.outputs.base import Model, Options, Output
+from app.codecs.outputs.base import Options, Output, Provenance
 from app.inference.predictor import Prediction
 
 
 class InstancesEncoder:
-    def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
+    def __init__(self, image: DecodedImage, model: Provenance, options: Options) -> None:
         self.model, self.options = model, options
         self.media_type, self.body = "image/png", b""
         self.headers: dict[str, str] = {}

@@ -14,7 +14,7 @@ import numpy as np
 from app.codecs.images import DecodedImage
 from app.codecs.masks import object_rles
 from app.codecs.outputs._objects import objects_of
-from app.codecs.outputs.base import Model, Options, Output, json_bytes, json_header
+from app.codecs.outputs.base import Options, Output, Provenance, json_bytes, json_header
 from app.inference.objects import measure
 from app.inference.predictor import Prediction
 from app.inference.runs import vertical_runs
@@ -22,7 +22,7 @@ from app.inference.runs import vertical_runs
 
 def object_rows(
     prediction: Prediction,
-    model: Model,
+    model: Provenance,
     options: Options,
     first_id: int,
     frame: int | None,
@@ -59,7 +59,7 @@ class ObjectsEncoder:
     media_type = "application/json"
     headers: dict[str, str] = {}  # noqa: RUF012 -- read only
 
-    def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
+    def __init__(self, image: DecodedImage, model: Provenance, options: Options) -> None:
         self.model, self.options = model, options
         self.multi = len(image.frames) > 1
         self.document = json_header(image, model)

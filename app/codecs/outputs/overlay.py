@@ -13,7 +13,7 @@ from PIL import Image
 from app.codecs.images import DecodedImage
 from app.codecs.masks import PNG_COMPRESS_LEVEL, palette
 from app.codecs.outputs._objects import colour, objects_of
-from app.codecs.outputs.base import Model, Options, Output
+from app.codecs.outputs.base import Options, Output, Provenance
 from app.inference.predictor import Prediction
 
 ALPHA = 0.45  # how much of a class colour covers the image
@@ -44,7 +44,7 @@ class OverlayEncoder:
     media_type = "image/png"
     headers: dict[str, str] = {}  # noqa: RUF012 -- read only
 
-    def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
+    def __init__(self, image: DecodedImage, model: Provenance, options: Options) -> None:
         self.image, self.model, self.options = image, model, options
         self.body = b""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.codecs.images import DecodedImage
 from app.codecs.masks import encode_label_png
-from app.codecs.outputs.base import Model, Options, Output
+from app.codecs.outputs.base import Options, Output, Provenance
 from app.inference.predictor import Prediction
 
 
@@ -12,7 +12,7 @@ class PngEncoder:
     headers: dict[str, str] = {}  # noqa: RUF012 -- read only
     media_type = "image/png"
 
-    def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
+    def __init__(self, image: DecodedImage, model: Provenance, options: Options) -> None:
         self.classes = len(model.card.classes)
         self.body = b""
 

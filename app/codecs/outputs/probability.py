@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.codecs.images import DecodedImage
 from app.codecs.masks import encode_probability_png
-from app.codecs.outputs.base import Model, Options, Output
+from app.codecs.outputs.base import Options, Output, Provenance
 from app.inference.objects import class_probability
 from app.inference.predictor import Prediction
 
@@ -13,7 +13,7 @@ class ProbabilityEncoder:
     headers: dict[str, str] = {}  # noqa: RUF012 -- read only
     media_type = "image/png"
 
-    def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
+    def __init__(self, image: DecodedImage, model: Provenance, options: Options) -> None:
         self.card, self.class_index = model.card, options.class_index
         self.body = b""
 

@@ -7,7 +7,7 @@ import json
 
 from app.codecs.images import DecodedImage
 from app.codecs.masks import encode_rle
-from app.codecs.outputs.base import Model, Options, Output, json_header
+from app.codecs.outputs.base import Options, Output, Provenance, json_header
 from app.inference.predictor import Prediction
 
 
@@ -15,7 +15,7 @@ class RleEncoder:
     headers: dict[str, str] = {}  # noqa: RUF012 -- read only
     media_type = "application/json"
 
-    def __init__(self, image: DecodedImage, model: Model, options: Options) -> None:
+    def __init__(self, image: DecodedImage, model: Provenance, options: Options) -> None:
         self.multi = len(image.frames) > 1
         # A DICOM series sent together: each segment names its instance instead of a frame.
         datasets = getattr(image.source, "datasets", None)

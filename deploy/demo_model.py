@@ -1,18 +1,19 @@
-"""U-Nets written straight into ONNX from numpy weights: tests, benchmarks, demos.
+"""The random-weight demo U-Net, written straight into ONNX from numpy weights, with its card.
 
-No torch needed. The same weights run in torch through :func:`torch_forward`
-(for MONAI's sliding window in the benchmark). The graph is the paper's: per
-level two 3x3 convolutions + ReLU, 2x2 max-pool, 2x2 transposed convolution
-up, concatenation with the centre-cropped skip, 1x1 convolution to K logits.
+The image's ``model`` stage runs it when no trained model is in the build
+context, so it imports numpy and onnx alone (no torch, no onnxruntime). The
+tests' tiny networks (``tests/nets.py``) and the benchmarks' are built by the
+same code. The graph is the paper's: per level two 3x3 convolutions + ReLU,
+2x2 max-pool, 2x2 transposed convolution up, concatenation with the
+centre-cropped skip, 1x1 convolution to K logits.
 
-    python -m bench.nets --out build/demo.onnx --base 16   # a random-weight demo model
+    python -m deploy.demo_model --out model/unet.onnx --base 16
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,7 +43,7 @@ class UNetSpec:
 
     @property
     def size_multiple(self) -> int:
-        return 2**self.depth
+        return int(2**self.depth)  # mypy: int ** int is Any (a negative power is a float)
 
     @property
     def size_offset(self) -> int:
@@ -59,7 +60,7 @@ class UNetSpec:
         return [self.base * 2**i for i in range(self.depth + 1)]
 
 
-def _conv_names(spec: UNetSpec) -> list[tuple[str, int, int, int]]:
+def conv_layers(spec: UNetSpec) -> list[tuple[str, int, int, int]]:
     """(name, in, out, kernel) of every convolution, in graph order."""
     w = spec.widths()
     convs = []
@@ -77,7 +78,7 @@ def random_weights(spec: UNetSpec, seed: int = 0) -> Weights:
     """He-normal weights (as the paper), small random biases."""
     rng = np.random.default_rng(seed)
     weights: Weights = {}
-    for name, cin, cout, k in _conv_names(spec):
+    for name, cin, cout, k in conv_layers(spec):
         std = np.sqrt(2.0 / (cin * k * k))
         weights[f"{name}.weight"] = (rng.standard_normal((cout, cin, k, k)) * std).astype(
             np.float32
@@ -209,66 +210,6 @@ def build_onnx(
     return model
 
 
-def conv_flops(spec: UNetSpec, height: int, width: int) -> int:
-    """Floating-point operations (2 per multiply-add) of one H x W input, convolutions only."""
-    pad = 1 if spec.padding == "same" else 0
-    crops = skip_crops(spec)
-    total = 0
-    h, w = height, width
-    sizes = []
-    convs = iter(_conv_names(spec))
-
-    def conv(h: int, w: int, k: int = 3) -> tuple[int, int]:
-        nonlocal total
-        _, cin, cout, _ = next(convs)
-        h, w = h - k + 1 + 2 * pad * (k == 3), w - k + 1 + 2 * pad * (k == 3)
-        total += 2 * cin * cout * k * k * h * w
-        return h, w
-
-    for i in range(spec.depth + 1):
-        h, w = conv(*conv(h, w))
-        if i < spec.depth:
-            sizes.append((h, w))
-            h, w = h // 2, w // 2
-    widths = spec.widths()
-    for i in reversed(range(spec.depth)):
-        total += 2 * widths[i + 1] * widths[i] * 4 * h * w  # each input pixel -> 2x2 outputs
-        h, w = 2 * h, 2 * w
-        assert (h, w) == (sizes[i][0] - 2 * crops[i], sizes[i][1] - 2 * crops[i])
-        h, w = conv(*conv(h, w))
-    conv(h, w, k=1)
-    return total
-
-
-def torch_forward(spec: UNetSpec, weights: Weights) -> Callable[[Any], Any]:
-    """The same network in torch (functional), for MONAI's sliding window."""
-    import torch
-    import torch.nn.functional as F
-
-    tw = {k: torch.from_numpy(v) for k, v in weights.items() if k.endswith(("weight", "bias"))}
-    pad = 1 if spec.padding == "same" else 0
-    crops = skip_crops(spec)
-
-    def conv(x: torch.Tensor, name: str) -> torch.Tensor:
-        return F.relu(F.conv2d(x, tw[f"{name}.weight"], tw[f"{name}.bias"], padding=pad))
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for i in range(spec.depth + 1):
-            x = conv(conv(x, f"enc{i}.conv1"), f"enc{i}.conv2")
-            if i < spec.depth:
-                skips.append(x)
-                x = F.max_pool2d(x, 2)
-        for i in reversed(range(spec.depth)):
-            x = F.conv_transpose2d(x, tw[f"up{i}.weight"], tw[f"up{i}.bias"], stride=2)
-            c = crops[i]
-            skip = skips[i][:, :, c : skips[i].shape[2] - c, c : skips[i].shape[3] - c]
-            x = conv(conv(torch.cat([skip, x], 1), f"dec{i}.conv1"), f"dec{i}.conv2")
-        return F.conv2d(x, tw["head.weight"], tw["head.bias"])
-
-    return forward
-
-
 def save_model(
     path: Path, spec: UNetSpec, seed: int = 0, card: dict[str, Any] | None = None
 ) -> Path:
@@ -281,7 +222,7 @@ def save_model(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Write the random-weight demo U-Net.")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--base", type=int, default=16)
