@@ -91,7 +91,7 @@ class RecentMasks:
     after that drops it, whatever its format); the key is a digest of
     the input's bytes, the model's and the options that change a mask (threshold, TTA).
     The masks are those the same inference gives (it is deterministic), so an answer made
-    from them is the answer made without them, byte for byte (tests/app/test_dicom_sr.py).
+    from them is the answer made without them, byte for byte (tests/api/test_dicom_sr.py).
     """
 
     MAX_BYTES = 128 << 20

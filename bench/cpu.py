@@ -39,7 +39,7 @@ from bench.int8 import mosaic
 from bench.large import ISBI, REPO, content
 from bench.report import report
 from bench.service import interleaved_medians
-from tests.app.conftest import start_server, stop_server
+from tests.conftest import start_server, stop_server
 
 ENGINES = {  # name: (model file, providers, precision)
     "onnxruntime fp32": ("unet.onnx", "cpu", "fp32"),

@@ -38,7 +38,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from app.gateway.receiver import TRANSFER_SYNTAXES
 from bench.report import report
-from tests.app.conftest import free_port, start_server, stop_server
+from tests.conftest import free_port, start_server, stop_server
 from tests.deploy.pacs import ct_series
 from tests.gateway.peers import TOOLS, Pacs, Process, gateway, sent, storescu, until, wait_listening
 

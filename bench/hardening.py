@@ -32,7 +32,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from tests.app.conftest import Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server
 from tests.reliability.conftest import (
     read_reply,
     stalled_upload,

@@ -30,7 +30,7 @@ import httpx
 import pydicom
 
 from bench.report import report
-from tests.app.conftest import Server, free_port, start_server, stop_server
+from tests.conftest import Server, free_port, start_server, stop_server
 from tests.deploy.pacs import Orthanc, ct_series, missing_tools
 
 REPO = Path(__file__).resolve().parents[1]

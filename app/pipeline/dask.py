@@ -5,7 +5,7 @@ predicts its block and writes it straight into the output store, whose chunks
 are the blocks: one writer per chunk, nothing sent back but a tile count. The
 small images of a batch become one task each and come back as the bytes the
 in-process pipeline would write. Either way the result is identical to a run
-without Dask (tests/app/test_large.py proves it on a LocalCluster).
+without Dask (tests/pipeline/test_large.py proves it on a LocalCluster).
 
 Each worker process loads the model once per batch setup (``Setup``, which names the
 model file; its SHA-256 is checked against the client's) and reuses it for every task;

@@ -9,7 +9,7 @@ OME-NGFF metadata; then the output format turns the store into its file.
 
 Memory: one block's input, its tiles' batch and its K x h x w probabilities
 (about 2.3k x 2.3k px), whatever the image's size. The result equals, bit for
-bit, ``Predictor.predict`` of the whole image in memory (tests/app/test_large.py).
+bit, ``Predictor.predict`` of the whole image in memory (tests/pipeline/test_large.py).
 Blocks run here one after another, or as tasks on a Dask cluster
 (app/pipeline/dask.py) through ``Blocks``.
 """

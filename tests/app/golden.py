@@ -28,9 +28,9 @@ from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 
 from app.main import create_app
-from tests.app.conftest import settings
-from tests.app.samples import dicom_without_pixels, encode, jpeg, noise, png, png_bomb, tiff
+from tests.conftest import settings
 from tests.nets import BINARY, SOFTMAX3, default_card, save_model
+from tests.samples import dicom_without_pixels, encode, jpeg, noise, png, png_bomb, tiff
 
 FOLDER = Path(__file__).with_name("golden")
 MODELS = {

@@ -20,7 +20,7 @@ from app import cli
 from app.codecs.outputs import default_outputs
 from app.pipeline.batch import Small
 from app.pipeline.files import write_atomically
-from tests.app.samples import noise, png, tiff, truncated
+from tests.samples import noise, png, tiff, truncated
 
 IMAGES = {
     "a.png": png(noise(60, 70, seed=1)),

@@ -26,9 +26,9 @@ from app.inference.providers import (
 )
 from app.main import StartupError, create_app, provider_options
 from app.settings import Settings
-from tests.app.conftest import settings as app_settings
-from tests.app.samples import png
+from tests.conftest import settings as app_settings
 from tests.nets import UNetSpec, default_card, save_model
+from tests.samples import png
 
 
 def test_cuda_options() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from tests.app.conftest import REPO, free_port
+from tests.conftest import REPO, free_port
 
 TIMEOUT_S = 90
 

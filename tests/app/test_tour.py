@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app.conftest import REPO, Server, start_server, stop_server
-from tests.app.samples import cells
+from tests.conftest import REPO, Server, start_server, stop_server
+from tests.samples import cells
 
 # The section's one ```bash block: the commands, one a line.
 TOUR = re.compile(r"^## A five-command tour\n.*?^```bash\n(.*?)^```", re.S | re.M)

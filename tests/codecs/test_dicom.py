@@ -461,7 +461,7 @@ def test_seg_of_a_multiframe_with_plane_positions_covers_every_frame() -> None:
 
 
 def test_a_multiframe_seg_validates_in_dciodvfy(tmp_path: Path) -> None:
-    from tests.app.test_dicom_series import dciodvfy_errors
+    from tests.api.test_dicom_series import dciodvfy_errors
 
     decoded = decode_dicom(to_bytes(_enhanced_ct(3)), BIG)
     masks = [synthetic_mask(128, 128, 2, seed) for seed in range(3)]

@@ -18,7 +18,7 @@ from app.codecs.errors import (
     UnsupportedFormatError,
 )
 from app.codecs.images import DecodedImage, Format, decode
-from tests.app.samples import (
+from tests.samples import (
     bad_corpus,
     encode,
     jpeg,

@@ -16,7 +16,7 @@ from app.codecs.errors import CorruptImageError, NotAnImageError, UnsupportedFor
 from app.codecs.slides import _open_openslide, is_slide, open_slide
 from app.inference.plan import AxisTile
 from app.inference.tiler import extract_tile
-from tests.app.samples import (
+from tests.samples import (
     gradient_rgb,
     noise,
     write_ome_tiff,

@@ -27,7 +27,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from tests.app.conftest import free_port
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FORWARDER = ROOT / "deploy" / "orthanc" / "unet_forwarder.py"

@@ -32,7 +32,7 @@ from pacs import (
     samples,
 )
 
-from tests.app.conftest import Server, free_port, start_server, stop_server
+from tests.conftest import Server, free_port, start_server, stop_server
 from tests.gateway.peers import COMPREHENSIVE_3D_SR, SEGMENTATION, Pacs
 from tests.nets import BINARY, default_card, save_model
 

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import pytest
 
-from tests.app.conftest import free_port
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SEG = b"\x00" * 128 + b"DICM" + b"fake SEG 1.2.840.10008.5.1.4.1.1.66.4"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pydicom
 
-from tests.app.conftest import REPO
+from tests.conftest import REPO
 
 TOOLS = {name: shutil.which(name) for name in ("storescu", "storescp", "echoscu", "dciodvfy")}
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"

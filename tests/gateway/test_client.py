@@ -17,8 +17,8 @@ from app.codecs.dicom_seg import encode_seg
 from app.codecs.dicom_sr import encode_sr
 from app.gateway import client
 from app.gateway.settings import GatewaySettings, parse_destination
-from tests.app.conftest import free_port
-from tests.app.test_dicom_series import ct_series
+from tests.api.test_dicom_series import ct_series
+from tests.conftest import free_port
 
 
 @pytest.fixture

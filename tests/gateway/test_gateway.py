@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from tests.app.conftest import REPO, Server, free_port, start_server, stop_server
+from tests.conftest import REPO, Server, free_port, start_server, stop_server
 from tests.deploy.pacs import Orthanc, ct_series, require
 from tests.gateway import peers
 from tests.gateway.peers import (

@@ -21,7 +21,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tests.app.conftest import REPO, Server, free_port, start_server, stop_server
+from tests.conftest import REPO, Server, free_port, start_server, stop_server
 from tests.nets import PAPER, default_card, save_model
 
 BASE_ENV = {"UNET_THREADS": "1", "UNET_LOG_FORMAT": "json"}

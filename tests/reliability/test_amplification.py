@@ -21,10 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from app.service import Service
-from tests.app.conftest import Server
-from tests.app.conftest import settings as app_settings
-from tests.app.samples import png, tiff
+from tests.conftest import Server
+from tests.conftest import settings as app_settings
 from tests.reliability.conftest import strip_png, tiny_pages
+from tests.samples import png, tiff
 
 
 def tiles_run(server: Server) -> float:

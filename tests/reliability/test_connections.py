@@ -23,8 +23,8 @@ import psutil
 import pytest
 from conftest import Process, read_reply, stalled_upload, start_command
 
-from tests.app.conftest import Server
-from tests.app.samples import noise, png
+from tests.conftest import Server
+from tests.samples import noise, png
 
 SMALL = png(noise(64, 64))
 SERVE = [sys.executable, "deploy/serve.py", "app.main:app", "--http", "h11"]

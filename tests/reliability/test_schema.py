@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.conftest import Server
+from tests.conftest import Server
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 

@@ -19,9 +19,9 @@ import tifffile
 import zarr
 
 from app import cli
-from tests.app.conftest import API_KEY, Server, start_server, stop_server
-from tests.app.jobs_helpers import leftovers, wait, zipped_labels
-from tests.app.samples import noise, png, smooth_noise
+from tests.conftest import API_KEY, Server, start_server, stop_server
+from tests.jobs.helpers import leftovers, wait, zipped_labels
+from tests.samples import noise, png, smooth_noise
 
 SIDE = 20000
 

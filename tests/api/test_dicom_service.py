@@ -16,7 +16,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from tests.app.conftest import API_KEY, SERVER_ENV, start_server, stop_server
+from tests.conftest import API_KEY, SERVER_ENV, start_server, stop_server
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 SENTINELS = ("PHI^SENTINEL", "SENTINEL", "ID-SENTINEL-123", "19010203", "Sentinel Hospital")
@@ -52,7 +52,7 @@ def with_phi(name: str) -> pydicom.Dataset:
 @pytest.fixture(scope="module")
 def seg_client(softmax_model: Path) -> Iterator[TestClient]:
     from app.main import create_app
-    from tests.app.conftest import settings
+    from tests.conftest import settings
 
     with TestClient(create_app(settings(softmax_model))) as client:
         yield client

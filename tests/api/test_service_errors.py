@@ -13,9 +13,9 @@ from app.api.admission import Admission
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
 from app.main import create_app
 from app.service import Service
-from tests.app.conftest import default_engine, settings
-from tests.app.samples import bad_corpus, noise, png
+from tests.conftest import default_engine, settings
 from tests.nets import BINARY, build_onnx, random_weights
+from tests.samples import bad_corpus, noise, png
 
 IMAGE_PNG = png(noise(60, 90))
 

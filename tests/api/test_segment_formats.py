@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from app.inference import Prediction, Predictor, load_model
-from tests.app.samples import encode, jpeg, noise, png, tiff
+from tests.samples import encode, jpeg, noise, png, tiff
 
 # pycocotools 2.0.11's decode (only the tests decode) trips numpy 2's __array__ copy
 # deprecation inside its Cython code; the encoder the service uses does not.

@@ -18,8 +18,8 @@ from PIL import Image
 from app.api.auth import key_matches
 from app.inference.engine import Engine
 from app.main import create_app
-from tests.app.conftest import API_KEY, Server, settings
-from tests.app.samples import noise, png
+from tests.conftest import API_KEY, Server, settings
+from tests.samples import noise, png
 
 
 def test_no_redirects_a_trailing_slash_is_404(client: TestClient) -> None:

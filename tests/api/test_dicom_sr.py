@@ -20,8 +20,8 @@ from app.codecs.dicom_sr import component_counts, measurements
 from app.codecs.errors import DicomSegError
 from app.main import create_app
 from app.service import RecentMasks
-from tests.app.conftest import settings
-from tests.app.test_dicom_series import ct_series, dciodvfy_errors, files
+from tests.api.test_dicom_series import ct_series, dciodvfy_errors, files
+from tests.conftest import settings
 from tests.nets import SOFTMAX3, default_card, save_model
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -22,9 +22,9 @@ from shapely.geometry import shape
 from app.codecs.masks import encode_instances
 from app.inference import Predictor, load_model
 from app.main import create_app
-from tests.app.conftest import settings
-from tests.app.samples import noise, png, tiff
+from tests.conftest import settings
 from tests.nets import UNetSpec, default_card, save_model
+from tests.samples import noise, png, tiff
 
 # pycocotools' decode trips numpy 2's __array__ deprecation (its own code, not ours).
 pytestmark = pytest.mark.filterwarnings(

@@ -10,10 +10,10 @@ from pydicom.data import get_testdata_file
 
 from app.codecs.outputs import Outputs, default_outputs
 from app.main import create_app
-from tests.app.conftest import settings
-from tests.app.samples import noise, png, tiff
 from tests.codecs.test_outputs import TOY
+from tests.conftest import settings
 from tests.nets import UNetSpec, default_card, save_model
+from tests.samples import noise, png, tiff
 
 
 def test_a_toy_format_appears_in_the_schema_and_works_over_http(binary_model: Path) -> None:

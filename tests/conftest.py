@@ -22,7 +22,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.nets import BINARY, RGB, SOFTMAX3, UNetSpec, default_card, save_model
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 API_KEY = "test-key-1"
 STARTUP_TIMEOUT_S = 60
 

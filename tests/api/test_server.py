@@ -18,8 +18,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as coco_mask
 
-from tests.app.conftest import API_KEY, Server, default_engine
-from tests.app.samples import bad_corpus, noise, png, tiff
+from tests.conftest import API_KEY, Server, default_engine
+from tests.samples import bad_corpus, noise, png, tiff
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from app.api.upload import receive_files
 from app.errors import BadUploadError
 from app.main import create_app
-from tests.app import conftest
-from tests.app.jobs_helpers import leftovers
-from tests.app.samples import noise, png
+from tests import conftest
+from tests.jobs.helpers import leftovers
+from tests.samples import noise, png
 
 BOUNDARY = "XyZ"
 FORM = f"multipart/form-data; boundary={BOUNDARY}"

@@ -29,9 +29,10 @@ from app.jobs.inputs import check_source
 from app.jobs.runner import TileCounter
 from app.jobs.store import Submission
 from app.main import create_app
-from tests.app.conftest import settings
-from tests.app.jobs_helpers import leftovers, wait, zipped_labels
-from tests.app.samples import (
+from tests.conftest import settings
+from tests.jobs.helpers import leftovers, wait, zipped_labels
+from tests.nets import PAPER, default_card, save_model
+from tests.samples import (
     noise,
     png,
     png_bomb,
@@ -40,7 +41,6 @@ from tests.app.samples import (
     truncated,
     write_ome_zarr,
 )
-from tests.nets import PAPER, default_card, save_model
 
 TILE = 380
 JSON = {"Content-Type": "application/json"}

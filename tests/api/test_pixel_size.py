@@ -15,8 +15,8 @@ from PIL import Image
 
 from app.codecs.images import Limits
 from app.codecs.pillow import pillow_decoder, tiff_pixel_size_um
-from tests.app.test_dicom_series import ct_series, files
-from tests.app.test_dicom_sr import figures, read_sr
+from tests.api.test_dicom_series import ct_series, files
+from tests.api.test_dicom_sr import figures, read_sr
 
 RNG = np.random.default_rng(7)
 PIXELS = RNG.integers(0, 255, (96, 80), dtype=np.uint8)

@@ -18,7 +18,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from app.main import create_app
-from tests.app.conftest import settings
+from tests.conftest import settings
 
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
 DCIODVFY = shutil.which("dciodvfy")
@@ -211,7 +211,7 @@ def test_limits_hold_for_the_whole_request(softmax_model: Path, series: list[byt
 
 
 def test_several_non_dicom_files_are_refused(client: TestClient) -> None:
-    from tests.app.samples import noise, png
+    from tests.samples import noise, png
 
     answer = client.post(
         "/segment", files=[("file", ("a.png", png(noise(50, 50)), "image/png"))] * 2

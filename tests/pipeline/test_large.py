@@ -29,7 +29,8 @@ from app.inference.blocks import block_grid
 from app.inference.objects import class_probability
 from app.inference.predictor import FLIPS
 from app.pipeline.large import segment_large
-from tests.app.samples import (
+from tests.nets import PAPER, default_card, save_model
+from tests.samples import (
     gradient_rgb,
     noise,
     png,
@@ -39,7 +40,6 @@ from tests.app.samples import (
     write_ome_zarr,
     write_svs,
 )
-from tests.nets import PAPER, default_card, save_model
 
 TILE = 380  # 16 x 27 tiles over 3000 x 5000
 

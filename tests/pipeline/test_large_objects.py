@@ -23,8 +23,8 @@ from app.inference.objects import Objects
 from app.pipeline.context import Setup
 from app.pipeline.large import segment_large
 from app.pipeline.objects import local_map
-from tests.app.samples import smooth_noise, write_ome_tiff
 from tests.nets import UNetSpec, default_card, save_model
+from tests.samples import smooth_noise, write_ome_tiff
 
 SPEC = UNetSpec(depth=2, base=2)  # halo 20: fast
 IMAGE = smooth_noise(1200, 1700, seed=3)
