@@ -164,7 +164,8 @@ def stage_bar(bar: tqdm) -> Callable[[str, int, int], None]:
 
 def setup(args: argparse.Namespace) -> Setup:
     fields = ("providers", "precision", "tile", "batch", "threshold", "tta", "min_area", "objects")
-    more = {"max_pixels": args.max_pixels, "probability": args.probability}
+    more = {"max_pixels": args.max_pixels, "probability": args.probability,
+            "skip_background": args.skip_background}  # fmt: skip
     more["model"] = args.model.absolute()  # Dask workers elsewhere open it by this path
     return Setup(**{f: getattr(args, f) for f in fields}, **more)
 
@@ -226,6 +227,8 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
     add("--max-pixels", type=count(1), default=Setup.max_pixels, help="largest in-memory image, px")
     add("--overwrite", action="store_true", help="redo inputs already done")
     add("--probability", action="store_true", help="ome-zarr: also p(class 1), 16-bit")
+    add("--skip-background", action="store_true",
+        help="large images: predict only blocks near tissue (brightfield slides)")  # fmt: skip
     add("--dask", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://scheduler:8786")
     args = parser.parse_args(argv)
     if args.threshold is not None and not 0 < args.threshold < 1:

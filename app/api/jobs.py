@@ -93,6 +93,15 @@ _JOB_BODY = {
 }
 
 
+SkipBackgroundQuery = Annotated[
+    bool,
+    Query(
+        description="images that go block by block: predict only the blocks near tissue "
+        "(brightfield slides; the rest is class 0, without objects)"
+    ),
+]
+
+
 def _time(stamp: float | None) -> str | None:
     return datetime.fromtimestamp(stamp, UTC).isoformat() if stamp is not None else None
 
@@ -113,7 +122,7 @@ def view(job: Job, runner: JobRunner) -> dict[str, Any]:
             "height": request.height,
             "frames": request.frames,
         },
-        "progress": {"tiles_done": done, "tiles_total": job.tiles_total},
+        "progress": {"tiles_done": done, "tiles_total": live.total if live else job.tiles_total},
         "stage": live.stage if live is not None else None,
         "eta_seconds": None if eta is None else round(eta, 1),
         "created": _time(job.created),
@@ -121,7 +130,14 @@ def view(job: Job, runner: JobRunner) -> dict[str, Any]:
         "finished": _time(job.finished),
         "error": job.error,
         "result": f"/jobs/{job.id}/result" if job.status == "succeeded" else None,
+        "background_skipped": _skipped(job),
     }
+
+
+def _skipped(job: Job) -> float | None:
+    """The fraction of the image skipped as background, once a job that asked has run."""
+    kept = (job.result or {}).get("background_skipped")
+    return float(kept) if kept is not None else None
 
 
 def _job(runner: JobRunner, job_id: str) -> Job:
@@ -161,6 +177,7 @@ async def submit(
     tta: TtaQuery = False,
     min_area: MinAreaQuery = None,
     objects: ObjectsQuery = False,
+    skip_background: SkipBackgroundQuery = False,
 ) -> JSONResponse:
     """Queue the image of the body (raw or multipart `file`), or the file named by a JSON
     body `{"source": "<path under UNET_JOB_SOURCE_ROOT>"}`. 202 with the job and its
@@ -176,7 +193,7 @@ async def submit(
             found = await asyncio.to_thread(probe, path, output, options, service)
             given = Submission(
                 str(path), name, found.output, found.large, found.width, found.height,
-                found.frames, options,
+                found.frames, options, skip_background,
             )  # fmt: skip
             job = runner.store.add(job_id, given, found.tiles)
         except BaseException:

@@ -130,6 +130,11 @@ class JobView(BaseModel):
     finished: str | None
     error: str | None = Field(description="why it failed")
     result: str | None = Field(description="the result's URL once the job has succeeded")
+    background_skipped: float | None = Field(
+        None,
+        description="skip_background=true: the fraction of the image's area not predicted, "
+        "once the job has succeeded",
+    )
 
 
 class JobList(BaseModel):

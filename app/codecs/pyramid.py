@@ -6,6 +6,8 @@ zarr v2 group, in the layout of an OME-NGFF 0.4 label image, that is the
 
     <store>/0, 1, 2, ...          class indices (uint8), level k = level 0 [::2^k, ::2^k]
     <store>/probability/0, 1, ... optional: round(p(class) * 65535) (uint16), same levels
+    <store>/tissue/0              optional: where the tissue is (1) on a picture of the image
+                                  (--skip-background), with its scale to level 0
     <store>/scratch/...           arrays while objects are found, removed before the end
 
 Level 0 holds class indices (uint8) or, for object outputs, object ids (uint32).
@@ -119,6 +121,28 @@ class LabelStore:
     def drop_scratch(self) -> None:
         if "scratch" in self.group:
             del self.group["scratch"]
+
+    def add_tissue(self, mask: Any, scale: tuple[float, float]) -> None:
+        """The tissue mask (h x w; 1 = tissue) of a picture of the image, ``scale`` level-0
+        pixels (rows, cols) per pixel: an NGFF label image of one level, ``tissue``."""
+        group = self.group.create_group("tissue")
+        _array(group, "0", mask.shape, mask.shape, np.uint8)[...] = mask.astype(np.uint8)
+        transform: list[Any] = [{"type": "scale", "scale": [float(scale[0]), float(scale[1])]}]
+        group.attrs["multiscales"] = [
+            {"version": NGFF, "name": "tissue", "axes": AXES,
+             "datasets": [{"path": "0", "coordinateTransformations": transform}]}
+        ]  # fmt: skip
+        group.attrs["image-label"] = {
+            "version": NGFF,
+            "colors": [
+                {"label-value": 0, "rgba": [0, 0, 0, 0]},
+                {"label-value": 1, "rgba": [0, 160, 0, 96]},
+            ],
+            "properties": [
+                {"label-value": 0, "class": "glass"},
+                {"label-value": 1, "class": "tissue"},
+            ],
+        }
 
     def groups(self) -> list[zarr.Group]:
         """The multiscale groups: the labels' (the root), then the probability's."""

@@ -44,10 +44,17 @@ class Slide:
     path: the file or folder it reads (another process opens it again: Dask workers);
     axes: one letter per dimension, Y and X among them, C or S for channels;
     every other axis (T, Z, pages) must have length 1.
+    lower: the file's own pyramid, level 1 onwards, as Slides (app/codecs/overview.py).
     """
 
     def __init__(
-        self, array: Any, axes: str, fmt: str, path: Path, close: Callable[[], None] = lambda: None
+        self,
+        array: Any,
+        axes: str,
+        fmt: str,
+        path: Path,
+        close: Callable[[], None] = lambda: None,
+        lower: tuple[Slide, ...] = (),
     ) -> None:
         name = path.name
         axes = axes.upper()
@@ -67,6 +74,7 @@ class Slide:
                 f"axes {axes} of sizes {tuple(array.shape)}: split it into planes"
             )
         self.format, self.path, self.name, self._close = fmt, path, name, close
+        self.lower = lower
         self._array, self._axes = array, axes
         self._channel = channel_axes[0] if channel_axes else None
         kept = 1 if channels <= 2 else 3  # gray (+ alpha), RGB (+ alpha): alpha dropped
@@ -120,8 +128,9 @@ def _is_zarr(path: Path) -> bool:
     return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup", ".zarray"))
 
 
-def _ngff_axes(attrs: dict[str, Any]) -> tuple[str, str] | None:
-    """(level 0's path, its axes letters) of an NGFF image's attributes, or None."""
+def _ngff_axes(attrs: dict[str, Any]) -> tuple[list[str], str] | None:
+    """(the levels' paths, level 0 first; their axes letters) of an NGFF image's
+    attributes, or None."""
     ome = attrs.get("ome", attrs)  # 0.5 nests the metadata under "ome"
     multiscales = ome.get("multiscales")
     if not multiscales:
@@ -129,7 +138,8 @@ def _ngff_axes(attrs: dict[str, Any]) -> tuple[str, str] | None:
     first = multiscales[0]
     axes = first.get("axes") or ["t", "c", "z", "y", "x"][-5:]
     names = [a["name"] if isinstance(a, dict) else a for a in axes]
-    return first["datasets"][0]["path"], "".join(n[0].upper() for n in names)
+    paths = [d["path"] for d in first["datasets"]]
+    return paths, "".join(n[0].upper() for n in names)
 
 
 def _open_zarr(path: Path) -> Slide:
@@ -147,8 +157,9 @@ def _open_zarr(path: Path) -> Slide:
                 f"{path.name}: a zarr group without OME-NGFF 'multiscales' metadata; give the "
                 "path of an OME-Zarr image or of one zarr array"
             )
-        level, axes = found
-        return Slide(node[level], axes, "ome-zarr", path)
+        levels, axes = found
+        lower = tuple(Slide(node[k], axes, "ome-zarr", path) for k in levels[1:])
+        return Slide(node[levels[0]], axes, "ome-zarr", path, lower=lower)
     except (UnsupportedFormatError, CorruptImageError):
         raise
     except Exception as exc:  # metadata that is not what NGFF says: a missing level, ...
@@ -173,7 +184,11 @@ def _open_tiff(path: Path) -> Slide:
                 "a region at a time; convert it to a tiled TIFF (e.g. vips tiffsave --tile, or "
                 "tifffile's tile=)"
             )
-        return Slide(array, series.axes, "tiff", path, tif.close)
+        lower = tuple(
+            Slide(zarr.open(series.aszarr(level=k), mode="r"), series.axes, "tiff", path)
+            for k in range(1, len(series.levels))
+        )
+        return Slide(array, series.axes, "tiff", path, tif.close, lower)
     except (UnsupportedFormatError, CorruptImageError):
         tif.close()
         raise
@@ -182,13 +197,14 @@ def _open_tiff(path: Path) -> Slide:
         raise CorruptImageError(f"{path.name}: not a readable TIFF ({exc})") from exc
 
 
-class _OpenSlideLevel0:
-    """OpenSlide's level 0 as an H x W x 3 (RGB) array that reads rectangles: where the
+class _OpenSlideLevel:
+    """An OpenSlide level as an H x W x 3 (RGB) array that reads rectangles: where the
     scan has no data (alpha < 255), the slide's background colour shows, as in viewers."""
 
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-        width, height = handle.level_dimensions[0]
+    def __init__(self, handle: Any, level: int = 0) -> None:
+        self.handle, self.level = handle, level
+        self.downsample = float(handle.level_downsamples[level])
+        width, height = handle.level_dimensions[level]
         self.shape, self.dtype = (height, width, 3), np.dtype(np.uint8)
         colour = handle.properties.get("openslide.background-color") or "FFFFFF"
         self.background = np.array([int(colour[i : i + 2], 16) for i in (0, 2, 4)], np.float32)
@@ -196,7 +212,8 @@ class _OpenSlideLevel0:
     def __getitem__(self, key: tuple[slice, slice, slice]) -> npt.NDArray[np.uint8]:
         rows, cols, channels = key
         size = (cols.stop - cols.start, rows.stop - rows.start)
-        rgba = np.asarray(self.handle.read_region((cols.start, rows.start), 0, size))
+        corner = (round(cols.start * self.downsample), round(rows.start * self.downsample))
+        rgba = np.asarray(self.handle.read_region(corner, self.level, size))
         rgb, alpha = rgba[:, :, :3], rgba[:, :, 3:]
         if alpha.min() < 255:  # OpenSlide's RGBA is not premultiplied
             weight = alpha.astype(np.float32) / 255
@@ -221,7 +238,11 @@ def _open_openslide(path: Path) -> Slide:
     except openslide.OpenSlideError as exc:
         raise CorruptImageError(f"{path.name}: OpenSlide cannot read it ({exc})") from exc
     try:
-        return Slide(_OpenSlideLevel0(handle), "YXS", "openslide", path, handle.close)
+        lower = tuple(
+            Slide(_OpenSlideLevel(handle, k), "YXS", "openslide", path)
+            for k in range(1, handle.level_count)
+        )
+        return Slide(_OpenSlideLevel(handle), "YXS", "openslide", path, handle.close, lower)
     except BaseException:
         handle.close()
         raise

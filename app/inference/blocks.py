@@ -24,7 +24,7 @@ lazy reader (app/codecs/slides.py) or an array.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,11 @@ class Block:
     @property
     def shape(self) -> tuple[int, int]:
         return self.rows.stop - self.rows.start, self.cols.stop - self.cols.start
+
+    @property
+    def pixels(self) -> int:
+        height, width = self.shape
+        return height * width
 
 
 def _side(axis: Sequence[AxisTile], length: int, target: int) -> int:
@@ -95,12 +100,15 @@ class BlockGrid:
         rows, cols = _meets(self.plan.rows, block.rows), _meets(self.plan.cols, block.cols)
         return list(itertools.product(rows, cols))
 
-    def tile_count(self, flips: Sequence[tuple[int, int]] = ((1, 1),)) -> int:
-        """The tiles that predicting every block runs, for each of ``flips`` (mirrored
-        blocks, as with test-time augmentation): a tile meeting two blocks counts twice."""
+    def tile_count(
+        self, flips: Sequence[tuple[int, int]] = ((1, 1),), blocks: Iterable[Block] | None = None
+    ) -> int:
+        """The tiles that predicting every block (or ``blocks``) runs, for each of ``flips``
+        (mirrored blocks, as with test-time augmentation): a tile meeting two blocks counts
+        twice."""
         height, width = self.plan.height, self.plan.width
         count = 0
-        for block, (fy, fx) in itertools.product(self, flips):
+        for block, (fy, fx) in itertools.product(self if blocks is None else blocks, flips):
             rows, cols = mirror(block.rows, height, fy), mirror(block.cols, width, fx)
             count += len(_meets(self.plan.rows, rows)) * len(_meets(self.plan.cols, cols))
         return count

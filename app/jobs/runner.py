@@ -255,18 +255,24 @@ class JobRunner:
             blocks = local_blocks(context.predictor, context.options, counter)
 
             def between(stage: str, done: int, total: int) -> None:  # object passes, levels
-                live.stage = "tiles" if stage == "blocks" else stage
+                if stage == "background":  # the tiles left once the glass is skipped
+                    live.total = done
+                    self.store.update(job.id, tiles_total=done)
+                live.stage = "tiles" if stage in ("blocks", "background") else stage
                 self.gate.job_batch(lambda: None, check)
 
-            Large(context, request.output, blocks)(source, path, between)
+            facts = Large(context, request.output, blocks)(source, path, between)
             media_type = output.media_type
+            skipped = facts.get("background_skipped")
         else:
+            skipped = None
             body, media_type, _ = Small(context, service.outputs, request.output)(source, counter)
             extension = service.outputs.extension(request.output)
             path = target(folder, named, extension, media_type)
             write_atomically(path, body)
         download = path.name + (".zip" if path.is_dir() else "")
-        return {"file": path.name, "media_type": media_type, "name": download}
+        result = {"file": path.name, "media_type": media_type, "name": download}
+        return result if skipped is None else result | {"background_skipped": str(skipped)}
 
     def _context(self, job: Job, check: Callable[[], None]) -> Context:
         """The service's model and decoders, with a predictor whose every tile batch waits
@@ -276,4 +282,5 @@ class JobRunner:
         def run(batch: npt.NDArray[Any]) -> Any:
             return self.gate.job_batch(lambda: engine.run(batch), check)
 
-        return Context.of_job(self.service, job.request.options, run)
+        request = job.request
+        return Context.of_job(self.service, request.options, run, request.skip_background)

@@ -71,6 +71,7 @@ class Submission:
     height: int
     frames: int
     options: Options
+    skip_background: bool = False
 
     @classmethod
     def from_json(cls, text: str) -> Submission:

@@ -132,11 +132,14 @@ class Large:
                 image, path, self.output, c.predictor, c.model, c.options,
                 blocks=self.blocks, mapper=self.mapper or local_map,
                 probability=c.probability, progress=progress,
+                skip_background=c.skip_background,
             )  # fmt: skip
         finally:
             close = getattr(image, "close", None)
             if close is not None:
                 close()
-        facts = {"width": result.width, "height": result.height, "frames": 1,
+        facts: dict[str, Any] = {"width": result.width, "height": result.height, "frames": 1,
                  "tiles": result.tiles, "levels": result.levels}  # fmt: skip
+        if result.skipped is not None:
+            facts["background_skipped"] = result.skipped
         return facts if result.objects is None else facts | {"objects": result.objects}

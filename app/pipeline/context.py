@@ -83,12 +83,14 @@ class Setup:
     objects: bool = False  # format overlay: outline each object instead of filling classes
     max_pixels: int = 64 << 20  # the service's default UNET_MAX_IMAGE_PIXELS (8192 x 8192)
     probability: bool = False  # large formats: also store round(p(class 1) * 65535)
+    skip_background: bool = False  # large images: predict only the blocks near tissue
 
 
 @dataclass(frozen=True)
 class Context:
     """The model, predictor, decoders, options and limits every input of a job or a batch
-    shares. probability: large formats also store round(p(class 1) * 65535)."""
+    shares. probability: large formats also store round(p(class 1) * 65535);
+    skip_background: large images predict only the blocks near tissue."""
 
     model: Provenance
     predictor: Predictor
@@ -96,6 +98,7 @@ class Context:
     options: Options
     limits: Limits
     probability: bool = False
+    skip_background: bool = False
 
     @classmethod
     def load(cls, setup: Setup) -> Context:
@@ -110,13 +113,17 @@ class Context:
             options_for(card, setup.threshold, 1, setup.tta, setup.min_area, setup.objects),
             Limits(setup.max_pixels),
             setup.probability,
+            setup.skip_background,
         )
 
     @classmethod
-    def of_job(cls, service: Service, options: Options, run: RunFn) -> Context:
+    def of_job(
+        cls, service: Service, options: Options, run: RunFn, skip_background: bool = False
+    ) -> Context:
         """A job's: the service's model, tiling and decoders, every tile batch through
         ``run`` (the gate); the pixel and frame limits of the service, no work limit."""
         base = service.predictor
         predictor = predictor_for(service.model, base.tile_size, base.batch_size, run)
         limits = Limits(service.settings.max_image_pixels, service.settings.max_frames)
-        return cls(Provenance.of(service.model), predictor, service.inputs, options, limits)
+        model, inputs = Provenance.of(service.model), service.inputs
+        return cls(model, predictor, inputs, options, limits, False, skip_background)

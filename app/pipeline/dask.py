@@ -121,7 +121,7 @@ class Cluster:
         return future.result()
 
     def blocks(self, step: Pass, progress: ProgressFn) -> int:
-        """Every block of the pass as a task writing into its store; the tiles run."""
+        """Every block of the pass that runs as a task writing into its store; the tiles run."""
         from distributed import as_completed
 
         image = step.image
@@ -133,7 +133,7 @@ class Cluster:
             self.client.submit(
                 _block_task, setup, sha, source, step.grid, b, where, step.recipe, pure=False
             )
-            for b in step.grid
+            for b in step.blocks()
         ]
         tiles = 0
         try:

@@ -32,10 +32,11 @@ from app.codecs.pyramid import LabelStore
 from app.inference.blocks import BLOCK_SIZE, Block, BlockGrid, block_grid
 from app.inference.card import Recipe
 from app.inference.objects import class_probability, watershed_inputs
-from app.inference.predictor import Predictor
+from app.inference.predictor import FLIPS, Predictor
 from app.inference.tiler import ProgressFn, Region
 from app.pipeline.geojson import write_geojson
 from app.pipeline.objects import Mapper, find_large_objects, local_map
+from app.pipeline.tissue import find_tissue
 
 
 def write_block(
@@ -73,13 +74,21 @@ def write_block(
 
 @dataclass(frozen=True)
 class Pass:
-    """The block pass of one large image: every block of ``grid`` of ``image`` predicted into
-    ``store`` (with what the objects ``recipe`` needs, when there is one)."""
+    """The block pass of one large image: the blocks of ``grid`` of ``image`` predicted into
+    ``store`` (with what the objects ``recipe`` needs, when there is one); ``runs``: which
+    blocks, in the grid's order (None: all; the others are background, class 0)."""
 
     image: Region
     grid: BlockGrid
     store: LabelStore
     recipe: Recipe | None
+    runs: tuple[bool, ...] | None = None
+
+    def blocks(self) -> list[Block]:
+        """The blocks that are predicted."""
+        if self.runs is None:
+            return list(self.grid)
+        return [block for block, run in zip(self.grid, self.runs, strict=True) if run]
 
 
 # Runs a Pass (``progress(blocks done, total)``); the number of tiles run.
@@ -90,12 +99,12 @@ def local_blocks(predictor: Predictor, options: Options, tiles: ProgressFn | Non
     """The blocks one after another in this process; ``tiles``: each block's tile progress."""
 
     def run(step: Pass, progress: ProgressFn) -> int:
-        count = 0
-        for done, block in enumerate(step.grid, start=1):
+        count, blocks = 0, step.blocks()
+        for done, block in enumerate(blocks, start=1):
             count += write_block(
                 predictor, step.image, step.grid, block, options, step.store, step.recipe, tiles
             )
-            progress(done, len(step.grid))
+            progress(done, len(blocks))
         return count
 
     return run
@@ -103,13 +112,15 @@ def local_blocks(predictor: Predictor, options: Options, tiles: ProgressFn | Non
 
 @dataclass
 class LargeResult:
-    """What one large image took: its size, tiles run, pyramid levels, objects found."""
+    """What one large image took: its size, tiles run, pyramid levels, objects found, and
+    the fraction of its area skipped as background (None: not asked)."""
 
     height: int
     width: int
     tiles: int
     levels: int
     objects: int | None = None
+    skipped: float | None = None
 
 
 def temporary_store(path: Path) -> Path:
@@ -162,30 +173,36 @@ def segment_large(
     probability: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     block_size: int = BLOCK_SIZE,
+    skip_background: bool = False,
 ) -> LargeResult:
     """Segment ``image`` (H x W x C, C = 1 or 3, a lazy reader or an array) into ``path``.
 
     The output appears at ``path`` complete or not at all: the store is made in a
     hidden folder beside it and removed when anything fails (Ctrl-C included).
     blocks / mapper: where the blocks and the object passes run (default: here).
-    progress(stage, done, total): stages ``blocks``, ``objects``, ``outlines``, ``levels``.
+    progress(stage, done, total): stages ``blocks``, ``objects``, ``outlines``, ``levels``;
+    with ``skip_background``, first ``background`` (tiles to run, tiles without skipping).
     block_size: the target side of a block and of a chunk of the store, px.
+    skip_background: predict only the blocks with tissue near them (app/pipeline/tissue.py);
+    the others are class 0, without objects. The tissue is kept as the ``tissue`` label.
     """
     card, (height, width) = model.card, image.shape[:2]
     grid = block_grid(predictor.plan(height, width), block_size)
     recipe = objects_recipe(model, options) if output.content != "classes" else None
-    scratch, found = temporary_store(path), None
+    scratch, found, runs = temporary_store(path), None, None
 
     def stage(name: str) -> ProgressFn:
         return lambda done, total: progress(name, done, total) if progress else None
 
     try:
         store = _store(scratch, grid, output, recipe, len(card.classes), probability)
+        if skip_background:
+            runs = background(image, grid, predictor, options, store, stage)
         run = blocks or local_blocks(predictor, options)
-        tiles = run(Pass(image, grid, store, recipe), stage("blocks"))
+        tiles = run(Pass(image, grid, store, recipe, runs), stage("blocks"))
         if recipe is not None:
             found = find_large_objects(
-                store, grid, recipe, len(card.classes), mapper, stage("objects")
+                store, grid, recipe, len(card.classes), mapper, stage("objects"), runs
             )
         if found is not None and output.content == "outlines":
             target = store.path / OUTLINES
@@ -198,4 +215,34 @@ def segment_large(
         output.finish(store, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return LargeResult(height, width, tiles, levels, found.count if found else None)
+    result = LargeResult(height, width, tiles, levels, found.count if found else None)
+    if runs is not None:
+        kept = sum(b.pixels for b, run in zip(grid, runs, strict=True) if run)
+        result.skipped = round(1 - kept / (height * width), 4)
+    return result
+
+
+def context_px(predictor: Predictor) -> int:
+    """How far from a pixel the network looks (level-0 px): its halo, and for a
+    same-padding network the margin its tiles discard."""
+    geometry = predictor.geometry
+    return geometry.halo + (predictor.margin if geometry.padding == "same" else 0)
+
+
+def background(
+    image: Region,
+    grid: BlockGrid,
+    predictor: Predictor,
+    options: Options,
+    store: LabelStore,
+    stage: Callable[[str], ProgressFn],
+) -> tuple[bool, ...]:
+    """Which blocks of ``grid`` run: those with tissue within the network's context. The
+    tissue goes into the store; ``background`` progress: (tiles to run, tiles of all)."""
+    tissue = find_tissue(image)
+    store.add_tissue(tissue.mask, tissue.scale)
+    runs = tissue.runs(grid, context_px(predictor))
+    flips = FLIPS if options.tta else FLIPS[:1]
+    kept = [block for block, run in zip(grid, runs, strict=True) if run]
+    stage("background")(grid.tile_count(flips, kept), grid.tile_count(flips))
+    return runs

@@ -161,16 +161,23 @@ def find_large_objects(
     num_classes: int,
     run: Mapper = local_map,
     progress: Callable[[int, int], None] | None = None,
+    runs: tuple[bool, ...] | None = None,
 ) -> Found:
-    """The objects of the class map in ``store``, their ids written into its image."""
-    path, blocks = str(store.path), list(grid)
+    """The objects of the class map in ``store``, their ids written into its image.
+    runs: the blocks that were predicted, in the grid's order (None: all); the others
+    are background and hold no object."""
+    path, every = str(store.path), list(grid)
+    runs = runs if runs is not None else (True,) * len(every)
+    blocks = [block for block, ran in zip(every, runs, strict=True) if ran]
     steps = 3 if recipe.method == "components" else 4
 
     def tick(step: int) -> None:
         if progress is not None:
             progress(step, steps)
 
-    found = list(run(label_block, [(path, b, recipe.method, num_classes) for b in blocks]))
+    labelled = iter(run(label_block, [(path, b, recipe.method, num_classes) for b in blocks]))
+    none = (0, np.zeros(1, np.int64), np.zeros(1, np.int64))  # a skipped block's pieces
+    found = [next(labelled) if ran else none for ran in runs]
     tick(1)
     counts = [int(n) for n, _, _ in found]
     starts, merged = merge_pieces(store, grid, counts)
@@ -182,7 +189,7 @@ def find_large_objects(
             ids = merged[start + np.arange(1, n + 1)]
             np.add.at(areas, ids, piece_areas[1:])
             classes[ids] = piece_classes[1:]
-        source, shifts = "local", [int(s) for s in starts]
+        source, shifts = "local", [int(s) for s, ran in zip(starts, runs, strict=True) if ran]
         final_of = merged
     else:
         floods = [(path, grid, b, starts, merged, num_classes) for b in blocks]
