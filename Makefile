@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 # no test, lint, docs, training or Dask packages (about 630 MiB).
 RUN_EXTRAS ?= cpu,service,dicom
 # Everything: serving plus Dask, OpenSlide, the training module (torch), test and docs tools.
-EXTRAS ?= $(RUN_EXTRAS),gateway,dask,openslide,training,test,docs
+EXTRAS ?= $(RUN_EXTRAS),gateway,dask,openslide,dicom-wsi,training,test,docs
 
 .PHONY: venv run-venv system-deps test test-random lint typecheck docs unit bench run clean \
 	model docker-smoke

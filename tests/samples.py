@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -202,3 +203,56 @@ def cells(height: int = 384, width: int = 384, size: int = 48, seed: int = 0) ->
         image -= 70 * np.exp(-r2 / (2 * rng.uniform(2, 5) ** 2))  # organelles
     image = ndimage.gaussian_filter(image, 0.8) + rng.normal(0, 12, (height, width))
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_dicom_wsi(folder: Path, image: np.ndarray, tile: int = 256, levels: int = 2) -> None:
+    """A DICOM whole-slide image of ``image`` (H x W x 3 uint8) as scanners write one: a VL
+    Whole Slide Microscopy instance per pyramid level (TILED_FULL, native RGB frames,
+    0.5 µm/px at level 0), one study, series and frame of reference."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    wsm = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    for level in range(levels):
+        pixels, spacing = image[:: 2**level, :: 2**level], 0.0005 * 2**level  # mm
+        h, w = pixels.shape[:2]
+        rows, cols = -(-h // tile), -(-w // tile)
+        padded = np.zeros((rows * tile, cols * tile, 3), np.uint8)
+        padded[:h, :w] = pixels
+        frames = padded.reshape(rows, tile, cols, tile, 3).swapaxes(1, 2)
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = wsm
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.FrameOfReferenceUID, ds.Modality, ds.ContainerIdentifier = frame_of_reference, "SM", "S1"
+        flavour = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+        ds.ImageType = flavour if level == 0 else ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
+        ds.Rows = ds.Columns = tile
+        ds.NumberOfFrames = rows * cols
+        ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = h, w
+        ds.TotalPixelMatrixFocalPlanes = ds.NumberOfOpticalPaths = 1
+        ds.DimensionOrganizationType = "TILED_FULL"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit, ds.PixelRepresentation = 7, 0
+        ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = w * spacing, h * spacing
+        ds.ImagedVolumeDepth = 0.001
+        measures = Dataset()
+        measures.PixelSpacing, measures.SliceThickness = [spacing, spacing], 0.001
+        shared = Dataset()
+        shared.PixelMeasuresSequence = [measures]
+        ds.SharedFunctionalGroupsSequence = [shared]
+        optical = Dataset()
+        optical.OpticalPathIdentifier = "1"
+        ds.OpticalPathSequence = [optical]
+        origin = Dataset()
+        origin.XOffsetInSlideCoordinateSystem = origin.YOffsetInSlideCoordinateSystem = 0
+        ds.TotalPixelMatrixOriginSequence = [origin]
+        ds.ImageOrientationSlide = [0, 1, 0, 1, 0, 0]
+        ds.PixelData = frames.tobytes()
+        pydicom.dcmwrite(folder / f"level{level}.dcm", ds, enforce_file_format=True)

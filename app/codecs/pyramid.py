@@ -30,7 +30,7 @@ import numcodecs
 import numpy as np
 import zarr
 
-from app.codecs.masks import palette
+from app.codecs.encode import palette
 
 COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
 SMALLEST = 512  # px: levels are added until the largest side fits in this

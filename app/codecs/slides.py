@@ -9,6 +9,7 @@ needs (app/inference/tiler.py: ``Region``). The readers, tried in order:
 - ``tiff``: tiled or stripped, pyramidal or not: TIFF, BigTIFF, OME-TIFF, SVS and
   the other TIFF-based slides, level 0 of the first series as a zarr store
   (``tifffile.aszarr``; ``imagecodecs`` decodes JPEG, JPEG 2000, LZW, Deflate tiles);
+- ``dicom-wsi``: DICOM whole-slide images through ``wsidicom`` (app/codecs/dicom_wsi.py);
 - ``openslide``: what else OpenSlide reads (NDPI, MRXS, SCN, VMS, BIF), through
   ``openslide-python`` with the ``openslide-bin`` wheel (no system library).
 
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.codecs.dicom_wsi import is_dicom_wsi, open_levels
 from app.codecs.errors import CorruptImageError, NotAnImageError, UnsupportedFormatError
 from app.codecs.magic import is_tiff
 
@@ -265,15 +267,22 @@ class Reader:
     open: Callable[[Path], Slide]
 
 
+def _open_dicom_wsi(path: Path) -> Slide:
+    levels, close = open_levels(path)
+    lower = tuple(Slide(level, "YXS", "dicom-wsi", path) for level in levels[1:])
+    return Slide(levels[0], "YXS", "dicom-wsi", path, close, lower)
+
+
 # Tried in this order: TIFF-based slides (SVS too) go to tifffile before OpenSlide.
 READERS = (
     Reader("OME-Zarr", _is_zarr, _open_zarr),
+    Reader("DICOM WSI", is_dicom_wsi, _open_dicom_wsi),
     Reader("TIFF", lambda p: is_tiff_file(p), _open_tiff),
     Reader("OpenSlide", _is_openslide, _open_openslide),
 )
 
 
-def is_slide(path: Path) -> bool:
+def lazy_readable(path: Path) -> bool:
     """Whether a reader here takes ``path`` (a zarr folder, a TIFF, an OpenSlide file)."""
     return any(reader.matches(path) for reader in READERS)
 

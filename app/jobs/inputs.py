@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from app.codecs.errors import FrameCountError, ImageTooLargeError, NotAnImageError
 from app.codecs.frames import Limits
 from app.codecs.outputs import Options
-from app.codecs.slides import is_slide, open_slide
+from app.codecs.slides import lazy_readable, open_slide
 from app.errors import SourceNotFoundError, SourceRefusedError, quote
 from app.inference.blocks import block_grid
 from app.inference.predictor import FLIPS
@@ -135,13 +135,13 @@ def _probe(path: Path, output: str | None, options: Options, service: Service) -
     """Check the input at ``path`` and decide how it runs: 400 not an image, 413 too large
     for an in-memory format, 415 a format not read here, 422 a format of one frame
     for several."""
-    if not path.is_file() and not is_slide(path):
+    if not path.is_file() and not lazy_readable(path):
         raise NotAnImageError(f"{path.name} is not an image file or an OME-Zarr folder")
     settings = service.settings
     name, large = route(
         path, output, settings.max_image_pixels, service.outputs, "UNET_MAX_IMAGE_PIXELS"
     )
-    if is_slide(path) and (large or not path.is_file()):
+    if lazy_readable(path) and (large or not path.is_file()):
         with open_slide(path) as slide:
             width, height, frames = slide.width, slide.height, 1
     else:

@@ -15,7 +15,7 @@ from app.codecs.errors import CodecError, FrameCountError, ImageTooLargeError
 from app.codecs.images import DecodedImage
 from app.codecs.outputs import LARGE_OUTPUTS, Outputs
 from app.codecs.outputs.base import either
-from app.codecs.slides import is_slide, is_tiff_file, open_slide
+from app.codecs.slides import is_tiff_file, lazy_readable, open_slide
 from app.inference.predictor import check_frame
 from app.inference.tiler import ProgressFn, Region
 from app.pipeline.context import Context
@@ -26,7 +26,7 @@ from app.pipeline.small import segment_image
 
 def slide_pixels(source: Path) -> int | None:
     """Width x height of a file a lazy reader takes, else None (decoded in memory)."""
-    if not is_slide(source):
+    if not lazy_readable(source):
         return None
     try:
         with open_slide(source) as slide:
@@ -70,7 +70,7 @@ class Small:
         """The input's frames: its bytes through the service's decoders, or, for what only
         a lazy reader opens (OME-Zarr, OpenSlide formats), its one plane read whole."""
         c = self.context
-        if not is_slide(source) or is_tiff_file(source):
+        if not lazy_readable(source) or is_tiff_file(source):
             return c.decoders.decode(source.read_bytes(), c.limits)
         with open_slide(source) as slide:
             c.limits.check(slide.width, slide.height, 1, slide.format)
@@ -111,7 +111,7 @@ class Large:
 
     def image(self, source: Path) -> Region:
         c = self.context
-        if is_slide(source):
+        if lazy_readable(source):
             return open_slide(source)
         decoded = c.decoders.decode(source.read_bytes(), c.limits)
         if len(decoded.frames) > 1:

@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from app.codecs.images import BASE_FORMATS
-from app.codecs.slides import is_slide
+from app.codecs.slides import lazy_readable
 
 # Files a folder contributes (by name; their content is recognised by magic number),
-# and the folders that are one input each (a zarr array or OME-Zarr image).
+# and the folders that are one input each (a zarr array, an OME-Zarr image, a DICOM WSI).
 IMAGE_SUFFIXES = {suffix for f in BASE_FORMATS for suffix in f.suffixes}  # the registry's
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".zarr"}
 # Taken off an input's name with its extension: x.ome.tif -> x -> x.ome.zarr, not x.ome.ome.zarr.
@@ -23,8 +23,8 @@ DOUBLE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".ome.btf")
 
 
 def _one_input(path: Path) -> bool:
-    """A folder that is itself an image (zarr), or a file."""
-    return path.is_file() or (path.is_dir() and is_slide(path))
+    """A folder that is itself an image (zarr, DICOM WSI), or a file."""
+    return path.is_file() or (path.is_dir() and lazy_readable(path))
 
 
 def expand(inputs: Iterable[str]) -> list[Path]:
@@ -36,9 +36,10 @@ def expand(inputs: Iterable[str]) -> list[Path]:
         if _one_input(path):
             found.append(path)
         elif path.is_dir():
-            found += sorted(
-                p for p in path.iterdir() if p.suffix.lower() in suffixes and _one_input(p)
-            )
+            found += sorted(  # a folder in it only when it is an image (zarr, DICOM WSI)
+                p for p in path.iterdir()
+                if (p.suffix.lower() in suffixes or p.is_dir()) and _one_input(p)
+            )  # fmt: skip
         else:
             found += sorted(
                 Path(p) for p in glob.glob(given, recursive=True) if _one_input(Path(p))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.codecs.masks import to_uint16
+from app.codecs.encode import to_uint16
 from app.codecs.outputs import LargeOutput, Options, Provenance
 from app.codecs.outputs._objects import recipe as objects_recipe
 from app.codecs.outputs.base import OUTLINES
@@ -37,6 +37,11 @@ from app.inference.tiler import ProgressFn, Region
 from app.pipeline.geojson import write_geojson
 from app.pipeline.objects import Mapper, find_large_objects, local_map
 from app.pipeline.tissue import find_tissue
+
+# px: blocks when the background is skipped. Smaller blocks fit tissue closer: on a disc of
+# tissue filling 25 % of a 16384² slide, the shipped model runs 352 of 900 tiles with
+# blocks of 2304 px and 276 with 1152 px (bench.large slide).
+SKIP_BLOCK_SIZE = 1024
 
 
 def write_block(
@@ -172,7 +177,7 @@ def segment_large(
     mapper: Mapper = local_map,
     probability: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
-    block_size: int = BLOCK_SIZE,
+    block_size: int | None = None,
     skip_background: bool = False,
 ) -> LargeResult:
     """Segment ``image`` (H x W x C, C = 1 or 3, a lazy reader or an array) into ``path``.
@@ -182,11 +187,13 @@ def segment_large(
     blocks / mapper: where the blocks and the object passes run (default: here).
     progress(stage, done, total): stages ``blocks``, ``objects``, ``outlines``, ``levels``;
     with ``skip_background``, first ``background`` (tiles to run, tiles without skipping).
-    block_size: the target side of a block and of a chunk of the store, px.
+    block_size: the target side of a block and of a chunk of the store, px (default
+    BLOCK_SIZE; SKIP_BLOCK_SIZE with ``skip_background``, so that blocks fit tissue closer).
     skip_background: predict only the blocks with tissue near them (app/pipeline/tissue.py);
     the others are class 0, without objects. The tissue is kept as the ``tissue`` label.
     """
     card, (height, width) = model.card, image.shape[:2]
+    block_size = block_size or (SKIP_BLOCK_SIZE if skip_background else BLOCK_SIZE)
     grid = block_grid(predictor.plan(height, width), block_size)
     recipe = objects_recipe(model, options) if output.content != "classes" else None
     scratch, found, runs = temporary_store(path), None, None

@@ -19,7 +19,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 from shapely.geometry import shape
 
-from app.codecs.masks import encode_instances
+from app.codecs.encode import encode_instances
 from app.inference import Predictor, load_model
 from app.main import create_app
 from tests.conftest import settings

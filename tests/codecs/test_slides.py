@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.codecs.errors import CorruptImageError, NotAnImageError, UnsupportedFormatError
-from app.codecs.slides import _open_openslide, is_slide, open_slide
+from app.codecs.slides import _open_openslide, lazy_readable, open_slide
 from app.inference.plan import AxisTile
 from app.inference.tiler import extract_tile
 from tests.samples import (
@@ -157,8 +157,8 @@ def test_refused_with_the_reason(tmp_path: Path) -> None:
     zarr.open_group(str(group), mode="w")
     with pytest.raises(UnsupportedFormatError, match="multiscales"):
         open_slide(group)
-    assert is_slide(group)
-    assert not is_slide(tmp_path / "missing.tif")
+    assert lazy_readable(group)
+    assert not lazy_readable(tmp_path / "missing.tif")
 
 
 def test_a_tiff_in_huge_strips_is_refused_with_the_fix(

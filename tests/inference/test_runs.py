@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 from pycocotools import mask as coco_mask
 from skimage.measure import regionprops
 
-from app.codecs.masks import object_rles
+from app.codecs.encode import object_rles
 from app.inference.objects import Objects, measure
 from app.inference.runs import vertical_runs
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import dask
+import dask_jobqueue  # noqa: F401 -- its config defaults, before the tests set their part
 import pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "large-images.md"

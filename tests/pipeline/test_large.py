@@ -20,8 +20,8 @@ from PIL import Image
 
 import app.pipeline.batch
 from app import cli
+from app.codecs.encode import to_uint16
 from app.codecs.errors import CorruptImageError
-from app.codecs.masks import to_uint16
 from app.codecs.outputs import LARGE_OUTPUTS, Options, Provenance
 from app.codecs.slides import open_slide
 from app.inference import Predictor, load_model

@@ -18,9 +18,9 @@ from app.codecs.outputs import LARGE_OUTPUTS, Options, Provenance
 from app.codecs.overview import overview
 from app.codecs.slides import open_slide
 from app.inference import Predictor, load_model
-from app.inference.blocks import BLOCK_SIZE, block_grid
+from app.inference.blocks import block_grid
 from app.main import create_app
-from app.pipeline.large import context_px, segment_large
+from app.pipeline.large import SKIP_BLOCK_SIZE, context_px, segment_large
 from app.pipeline.tissue import find_tissue, tissue_mask
 from tests.conftest import settings
 from tests.jobs.helpers import wait, zipped_labels
@@ -132,7 +132,7 @@ def test_objects_of_a_skipped_slide_lie_in_the_blocks_that_ran(
 def test_the_command_line_skips_the_background_alike_with_dask(
     dask: bool, rgb_model: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    image, _ = slide(2200, 2600)  # blocks of about 2048 px: the tissue is in the first
+    image, _ = slide(2200, 2600)  # blocks of about 1024 px: the tissue in the first few
     source = tmp_path / "scan.ome.tif"
     write_ome_tiff(source, image)
     argv = [str(source), "--model", str(rgb_model), "--tile", "256", "--max-pixels", "100000"]
@@ -178,7 +178,7 @@ def test_a_job_skips_the_background_and_reports_it(rgb_model: Path, tmp_path: Pa
     assert job["background_skipped"] > 0.3
     loaded = load_model(rgb_model)
     predictor = Predictor(loaded.engine.run, loaded.card, tile_size=256)
-    grid = block_grid(predictor.plan(2200, 2600), BLOCK_SIZE)
+    grid = block_grid(predictor.plan(2200, 2600), SKIP_BLOCK_SIZE)
     runs = find_tissue(image).runs(grid, context_px(predictor))
     for block, run in zip(grid, runs, strict=True):
         here = (block.rows, block.cols)

@@ -3,8 +3,8 @@ a 32-bit TIFF above 65535 objects; ``X-Object-Count: N`` (one frame)."""
 
 from __future__ import annotations
 
+from app.codecs.encode import encode_instances
 from app.codecs.images import DecodedImage
-from app.codecs.masks import encode_instances
 from app.codecs.outputs._objects import objects_of
 from app.codecs.outputs.base import Options, Output, Provenance
 from app.inference.predictor import Prediction

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from app.codecs.encode import object_rles
 from app.codecs.images import DecodedImage
-from app.codecs.masks import object_rles
 from app.codecs.outputs._objects import objects_of
 from app.codecs.outputs.base import Options, Output, Provenance, json_bytes, json_header
 from app.inference.objects import measure

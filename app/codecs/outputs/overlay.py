@@ -10,8 +10,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from app.codecs.encode import PNG_COMPRESS_LEVEL, palette
 from app.codecs.images import DecodedImage
-from app.codecs.masks import PNG_COMPRESS_LEVEL, palette
 from app.codecs.outputs._objects import colour, objects_of
 from app.codecs.outputs.base import Options, Output, Provenance
 from app.inference.predictor import Prediction

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from app.codecs.encode import encode_label_png
 from app.codecs.images import DecodedImage
-from app.codecs.masks import encode_label_png
 from app.codecs.outputs.base import Options, Output, Provenance
 from app.inference.predictor import Prediction
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from app.codecs.encode import encode_probability_png
 from app.codecs.images import DecodedImage
-from app.codecs.masks import encode_probability_png
 from app.codecs.outputs.base import Options, Output, Provenance
 from app.inference.objects import class_probability
 from app.inference.predictor import Prediction

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
+from app.codecs.encode import encode_rle
 from app.codecs.images import DecodedImage
-from app.codecs.masks import encode_rle
 from app.codecs.outputs.base import Options, Output, Provenance, json_header
 from app.inference.predictor import Prediction
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from app.codecs.masks import encode_label_png, encode_probability_png, encode_rle, palette
+from app.codecs.encode import encode_label_png, encode_probability_png, encode_rle, palette
 
 # pycocotools 2.0.11's decode (only the tests decode) trips numpy 2's __array__ copy
 # deprecation inside its Cython code; the encoder the service uses does not.
