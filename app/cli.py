@@ -165,7 +165,7 @@ def stage_bar(bar: tqdm) -> Callable[[str, int, int], None]:
 def setup(args: argparse.Namespace) -> Setup:
     fields = ("providers", "precision", "tile", "batch", "threshold", "tta", "min_area", "objects")
     more = {"max_pixels": args.max_pixels, "probability": args.probability,
-            "skip_background": args.skip_background}  # fmt: skip
+            "skip_background": args.skip_background, "pixel_size": args.pixel_size}  # fmt: skip
     more["model"] = args.model.absolute()  # Dask workers elsewhere open it by this path
     return Setup(**{f: getattr(args, f) for f in fields}, **more)
 
@@ -229,8 +229,12 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
     add("--probability", action="store_true", help="ome-zarr: also p(class 1), 16-bit")
     add("--skip-background", action="store_true",
         help="large images: predict only blocks near tissue (brightfield slides)")  # fmt: skip
+    add("--pixel-size", type=float, metavar="UM",
+        help="large images: their pixel size in µm, over what the file says")  # fmt: skip
     add("--dask", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://scheduler:8786")
     args = parser.parse_args(argv)
+    if args.pixel_size is not None and not args.pixel_size > 0:
+        parser.error(f"--pixel-size must be > 0 µm, got {args.pixel_size}")
     if args.threshold is not None and not 0 < args.threshold < 1:
         parser.error(f"--threshold must be in (0, 1), got {args.threshold}")
     if args.objects and args.format != "overlay":

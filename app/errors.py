@@ -96,3 +96,8 @@ def quote(value: object) -> str:
     """``repr(value)``, cut to QUOTE_CHARS characters (a 60 KB query value is not echoed)."""
     text = repr(value)
     return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text)} chars)"
+
+
+class ResolutionError(ServiceError):
+    """The input's pixel size is more than 10 % off the model's (422): resampling to the
+    model's pixel size is not built yet."""

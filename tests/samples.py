@@ -161,15 +161,20 @@ def write_ome_tiff(path: object, image: np.ndarray, **options: object) -> None:
         )
 
 
-def write_ome_zarr(path: object, image: np.ndarray, zarr_format: int = 2) -> None:
-    """An OME-Zarr image (NGFF 0.4 on zarr v2, 0.5 on zarr v3) of one plane: axes c, y, x."""
+def write_ome_zarr(
+    path: object, image: np.ndarray, zarr_format: int = 2, pixel_size_um: float | None = None
+) -> None:
+    """An OME-Zarr image (NGFF 0.4 on zarr v2, 0.5 on zarr v3) of one plane: axes c, y, x;
+    with ``pixel_size_um``, y and x in micrometers at that scale."""
     import zarr
 
     planes = image.transpose(2, 0, 1) if image.ndim == 3 else image[None]
     group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     group.create_array("0", data=planes, chunks=(1, 256, 256))
-    axes = [{"name": "c", "type": "channel"}] + [{"name": a, "type": "space"} for a in "yx"]
-    scale = [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]
+    space = {"type": "space"} | ({"unit": "micrometer"} if pixel_size_um else {})
+    axes = [{"name": "c", "type": "channel"}] + [{"name": a, **space} for a in "yx"]
+    size = pixel_size_um or 1.0
+    scale = [{"type": "scale", "scale": [1.0, size, size]}]
     multiscales = [{"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}]
     if zarr_format == 2:
         group.attrs["multiscales"] = [{"version": "0.4", **multiscales[0]}]

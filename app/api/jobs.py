@@ -102,6 +102,16 @@ SkipBackgroundQuery = Annotated[
 ]
 
 
+PixelSizeQuery = Annotated[
+    float | None,
+    Query(
+        gt=0,
+        description="images that go block by block: their pixel size in µm, over what the "
+        "file says; checked against the model card's pixel_size_um",
+    ),
+]
+
+
 def _time(stamp: float | None) -> str | None:
     return datetime.fromtimestamp(stamp, UTC).isoformat() if stamp is not None else None
 
@@ -178,6 +188,7 @@ async def submit(
     min_area: MinAreaQuery = None,
     objects: ObjectsQuery = False,
     skip_background: SkipBackgroundQuery = False,
+    pixel_size: PixelSizeQuery = None,
 ) -> JSONResponse:
     """Queue the image of the body (raw or multipart `file`), or the file named by a JSON
     body `{"source": "<path under UNET_JOB_SOURCE_ROOT>"}`. 202 with the job and its
@@ -190,10 +201,10 @@ async def submit(
     with admitted(request, service, runner):
         try:
             path, name = await receive_input(request, service, runner, job_id)
-            found = await asyncio.to_thread(probe, path, output, options, service)
+            found = await asyncio.to_thread(probe, path, output, options, service, pixel_size)
             given = Submission(
                 str(path), name, found.output, found.large, found.width, found.height,
-                found.frames, options, skip_background,
+                found.frames, options, skip_background, pixel_size,
             )  # fmt: skip
             job = runner.store.add(job_id, given, found.tiles)
         except BaseException:

@@ -57,6 +57,8 @@ class WsiLevel:
         self.wsi, self.level = wsi, level.level  # the level's number: log2 of its scale
         self.shape = (level.size.height, level.size.width, channels)
         self.dtype = np.dtype(np.uint8)
+        spacing = level.pixel_spacing  # mm per pixel: (width, height)
+        self.pixel_size_um = (spacing.height * 1000, spacing.width * 1000) if spacing else None
 
     def __getitem__(self, key: tuple[slice, slice, slice]) -> npt.NDArray[np.uint8]:
         rows, cols, channels = key

@@ -8,7 +8,6 @@ an animated PNG and a multi-page TIFF are several frames of one size.
 from __future__ import annotations
 
 import io
-import re
 import struct
 import warnings
 import zlib
@@ -19,6 +18,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from app.codecs.errors import CorruptImageError, UnsupportedFormatError
 from app.codecs.frames import DecodedImage, DecodeFn, Limits
+from app.codecs.pixel_size import tags_pixel_size_um
 
 # The service checks its own limits (Limits) from the header before any pixel
 # is decoded; Pillow's global bomb check would fire first, at its own threshold,
@@ -116,53 +116,9 @@ def _page_count(im: Image.Image, limits: Limits, label: str) -> int:
     return pages
 
 
-# -- the pixel size a TIFF states --------------------------------------------------------------
-
-MICRONS = {"nm": 1e-3, "\u00b5m": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0,
-           "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}  # fmt: skip
-_OME_PIXELS = re.compile(r"<(?:\w+:)?Pixels\b([^>]*)>")
-_ATTRIBUTE = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
-TIFF_DESCRIPTION, X_RESOLUTION, Y_RESOLUTION, RESOLUTION_UNIT = 270, 282, 283, 296
-CENTIMETER = 3
-
-
-def _size(value: object, unit: str) -> float | None:
-    try:
-        size = float(value) * MICRONS[unit]  # type: ignore[arg-type]
-    except (KeyError, TypeError, ValueError):
-        return None
-    return size if np.isfinite(size) and size > 0 else None
-
-
-def _pair(row: float | None, column: float | None) -> tuple[float, float] | None:
-    return None if row is None or column is None else (row, column)
-
-
 def tiff_pixel_size_um(im: Image.Image) -> tuple[float, float] | None:
-    """(row, column) spacing in µm that a TIFF states, in the order of trust: OME-XML's
-    PhysicalSizeY/X (unit attributes, µm by default), ImageJ's ``unit=`` with the
-    resolution tags (pixels per unit), the resolution tags in pixels per centimetre. Not a
-    resolution in inches: that is a print size (72 or 300 dpi), written by every editor."""
-    tags = getattr(im, "tag_v2", {})
-    description = str(tags.get(TIFF_DESCRIPTION, ""))[:65536]
-    found = _OME_PIXELS.search(description) if "PhysicalSize" in description else None
-    if found:
-        pixels = dict(_ATTRIBUTE.findall(found.group(1)))
-        return _pair(
-            _size(pixels.get("PhysicalSizeY"), pixels.get("PhysicalSizeYUnit", "µm")),
-            _size(pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeXUnit", "µm")),
-        )
-    try:
-        per_x, per_y = 1 / float(tags[X_RESOLUTION]), 1 / float(tags[Y_RESOLUTION])
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return None
-    imagej = re.search(r"^unit=(\S+)$", description, re.MULTILINE)
-    if description.startswith("ImageJ=") and imagej:
-        unit = imagej.group(1).replace("\\u00B5", "µ")
-        return _pair(_size(per_y, unit), _size(per_x, unit))
-    if tags.get(RESOLUTION_UNIT) == CENTIMETER:
-        return _pair(_size(per_y, "cm"), _size(per_x, "cm"))
-    return None
+    """(row, column) spacing in µm that a TIFF read by Pillow states (app/codecs/pixel_size.py)."""
+    return tags_pixel_size_um(getattr(im, "tag_v2", {}))
 
 
 PixelSizeFn = Callable[[Image.Image], "tuple[float, float] | None"]

@@ -21,7 +21,6 @@ for a tile found broken only when it is read.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,8 @@ import numpy.typing as npt
 from app.codecs.dicom_wsi import is_dicom_wsi, open_levels
 from app.codecs.errors import CorruptImageError, NotAnImageError, UnsupportedFormatError
 from app.codecs.magic import is_tiff
+from app.codecs.openslide_levels import is_openslide, openslide_levels
+from app.codecs.pixel_size import ngff_pixel_size_um, tifffile_pixel_size_um
 
 SPATIAL = ("Y", "X")
 LARGEST_CHUNK = 256 << 20  # bytes of one TIFF strip or tile: more is refused (not tiled)
@@ -47,7 +48,10 @@ class Slide:
     axes: one letter per dimension, Y and X among them, C or S for channels;
     every other axis (T, Z, pages) must have length 1.
     lower: the file's own pyramid, level 1 onwards, as Slides (app/codecs/overview.py).
+    pixel_size_um: level 0's (row, column) spacing as the file states it, else None.
     """
+
+    pixel_size_um: tuple[float, float] | None = None
 
     def __init__(
         self,
@@ -130,9 +134,9 @@ def _is_zarr(path: Path) -> bool:
     return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup", ".zarray"))
 
 
-def _ngff_axes(attrs: dict[str, Any]) -> tuple[list[str], str] | None:
-    """(the levels' paths, level 0 first; their axes letters) of an NGFF image's
-    attributes, or None."""
+def _ngff_axes(attrs: dict[str, Any]) -> tuple[list[str], str, dict[str, Any]] | None:
+    """(the levels' paths, level 0 first; their axes letters; the multiscale) of an NGFF
+    image's attributes, or None."""
     ome = attrs.get("ome", attrs)  # 0.5 nests the metadata under "ome"
     multiscales = ome.get("multiscales")
     if not multiscales:
@@ -141,7 +145,7 @@ def _ngff_axes(attrs: dict[str, Any]) -> tuple[list[str], str] | None:
     axes = first.get("axes") or ["t", "c", "z", "y", "x"][-5:]
     names = [a["name"] if isinstance(a, dict) else a for a in axes]
     paths = [d["path"] for d in first["datasets"]]
-    return paths, "".join(n[0].upper() for n in names)
+    return paths, "".join(n[0].upper() for n in names), first
 
 
 def _open_zarr(path: Path) -> Slide:
@@ -159,9 +163,11 @@ def _open_zarr(path: Path) -> Slide:
                 f"{path.name}: a zarr group without OME-NGFF 'multiscales' metadata; give the "
                 "path of an OME-Zarr image or of one zarr array"
             )
-        levels, axes = found
+        levels, axes, multiscale = found
         lower = tuple(Slide(node[k], axes, "ome-zarr", path) for k in levels[1:])
-        return Slide(node[levels[0]], axes, "ome-zarr", path, lower=lower)
+        slide = Slide(node[levels[0]], axes, "ome-zarr", path, lower=lower)
+        slide.pixel_size_um = ngff_pixel_size_um(multiscale)
+        return slide
     except (UnsupportedFormatError, CorruptImageError):
         raise
     except Exception as exc:  # metadata that is not what NGFF says: a missing level, ...
@@ -190,7 +196,9 @@ def _open_tiff(path: Path) -> Slide:
             Slide(zarr.open(series.aszarr(level=k), mode="r"), series.axes, "tiff", path)
             for k in range(1, len(series.levels))
         )
-        return Slide(array, series.axes, "tiff", path, tif.close, lower)
+        slide = Slide(array, series.axes, "tiff", path, tif.close, lower)
+        slide.pixel_size_um = tifffile_pixel_size_um(series.keyframe)
+        return slide
     except (UnsupportedFormatError, CorruptImageError):
         tif.close()
         raise
@@ -199,55 +207,12 @@ def _open_tiff(path: Path) -> Slide:
         raise CorruptImageError(f"{path.name}: not a readable TIFF ({exc})") from exc
 
 
-class _OpenSlideLevel:
-    """An OpenSlide level as an H x W x 3 (RGB) array that reads rectangles: where the
-    scan has no data (alpha < 255), the slide's background colour shows, as in viewers."""
-
-    def __init__(self, handle: Any, level: int = 0) -> None:
-        self.handle, self.level = handle, level
-        self.downsample = float(handle.level_downsamples[level])
-        width, height = handle.level_dimensions[level]
-        self.shape, self.dtype = (height, width, 3), np.dtype(np.uint8)
-        colour = handle.properties.get("openslide.background-color") or "FFFFFF"
-        self.background = np.array([int(colour[i : i + 2], 16) for i in (0, 2, 4)], np.float32)
-
-    def __getitem__(self, key: tuple[slice, slice, slice]) -> npt.NDArray[np.uint8]:
-        rows, cols, channels = key
-        size = (cols.stop - cols.start, rows.stop - rows.start)
-        corner = (round(cols.start * self.downsample), round(rows.start * self.downsample))
-        rgba = np.asarray(self.handle.read_region(corner, self.level, size))
-        rgb, alpha = rgba[:, :, :3], rgba[:, :, 3:]
-        if alpha.min() < 255:  # OpenSlide's RGBA is not premultiplied
-            weight = alpha.astype(np.float32) / 255
-            mixed = rgb * weight + self.background * (1 - weight)
-            rgb = np.rint(mixed).astype(np.uint8)
-        return rgb[:, :, channels]
-
-
-def _is_openslide(path: Path) -> bool:
-    if importlib.util.find_spec("openslide") is None or not path.is_file():
-        return False
-    import openslide
-
-    return openslide.OpenSlide.detect_format(str(path)) is not None
-
-
 def _open_openslide(path: Path) -> Slide:
-    import openslide
-
-    try:
-        handle = openslide.OpenSlide(str(path))
-    except openslide.OpenSlideError as exc:
-        raise CorruptImageError(f"{path.name}: OpenSlide cannot read it ({exc})") from exc
-    try:
-        lower = tuple(
-            Slide(_OpenSlideLevel(handle, k), "YXS", "openslide", path)
-            for k in range(1, handle.level_count)
-        )
-        return Slide(_OpenSlideLevel(handle), "YXS", "openslide", path, handle.close, lower)
-    except BaseException:
-        handle.close()
-        raise
+    levels, close, pixel_size = openslide_levels(path)
+    lower = tuple(Slide(level, "YXS", "openslide", path) for level in levels[1:])
+    slide = Slide(levels[0], "YXS", "openslide", path, close, lower)
+    slide.pixel_size_um = pixel_size
+    return slide
 
 
 def is_tiff_file(path: Path) -> bool:
@@ -270,7 +235,9 @@ class Reader:
 def _open_dicom_wsi(path: Path) -> Slide:
     levels, close = open_levels(path)
     lower = tuple(Slide(level, "YXS", "dicom-wsi", path) for level in levels[1:])
-    return Slide(levels[0], "YXS", "dicom-wsi", path, close, lower)
+    slide = Slide(levels[0], "YXS", "dicom-wsi", path, close, lower)
+    slide.pixel_size_um = levels[0].pixel_size_um
+    return slide
 
 
 # Tried in this order: TIFF-based slides (SVS too) go to tifffile before OpenSlide.
@@ -278,7 +245,7 @@ READERS = (
     Reader("OME-Zarr", _is_zarr, _open_zarr),
     Reader("DICOM WSI", is_dicom_wsi, _open_dicom_wsi),
     Reader("TIFF", lambda p: is_tiff_file(p), _open_tiff),
-    Reader("OpenSlide", _is_openslide, _open_openslide),
+    Reader("OpenSlide", is_openslide, _open_openslide),
 )
 
 

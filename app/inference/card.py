@@ -76,6 +76,9 @@ class ModelCard(BaseModel):
         None, gt=0, lt=1, description="the default threshold of a binary model, calibrated"
     )
     objects: Recipe = Recipe()
+    pixel_size_um: float | None = Field(
+        None, gt=0, description="the physical pixel size the model was trained at, µm"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

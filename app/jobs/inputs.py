@@ -23,6 +23,7 @@ from app.errors import SourceNotFoundError, SourceRefusedError, quote
 from app.inference.blocks import block_grid
 from app.inference.predictor import FLIPS
 from app.pipeline.batch import route
+from app.pipeline.resolution import check_resolution
 from app.service import Service
 
 # A file the in-memory decoders read whole may be at most this many bytes per pixel of
@@ -123,18 +124,23 @@ def _decode(path: Path, service: Service) -> tuple[int, int, int]:
     return image.width, image.height, len(image.frames)
 
 
-def probe(path: Path, output: str | None, options: Options, service: Service) -> Probe:
+def probe(
+    path: Path, output: str | None, options: Options, service: Service, pixel: float | None = None
+) -> Probe:
     """``_probe``; an input that cannot be read (permissions, I/O) is 422, not 500."""
     try:
-        return _probe(path, output, options, service)
+        return _probe(path, output, options, service, pixel)
     except OSError as exc:
         raise SourceNotFoundError(f"{path.name} cannot be read: {exc.strerror}") from None
 
 
-def _probe(path: Path, output: str | None, options: Options, service: Service) -> Probe:
+def _probe(
+    path: Path, output: str | None, options: Options, service: Service, pixel: float | None
+) -> Probe:
     """Check the input at ``path`` and decide how it runs: 400 not an image, 413 too large
     for an in-memory format, 415 a format not read here, 422 a format of one frame
-    for several."""
+    for several, or a large image at another pixel size than the model's (``pixel``: the
+    one the client states)."""
     if not path.is_file() and not lazy_readable(path):
         raise NotAnImageError(f"{path.name} is not an image file or an OME-Zarr folder")
     settings = service.settings
@@ -144,6 +150,8 @@ def _probe(path: Path, output: str | None, options: Options, service: Service) -
     if lazy_readable(path) and (large or not path.is_file()):
         with open_slide(path) as slide:
             width, height, frames = slide.width, slide.height, 1
+            if large:
+                check_resolution(service.model.card, slide, pixel, "the image")
     else:
         width, height, frames = _decode(path, service)
     if large and frames > 1:

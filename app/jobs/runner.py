@@ -283,4 +283,6 @@ class JobRunner:
             return self.gate.job_batch(lambda: engine.run(batch), check)
 
         request = job.request
-        return Context.of_job(self.service, request.options, run, request.skip_background)
+        return Context.of_job(
+            self.service, request.options, run, request.skip_background, request.pixel_size
+        )

@@ -72,6 +72,7 @@ class Submission:
     frames: int
     options: Options
     skip_background: bool = False
+    pixel_size: float | None = None
 
     @classmethod
     def from_json(cls, text: str) -> Submission:

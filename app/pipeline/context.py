@@ -84,13 +84,15 @@ class Setup:
     max_pixels: int = 64 << 20  # the service's default UNET_MAX_IMAGE_PIXELS (8192 x 8192)
     probability: bool = False  # large formats: also store round(p(class 1) * 65535)
     skip_background: bool = False  # large images: predict only the blocks near tissue
+    pixel_size: float | None = None  # µm: the inputs' pixel size, over what their files say
 
 
 @dataclass(frozen=True)
 class Context:
     """The model, predictor, decoders, options and limits every input of a job or a batch
     shares. probability: large formats also store round(p(class 1) * 65535);
-    skip_background: large images predict only the blocks near tissue."""
+    skip_background: large images predict only the blocks near tissue; pixel_size: the
+    inputs' pixel size (µm) as the user states it (app/pipeline/resolution.py)."""
 
     model: Provenance
     predictor: Predictor
@@ -99,6 +101,7 @@ class Context:
     limits: Limits
     probability: bool = False
     skip_background: bool = False
+    pixel_size: float | None = None
 
     @classmethod
     def load(cls, setup: Setup) -> Context:
@@ -114,11 +117,17 @@ class Context:
             Limits(setup.max_pixels),
             setup.probability,
             setup.skip_background,
+            setup.pixel_size,
         )
 
     @classmethod
     def of_job(
-        cls, service: Service, options: Options, run: RunFn, skip_background: bool = False
+        cls,
+        service: Service,
+        options: Options,
+        run: RunFn,
+        skip_background: bool = False,
+        pixel_size: float | None = None,
     ) -> Context:
         """A job's: the service's model, tiling and decoders, every tile batch through
         ``run`` (the gate); the pixel and frame limits of the service, no work limit."""
@@ -126,4 +135,4 @@ class Context:
         predictor = predictor_for(service.model, base.tile_size, base.batch_size, run)
         limits = Limits(service.settings.max_image_pixels, service.settings.max_frames)
         model, inputs = Provenance.of(service.model), service.inputs
-        return cls(model, predictor, inputs, options, limits, False, skip_background)
+        return cls(model, predictor, inputs, options, limits, False, skip_background, pixel_size)

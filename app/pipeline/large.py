@@ -222,11 +222,16 @@ def segment_large(
         output.finish(store, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    result = LargeResult(height, width, tiles, levels, found.count if found else None)
-    if runs is not None:
-        kept = sum(b.pixels for b, run in zip(grid, runs, strict=True) if run)
-        result.skipped = round(1 - kept / (height * width), 4)
-    return result
+    objects = found.count if found else None
+    return LargeResult(height, width, tiles, levels, objects, skipped_area(grid, runs))
+
+
+def skipped_area(grid: BlockGrid, runs: tuple[bool, ...] | None) -> float | None:
+    """The fraction of the image in blocks that did not run (None: all were asked to)."""
+    if runs is None:
+        return None
+    kept = sum(b.pixels for b, run in zip(grid, runs, strict=True) if run)
+    return round(1 - kept / (grid.plan.height * grid.plan.width), 4)
 
 
 def context_px(predictor: Predictor) -> int:

@@ -188,9 +188,9 @@ def test_openslide_no_data_shows_the_background_colour() -> None:
     """OpenSlide's RGBA is not premultiplied: alpha 0 is the slide's background colour."""
     from PIL import Image
 
-    from app.codecs.slides import _OpenSlideLevel
+    from app.codecs.openslide_levels import OpenSlideLevel
 
-    class Handle:  # the three things _OpenSlideLevel asks of openslide.OpenSlide
+    class Handle:  # the three things OpenSlideLevel asks of openslide.OpenSlide
         level_dimensions, level_downsamples = ((4, 2),), (1.0,)
 
         def __init__(self) -> None:
@@ -206,7 +206,7 @@ def test_openslide_no_data_shows_the_background_colour() -> None:
             rgba[:, 2:, 3] = 128  # half
             return Image.fromarray(rgba, "RGBA")
 
-    level = _OpenSlideLevel(Handle())
+    level = OpenSlideLevel(Handle())
     rgb = level[slice(0, 2), slice(0, 4), slice(0, 3)]
     assert rgb[0, 0].tolist() == [100, 100, 100]
     assert rgb[0, 1].tolist() == [0xF0, 0xE0, 0xD0]
