@@ -97,7 +97,3 @@ def quote(value: object) -> str:
     text = repr(value)
     return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text)} chars)"
 
-
-class ResolutionError(ServiceError):
-    """The input's pixel size is more than 10 % off the model's (422): resampling to the
-    model's pixel size is not built yet."""

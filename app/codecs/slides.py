@@ -52,6 +52,7 @@ class Slide:
     """
 
     pixel_size_um: tuple[float, float] | None = None
+    level = 0  # its index in the file's pyramid
 
     def __init__(
         self,
@@ -81,6 +82,8 @@ class Slide:
             )
         self.format, self.path, self.name, self._close = fmt, path, name, close
         self.lower = lower
+        for index, below in enumerate(lower, start=1):
+            below.level = index
         self._array, self._axes = array, axes
         self._channel = channel_axes[0] if channel_axes else None
         kept = 1 if channels <= 2 else 3  # gray (+ alpha), RGB (+ alpha): alpha dropped

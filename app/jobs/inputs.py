@@ -23,7 +23,7 @@ from app.errors import SourceNotFoundError, SourceRefusedError, quote
 from app.inference.blocks import block_grid
 from app.inference.predictor import FLIPS
 from app.pipeline.batch import route
-from app.pipeline.resolution import check_resolution
+from app.pipeline.resolution import resolve
 from app.service import Service
 
 # A file the in-memory decoders read whole may be at most this many bytes per pixel of
@@ -139,24 +139,26 @@ def _probe(
 ) -> Probe:
     """Check the input at ``path`` and decide how it runs: 400 not an image, 413 too large
     for an in-memory format, 415 a format not read here, 422 a format of one frame
-    for several, or a large image at another pixel size than the model's (``pixel``: the
-    one the client states)."""
+    for several. pixel: the pixel size the client states (a large image at another than
+    the model's is segmented at the model's: its tiles counted there)."""
     if not path.is_file() and not lazy_readable(path):
         raise NotAnImageError(f"{path.name} is not an image file or an OME-Zarr folder")
     settings = service.settings
     name, large = route(
         path, output, settings.max_image_pixels, service.outputs, "UNET_MAX_IMAGE_PIXELS"
     )
+    planned: tuple[int, ...] | None = None  # the size segmented, when not level 0's
     if lazy_readable(path) and (large or not path.is_file()):
         with open_slide(path) as slide:
             width, height, frames = slide.width, slide.height, 1
-            if large:
-                check_resolution(service.model.card, slide, pixel, "the image")
+            seen = resolve(service.model.card, slide, pixel, path.name, warn=False)
+            planned = seen.source.shape[:2]
     else:
         width, height, frames = _decode(path, service)
     if large and frames > 1:
         raise FrameCountError(f"the image has {frames} frames; format={name} carries one")
     plan, flips = service.predictor.plan(height, width), FLIPS if options.tta else FLIPS[:1]
     if large:  # block by block: a tile that meets two blocks runs for each
+        plan = service.predictor.plan(*(planned or (height, width)))
         return Probe(name, large, width, height, 1, block_grid(plan).tile_count(flips))
     return Probe(name, large, width, height, frames, len(plan) * len(flips) * frames)

@@ -21,7 +21,7 @@ from app.inference.tiler import ProgressFn, Region
 from app.pipeline.context import Context
 from app.pipeline.large import Blocks, segment_large
 from app.pipeline.objects import Mapper, local_map
-from app.pipeline.resolution import check_resolution
+from app.pipeline.resolution import resolve
 from app.pipeline.small import segment_image
 
 
@@ -129,12 +129,12 @@ class Large:
         c = self.context
         image = self.image(source)
         try:
-            size = check_resolution(c.model.card, image, c.pixel_size, source.name)
+            seen = resolve(c.model.card, image, c.pixel_size, source.name)
             result = segment_large(
-                image, path, self.output, c.predictor, c.model, c.options,
+                seen.source, path, self.output, c.predictor, c.model, c.options,
                 blocks=self.blocks, mapper=self.mapper or local_map,
                 probability=c.probability, progress=progress,
-                skip_background=c.skip_background,
+                skip_background=c.skip_background, shape=seen.shape,
             )  # fmt: skip
         finally:
             close = getattr(image, "close", None)
@@ -144,6 +144,8 @@ class Large:
                  "tiles": result.tiles, "levels": result.levels}  # fmt: skip
         if result.skipped is not None:
             facts["background_skipped"] = result.skipped
-        if size is not None:
-            facts["pixel_size_um"] = [round(s, 6) for s in size]
+        if seen.size is not None:
+            facts["pixel_size_um"] = [round(s, 6) for s in seen.size]
+        if seen.shape is not None:
+            facts["segmented_at"] = list(seen.source.shape[:2])
         return facts if result.objects is None else facts | {"objects": result.objects}

@@ -30,6 +30,7 @@ from app.codecs.slides import Slide, open_slide
 from app.inference import ModelLoadError
 from app.inference.blocks import Block, BlockGrid
 from app.inference.card import Recipe
+from app.inference.resample import Resampled
 from app.inference.tiler import ProgressFn
 from app.pipeline.batch import Small
 from app.pipeline.context import Context, Setup
@@ -69,17 +70,29 @@ def _slide(path: str) -> Slide:
     return _SLIDES[path][1]
 
 
+def _image(source: str | tuple[str, int, tuple[int, int]] | np.ndarray) -> Any:
+    """A block task's image: a slide by its path; a level of one at the model's pixel
+    size, by (path, level, shape); or the array itself."""
+    if isinstance(source, str):
+        return _slide(source)
+    if isinstance(source, tuple):
+        path, level, shape = source
+        slide = _slide(path)
+        return Resampled(slide.lower[level - 1] if level else slide, shape)
+    return source
+
+
 def _block_task(
     setup: Setup,
     sha256: str,
-    source: str | np.ndarray,
+    source: str | tuple[str, int, tuple[int, int]] | np.ndarray,
     grid: BlockGrid,
     block: Block,
     store: str,
     recipe: Recipe | None,
 ) -> int:
     context = _context(setup, sha256)
-    image = _slide(source) if isinstance(source, str) else source
+    image = _image(source)
     target = LabelStore.open(Path(store))
     return write_block(context.predictor, image, grid, block, context.options, target, recipe)
 
@@ -126,8 +139,11 @@ class Cluster:
 
         image = step.image
         source: Any = str(image.path) if isinstance(image, Slide) else None
+        if isinstance(image, Resampled) and isinstance(image.image, Slide):
+            source = (str(image.image.path), image.image.level, image.shape[:2])
         if source is None:  # an image decoded in memory: sent to the workers once
-            source = self.client.scatter(np.asarray(image), broadcast=True)
+            whole = image[slice(0, image.shape[0]), slice(0, image.shape[1])]
+            source = self.client.scatter(np.asarray(whole), broadcast=True)
         where, setup, sha = str(step.store.path), self.setup, self.sha256
         futures = [
             self.client.submit(

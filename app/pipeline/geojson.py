@@ -55,8 +55,10 @@ def features_block(
     boxes: npt.NDArray[np.int64],
     facts: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]],
     names: list[str],
+    scale: tuple[float, float] = (1.0, 1.0),
 ) -> str:
-    """The Features of the objects ``owned`` (ids, with their boxes) as JSON, comma-joined."""
+    """The Features of the objects ``owned`` (ids, with their boxes) as JSON, comma-joined;
+    scale: level-0 pixels (rows, cols) per pixel of the store (its area too)."""
     if len(owned) == 0:
         return ""
     y0, x0 = int(boxes[:, 0].min()), int(boxes[:, 1].min())
@@ -71,10 +73,11 @@ def features_block(
     region[~np.isin(region, owned)] = 0
     shapes = outlines(region).polygons
     classes, area, score = facts
-    out, corner = [], np.array([x0, y0])
+    out, corner, factor = [], np.array([x0, y0]), np.array([scale[1], scale[0]])
     for i in owned:
-        parts = [[ring + corner for ring in polygon] for polygon in shapes[i]]
-        item = feature(parts, int(i), names, int(classes[i]), int(area[i]), float(score[i]))
+        parts = [[(ring + corner) * factor for ring in polygon] for polygon in shapes[i]]
+        pixels = round(int(area[i]) * scale[0] * scale[1])
+        item = feature(parts, int(i), names, int(classes[i]), pixels, float(score[i]))
         out.append(json_bytes(item).decode())
     return ",".join(out)
 
@@ -87,8 +90,10 @@ def write_geojson(
     target: Path,
     run: Mapper = local_map,
     progress: Callable[[int, int], None] | None = None,
+    scale: tuple[float, float] = (1.0, 1.0),
 ) -> None:
-    """A FeatureCollection of every object in ``store`` into ``target``, block by block."""
+    """A FeatureCollection of every object in ``store`` into ``target``, block by block;
+    scale: level-0 pixels (rows, cols) per pixel of the store (a resampled image's)."""
     blocks, path, n = list(grid), str(store.path), found.count
     area, sums = np.zeros(n + 1, np.int64), np.zeros(n + 1)
     boxes = np.tile(np.array([[np.iinfo(np.int64).max] * 2 + [0, 0]]), (n + 1, 1))
@@ -104,7 +109,7 @@ def write_geojson(
     for index, block in enumerate(blocks):
         owned = np.flatnonzero(owner == index)
         owned = owned[owned > 0]
-        jobs.append((path, block, owned, boxes[owned], facts, names))
+        jobs.append((path, block, owned, boxes[owned], facts, names, scale))
     with target.open("w") as out:
         out.write(HEAD.decode())
         first = True

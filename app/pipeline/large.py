@@ -36,6 +36,7 @@ from app.inference.predictor import FLIPS, Predictor
 from app.inference.tiler import ProgressFn, Region
 from app.pipeline.geojson import write_geojson
 from app.pipeline.objects import Mapper, find_large_objects, local_map
+from app.pipeline.resolution import bring_back
 from app.pipeline.tissue import find_tissue
 
 # px: blocks when the background is skipped. Smaller blocks fit tissue closer: on a disc of
@@ -179,6 +180,7 @@ def segment_large(
     progress: Callable[[str, int, int], None] | None = None,
     block_size: int | None = None,
     skip_background: bool = False,
+    shape: tuple[int, int] | None = None,
 ) -> LargeResult:
     """Segment ``image`` (H x W x C, C = 1 or 3, a lazy reader or an array) into ``path``.
 
@@ -191,12 +193,16 @@ def segment_large(
     BLOCK_SIZE; SKIP_BLOCK_SIZE with ``skip_background``, so that blocks fit tissue closer).
     skip_background: predict only the blocks with tissue near them (app/pipeline/tissue.py);
     the others are class 0, without objects. The tissue is kept as the ``tissue`` label.
+    shape: level 0's (h, w) when ``image`` is a level of it resampled to the model's pixel
+    size (app/pipeline/resolution.py): the result is brought back to it.
     """
     card, (height, width) = model.card, image.shape[:2]
+    (out_h, out_w) = shape or (height, width)
     block_size = block_size or (SKIP_BLOCK_SIZE if skip_background else BLOCK_SIZE)
     grid = block_grid(predictor.plan(height, width), block_size)
     recipe = objects_recipe(model, options) if output.content != "classes" else None
     scratch, found, runs = temporary_store(path), None, None
+    back = temporary_store(path) if shape else None
 
     def stage(name: str) -> ProgressFn:
         return lambda done, total: progress(name, done, total) if progress else None
@@ -212,18 +218,34 @@ def segment_large(
                 store, grid, recipe, len(card.classes), mapper, stage("objects"), runs
             )
         if found is not None and output.content == "outlines":
-            target = store.path / OUTLINES
-            write_geojson(store, grid, found, card.classes, target, mapper, stage("outlines"))
+            write_geojson(store, grid, found, card.classes, store.path / OUTLINES, mapper,
+                          stage("outlines"), (out_h / height, out_w / width))  # fmt: skip
         store.drop_scratch()
-        levels = store.build_levels(stage("levels")) if output.pyramid else 1
-        facts = {"name": card.name, "version": card.version, "sha256": model.sha256}
-        named = card.classes if output.content == "classes" else None
-        store.describe(path.name, named, facts)
-        output.finish(store, path)
+        store = bring_back(store, back, (out_h, out_w)) if back else store
+        levels = _finish(store, path, output, model, stage)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        for folder in (scratch, back):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
     objects = found.count if found else None
-    return LargeResult(height, width, tiles, levels, objects, skipped_area(grid, runs))
+    return LargeResult(out_h, out_w, tiles, levels, objects, skipped_area(grid, runs))
+
+
+def _finish(
+    store: LabelStore,
+    path: Path,
+    output: LargeOutput,
+    model: Provenance,
+    stage: Callable[[str], ProgressFn],
+) -> int:
+    """The pyramid, the metadata, the output in place; the number of levels."""
+    card = model.card
+    levels = store.build_levels(stage("levels")) if output.pyramid else 1
+    facts = {"name": card.name, "version": card.version, "sha256": model.sha256}
+    named = card.classes if output.content == "classes" else None
+    store.describe(path.name, named, facts)
+    output.finish(store, path)
+    return levels
 
 
 def skipped_area(grid: BlockGrid, runs: tuple[bool, ...] | None) -> float | None:
