@@ -96,4 +96,3 @@ def quote(value: object) -> str:
     """``repr(value)``, cut to QUOTE_CHARS characters (a 60 KB query value is not echoed)."""
     text = repr(value)
     return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text)} chars)"
-
