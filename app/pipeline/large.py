@@ -30,12 +30,12 @@ from app.codecs.outputs._objects import recipe as objects_recipe
 from app.codecs.outputs.base import OUTLINES
 from app.codecs.pyramid import LabelStore
 from app.inference.blocks import BLOCK_SIZE, Block, BlockGrid, block_grid
-from app.inference.card import Recipe
+from app.inference.card import ModelCard, Recipe
 from app.inference.objects import class_probability, watershed_inputs
 from app.inference.predictor import FLIPS, Predictor
 from app.inference.tiler import ProgressFn, Region
 from app.pipeline.geojson import write_geojson
-from app.pipeline.objects import Mapper, find_large_objects, local_map
+from app.pipeline.objects import Found, Mapper, find_large_objects, local_map
 from app.pipeline.resolution import bring_back
 from app.pipeline.tissue import find_tissue
 
@@ -214,12 +214,8 @@ def segment_large(
         run = blocks or local_blocks(predictor, options)
         tiles = run(Pass(image, grid, store, recipe, runs), stage("blocks"))
         if recipe is not None:
-            found = find_large_objects(
-                store, grid, recipe, len(card.classes), mapper, stage("objects"), runs
-            )
-        if found is not None and output.content == "outlines":
-            write_geojson(store, grid, found, card.classes, store.path / OUTLINES, mapper,
-                          stage("outlines"), (out_h / height, out_w / width))  # fmt: skip
+            scale = (out_h / height, out_w / width)
+            found = _objects(store, grid, recipe, card, output, mapper, stage, runs, scale)
         store.drop_scratch()
         store = bring_back(store, back, (out_h, out_w)) if back else store
         levels = _finish(store, path, output, model, stage)
@@ -229,6 +225,27 @@ def segment_large(
                 shutil.rmtree(folder, ignore_errors=True)
     objects = found.count if found else None
     return LargeResult(out_h, out_w, tiles, levels, objects, skipped_area(grid, runs))
+
+
+def _objects(
+    store: LabelStore,
+    grid: BlockGrid,
+    recipe: Recipe,
+    card: ModelCard,
+    output: LargeOutput,
+    mapper: Mapper,
+    stage: Callable[[str], ProgressFn],
+    runs: tuple[bool, ...] | None,
+    scale: tuple[float, float],
+) -> Found:
+    """The objects of the store's class map, and for ``outlines`` their GeoJSON (``scale``:
+    level-0 pixels per pixel of the store) in the store's folder."""
+    classes = len(card.classes)
+    found = find_large_objects(store, grid, recipe, classes, mapper, stage("objects"), runs)
+    if output.content == "outlines":
+        target = store.path / OUTLINES
+        write_geojson(store, grid, found, card.classes, target, mapper, stage("outlines"), scale)
+    return found
 
 
 def _finish(
