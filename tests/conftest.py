@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,17 @@ class Server:
 
     def log_lines(self) -> list[str]:
         return self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+
+    def json_log(self, wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """The JSON log lines ``wanted`` picks, once there is one (a request's line is
+        written just after its answer has gone: it may not be there yet), within 10 s."""
+        deadline = time.monotonic() + 10
+        while True:
+            lines = [json.loads(line) for line in self.log_lines() if line.startswith("{")]
+            found = [line for line in lines if wanted(line)]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
 
 
 def start_server(

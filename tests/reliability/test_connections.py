@@ -68,8 +68,7 @@ def test_a_client_that_leaves_stops_its_inference_within_a_batch(
         assert time.monotonic() < deadline, "the abandoned work never stopped"
         time.sleep(0.1)
     assert post_small(server.url) == 200
-    lines = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
-    (cancelled,) = [line for line in lines if line.get("status") == 499]
+    (cancelled,) = server.json_log(lambda line: line.get("status") == 499)
     assert 0 < cancelled["tiles_done"] < cancelled["tiles_total"]
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'unet_requests_total{endpoint="/segment",status="499"} 1.0' in metrics
