@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 Taps = tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]
+BAND = 128  # output rows computed at once
 
 
 def taps(start: int, stop: int, factor: float, length: int, linear: bool = False) -> Taps:
@@ -40,15 +41,15 @@ def taps(start: int, stop: int, factor: float, length: int, linear: bool = False
 
 def apply(window: npt.NDArray[Any], offset: int, axis_taps: Taps, axis: int) -> npt.NDArray[Any]:
     """The weighted sums along ``axis`` of ``window`` (whose index 0 is source index
-    ``offset``), in float64, tap by tap."""
+    ``offset``), in float32, tap by tap."""
     first, weights = axis_taps
     last = window.shape[axis] - 1
-    out = np.zeros((*window.shape[:axis], len(first), *window.shape[axis + 1 :]), np.float64)
+    out = np.zeros((*window.shape[:axis], len(first), *window.shape[axis + 1 :]), np.float32)
     shape = [1] * window.ndim
     shape[axis] = len(first)
     for t in range(weights.shape[1]):
         where = np.clip(first + t - offset, 0, last)
-        out += np.take(window, where, axis=axis) * weights[:, t].reshape(shape)
+        out += np.take(window, where, axis=axis) * weights[:, t].astype(np.float32).reshape(shape)
     return out
 
 
@@ -71,12 +72,22 @@ class Resampled:
     def __getitem__(self, key: tuple[slice, slice]) -> npt.NDArray[Any]:
         rows, cols = key
         height, width = self.image.shape[:2]
-        row_taps = taps(rows.start, rows.stop, self.factors[0], height, self.linear)
         col_taps = taps(cols.start, cols.stop, self.factors[1], width, self.linear)
-        down, across = _span(row_taps, height), _span(col_taps, width)
+        down = _span(taps(rows.start, rows.stop, self.factors[0], height, self.linear), height)
+        across = _span(col_taps, width)
         window = np.asarray(self.image[down, across])
         window = window if window.ndim == 3 else window[:, :, None]
-        sums = apply(apply(window, down.start, row_taps, 0), across.start, col_taps, 1)
+        out = np.empty(
+            (rows.stop - rows.start, cols.stop - cols.start, window.shape[2]), self.dtype
+        )
+        for top in range(rows.start, rows.stop, BAND):  # a few MB of floats at a time
+            bottom = min(top + BAND, rows.stop)
+            row_taps = taps(top, bottom, self.factors[0], height, self.linear)
+            band = apply(apply(window, down.start, row_taps, 0), across.start, col_taps, 1)
+            out[top - rows.start : bottom - rows.start] = self._cast(band)
+        return out
+
+    def _cast(self, sums: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
         if np.issubdtype(self.dtype, np.integer):
             limits = np.iinfo(self.dtype)
             sums = np.clip(np.rint(sums), limits.min, limits.max)
