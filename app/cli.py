@@ -233,8 +233,8 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
         help="large images: their pixel size in µm, over what the file says")  # fmt: skip
     add("--dask", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://scheduler:8786")
     args = parser.parse_args(argv)
-    if args.pixel_size is not None and not args.pixel_size > 0:
-        parser.error(f"--pixel-size must be > 0 µm, got {args.pixel_size}")
+    if args.pixel_size is not None and not 0 < args.pixel_size <= 10_000:
+        parser.error(f"--pixel-size must be in (0, 10000] µm, got {args.pixel_size}")
     if args.threshold is not None and not 0 < args.threshold < 1:
         parser.error(f"--threshold must be in (0, 1), got {args.threshold}")
     if args.objects and args.format != "overlay":

@@ -106,6 +106,8 @@ PixelSizeQuery = Annotated[
     float | None,
     Query(
         gt=0,
+        le=10_000,
+        allow_inf_nan=False,
         description="images that go block by block: their pixel size in µm, over what the "
         "file says; checked against the model card's pixel_size_um",
     ),

@@ -27,26 +27,37 @@ def _files(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         return []
-    return sorted(p for p in path.iterdir() if p.is_file())[:LOOKED_AT]
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    return files[:LOOKED_AT]
+
+
+def _series(file: Path) -> str | None:
+    """The Series Instance UID of a VL WSM instance, else None (not DICOM, another SOP class,
+    unreadable)."""
+    import pydicom
+
+    with file.open("rb") as stream:
+        if not is_dicom(stream.read(132)):
+            return None
+    try:
+        header = pydicom.dcmread(
+            file, stop_before_pixels=True, specific_tags=["SOPClassUID", "SeriesInstanceUID"]
+        )
+    except Exception:  # pydicom's view of a damaged header: any of its exceptions
+        return None
+    if str(header.get("SOPClassUID", "")) != WSM:
+        return None
+    return str(header.get("SeriesInstanceUID", ""))
 
 
 def is_dicom_wsi(path: Path) -> bool:
-    """Whether ``path`` is a VL Whole Slide Microscopy instance, or a folder holding some."""
+    """Whether ``path`` is a VL Whole Slide Microscopy instance, or a folder of the
+    instances of one slide (every file in it one, of one series; else the folder's files
+    are inputs of their own)."""
     if importlib.util.find_spec("wsidicom") is None:
         return False
-    import pydicom
-
-    for file in _files(path):
-        with file.open("rb") as stream:
-            if not is_dicom(stream.read(132)):
-                continue
-        try:
-            header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-        except (pydicom.errors.InvalidDicomError, OSError, ValueError):
-            continue
-        if str(header.get("SOPClassUID", "")) == WSM:
-            return True
-    return False
+    series = {_series(file) for file in _files(path)}
+    return len(series) == 1 and None not in series
 
 
 class WsiLevel:

@@ -60,5 +60,9 @@ def openslide_levels(
         handle = openslide.OpenSlide(str(path))
     except openslide.OpenSlideError as exc:
         raise CorruptImageError(f"{path.name}: OpenSlide cannot read it ({exc})") from exc
-    levels = [OpenSlideLevel(handle, k) for k in range(handle.level_count)]
+    try:
+        levels = [OpenSlideLevel(handle, k) for k in range(handle.level_count)]
+    except (ValueError, KeyError, IndexError) as exc:  # a malformed property, say
+        handle.close()
+        raise CorruptImageError(f"{path.name}: OpenSlide's view of it is broken ({exc})") from exc
     return levels, handle.close, openslide_pixel_size_um(handle.properties)

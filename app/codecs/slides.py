@@ -212,8 +212,12 @@ def _open_tiff(path: Path) -> Slide:
 
 def _open_openslide(path: Path) -> Slide:
     levels, close, pixel_size = openslide_levels(path)
-    lower = tuple(Slide(level, "YXS", "openslide", path) for level in levels[1:])
-    slide = Slide(levels[0], "YXS", "openslide", path, close, lower)
+    try:
+        lower = tuple(Slide(level, "YXS", "openslide", path) for level in levels[1:])
+        slide = Slide(levels[0], "YXS", "openslide", path, close, lower)
+    except BaseException:
+        close()
+        raise
     slide.pixel_size_um = pixel_size
     return slide
 
@@ -237,8 +241,12 @@ class Reader:
 
 def _open_dicom_wsi(path: Path) -> Slide:
     levels, close = open_levels(path)
-    lower = tuple(Slide(level, "YXS", "dicom-wsi", path) for level in levels[1:])
-    slide = Slide(levels[0], "YXS", "dicom-wsi", path, close, lower)
+    try:
+        lower = tuple(Slide(level, "YXS", "dicom-wsi", path) for level in levels[1:])
+        slide = Slide(levels[0], "YXS", "dicom-wsi", path, close, lower)
+    except BaseException:
+        close()
+        raise
     slide.pixel_size_um = levels[0].pixel_size_um
     return slide
 

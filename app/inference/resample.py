@@ -76,7 +76,6 @@ class Resampled:
         down = _span(taps(rows.start, rows.stop, self.factors[0], height, self.linear), height)
         across = _span(col_taps, width)
         window = np.asarray(self.image[down, across])
-        window = window if window.ndim == 3 else window[:, :, None]
         out = np.empty(
             (rows.stop - rows.start, cols.stop - cols.start, window.shape[2]), self.dtype
         )

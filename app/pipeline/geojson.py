@@ -74,8 +74,11 @@ def features_block(
     shapes = outlines(region).polygons
     classes, area, score = facts
     out, corner, factor = [], np.array([x0, y0]), np.array([scale[1], scale[0]])
+    scaled = scale != (1.0, 1.0)
     for i in owned:
-        parts = [[(ring + corner) * factor for ring in polygon] for polygon in shapes[i]]
+        parts = [[ring + corner for ring in polygon] for polygon in shapes[i]]
+        if scaled:  # a resampled image's: level-0 coordinates, to 1/1000 px
+            parts = [[np.round(ring * factor, 3) for ring in polygon] for polygon in parts]
         pixels = round(int(area[i]) * scale[0] * scale[1])
         item = feature(parts, int(i), names, int(classes[i]), pixels, float(score[i]))
         out.append(json_bytes(item).decode())

@@ -32,12 +32,12 @@ from app.codecs.pyramid import LabelStore
 from app.inference.blocks import BLOCK_SIZE, Block, BlockGrid, block_grid
 from app.inference.card import ModelCard, Recipe
 from app.inference.objects import class_probability, watershed_inputs
-from app.inference.predictor import FLIPS, Predictor
+from app.inference.predictor import Predictor
 from app.inference.tiler import ProgressFn, Region
 from app.pipeline.geojson import write_geojson
 from app.pipeline.objects import Found, Mapper, find_large_objects, local_map
 from app.pipeline.resolution import bring_back
-from app.pipeline.tissue import find_tissue
+from app.pipeline.tissue import background
 
 # px: blocks when the background is skipped. Smaller blocks fit tissue closer: on a disc of
 # tissue filling 25 % of a 16384² slide, the shipped model runs 352 of 900 tiles with
@@ -271,29 +271,3 @@ def skipped_area(grid: BlockGrid, runs: tuple[bool, ...] | None) -> float | None
         return None
     kept = sum(b.pixels for b, run in zip(grid, runs, strict=True) if run)
     return round(1 - kept / (grid.plan.height * grid.plan.width), 4)
-
-
-def context_px(predictor: Predictor) -> int:
-    """How far from a pixel the network looks (level-0 px): its halo, and for a
-    same-padding network the margin its tiles discard."""
-    geometry = predictor.geometry
-    return geometry.halo + (predictor.margin if geometry.padding == "same" else 0)
-
-
-def background(
-    image: Region,
-    grid: BlockGrid,
-    predictor: Predictor,
-    options: Options,
-    store: LabelStore,
-    stage: Callable[[str], ProgressFn],
-) -> tuple[bool, ...]:
-    """Which blocks of ``grid`` run: those with tissue within the network's context. The
-    tissue goes into the store; ``background`` progress: (tiles to run, tiles of all)."""
-    tissue = find_tissue(image)
-    store.add_tissue(tissue.mask, tissue.scale)
-    runs = tissue.runs(grid, context_px(predictor))
-    flips = FLIPS if options.tta else FLIPS[:1]
-    kept = [block for block, run in zip(grid, runs, strict=True) if run]
-    stage("background")(grid.tile_count(flips, kept), grid.tile_count(flips))
-    return runs

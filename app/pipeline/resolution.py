@@ -4,7 +4,9 @@ segment nonsense, so it is segmented at the model's pixel size and the result br
 back to the slide's level-0 size.
 
 The input's size is ``--pixel-size`` (jobs: ``pixel_size``) when given, else what the
-file states (app/codecs/pixel_size.py). Within TOLERANCE of the model's it runs as it is.
+file states (app/codecs/pixel_size.py). Within TOLERANCE of the model's it runs as it is;
+a file that states more than MOST times more or less is not believed (print resolutions
+in pixels per centimetre are common), the user who does is refused.
 Otherwise the level of the file's pyramid nearest at or above the model's resolution is
 read, resampled a rectangle at a time (app/inference/resample.py: the area mean when
 shrinking, linear when enlarging), and the result brought back to level 0: nearest for
@@ -26,11 +28,13 @@ import numpy as np
 
 from app.codecs.outputs.base import OUTLINES
 from app.codecs.pyramid import LabelStore, chunk_slices
+from app.errors import BadParameterError
 from app.inference.card import ModelCard
 from app.inference.resample import Resampled
 from app.inference.tiler import Region
 
 TOLERANCE = 0.10  # the largest relative difference taken as the same pixel size
+MOST = 16  # the largest factor resampled: a file stating more is not believed
 log = logging.getLogger("app.pipeline")
 
 
@@ -69,6 +73,19 @@ def resolve(
         return Resolution(size, image)
     if max(abs(s / model - 1) for s in size) <= TOLERANCE:
         return Resolution(size, image)
+    if max(max(s / model, model / s) for s in size) > MOST:
+        shown = " x ".join(f"{s:g}" for s in size)
+        if stated is not None:
+            raise BadParameterError(
+                f"pixel size {stated:g} µm is more than {MOST}x from the model's "
+                f"{model:g} µm/px: resampling that far is refused"
+            )
+        log.warning(
+            "%s states %s µm/px, more than %dx from the model %s's %g µm/px: not believed "
+            "(a print resolution?); segmented as it is; give --pixel-size (jobs: pixel_size)",
+            name, shown, MOST, card.name, model,
+        )  # fmt: skip
+        return Resolution(None, image)
     height, width = image.shape[:2]
     level, (py, px) = image, size
     for lower in getattr(image, "lower", ()):  # finer first: the coarsest at or above wins

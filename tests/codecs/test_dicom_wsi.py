@@ -86,3 +86,23 @@ def test_the_command_line_segments_a_dicom_wsi_as_its_tiff(
     assert np.array_equal(from_dicom, from_tiff)
     assert 0 < from_tiff.mean() < 1
     assert np.array_equal(tifffile.imread(tif), scan[0])
+
+
+def test_a_damaged_header_or_a_mixed_folder_is_no_slide(
+    scan: tuple[np.ndarray, Path, Path], tmp_path: Path
+) -> None:
+    damaged = tmp_path / "damaged.dcm"
+    damaged.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\x7f")
+    assert not is_dicom_wsi(damaged)
+    mixed = tmp_path / "inbox"
+    mixed.mkdir()
+    (mixed / "level0.dcm").write_bytes((scan[2] / "level0.dcm").read_bytes())
+    (mixed / "cells.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert not is_dicom_wsi(mixed)  # its files are inputs of their own
+    assert is_dicom_wsi(mixed / "level0.dcm")
+    two = tmp_path / "two"
+    write_dicom_wsi(two / "a", scan[0][:300, :300])
+    write_dicom_wsi(two / "b", scan[0][:300, :300])
+    for name in ("a", "b"):
+        (two / f"{name}.dcm").write_bytes((two / name / "level0.dcm").read_bytes())
+    assert not is_dicom_wsi(two)  # two slides' instances: not one slide

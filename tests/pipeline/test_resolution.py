@@ -178,3 +178,41 @@ def test_on_dask_the_blocks_read_the_same_resampled_level(
     (row,) = run(half_micron, tmp_path / "dask", str(fine), "--dask", address)
     assert row["segmented_at"] == [300, 400]
     assert np.array_equal(labels(tmp_path / "dask", name), labels(tmp_path / "here", name))
+
+
+def test_an_unbelievable_size_is_ignored_from_a_file_and_refused_from_a_user(
+    half_micron: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """72 dpi written as pixels per centimetre is 352.8 µm/px: a print size, not believed."""
+    printed = tmp_path / "printed.tif"
+    tifffile.imwrite(printed, IMAGE, tile=(256, 256), resolution=(28.3465, 28.3465),
+                     resolutionunit="CENTIMETER")  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="app.pipeline"):
+        (row,) = run(half_micron, tmp_path / "a", str(printed))
+    assert (row["status"], "segmented_at" in row, row["width"]) == ("ok", False, 800)
+    assert any("not believed" in r.getMessage() for r in caplog.records)
+    (row,) = run(half_micron, tmp_path / "b", str(printed), "--pixel-size", "100")
+    assert row["status"] == "failed"
+    assert "more than 16x from the model's 0.5 µm/px" in str(row["error"])
+
+
+def test_skipping_the_background_of_a_resampled_slide(half_micron: Path, tmp_path: Path) -> None:
+    fine = scan(tmp_path, "fine", 0.25)
+    (row,) = run(half_micron, tmp_path / "out", str(fine), "--skip-background")
+    assert (row["status"], row["segmented_at"], row["width"]) == ("ok", [300, 400], 800)
+    assert row["background_skipped"] is not None
+    tissue = zarr.open_group(str(tmp_path / "out" / "fine.ome.zarr" / "tissue"), mode="r")
+    transform = tissue.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    picture = np.asarray(tissue["0"]).shape
+    assert transform[0]["scale"] == pytest.approx([600 / picture[0], 800 / picture[1]])
+
+
+def test_geojson_of_an_image_not_resampled_keeps_integer_coordinates(
+    half_micron: Path, tmp_path: Path
+) -> None:
+    near = scan(tmp_path, "near", 0.5)
+    run(half_micron, tmp_path / "out", str(near), "--format", "geojson")
+    features = json.loads((tmp_path / "out" / "near.geojson").read_text())["features"]
+    assert features
+    text = json.dumps(features[0]["geometry"]["coordinates"])
+    assert "." not in text

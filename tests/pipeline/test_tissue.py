@@ -20,8 +20,8 @@ from app.codecs.slides import open_slide
 from app.inference import Predictor, load_model
 from app.inference.blocks import block_grid
 from app.main import create_app
-from app.pipeline.large import SKIP_BLOCK_SIZE, context_px, segment_large
-from app.pipeline.tissue import find_tissue, tissue_mask
+from app.pipeline.large import SKIP_BLOCK_SIZE, segment_large
+from app.pipeline.tissue import context_px, find_tissue, tissue_mask
 from tests.conftest import settings
 from tests.jobs.helpers import wait, zipped_labels
 from tests.samples import write_ome_tiff
