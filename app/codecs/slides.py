@@ -21,7 +21,7 @@ for a tile found broken only when it is read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,16 +210,23 @@ def _open_tiff(path: Path) -> Slide:
         raise CorruptImageError(f"{path.name}: not a readable TIFF ({exc})") from exc
 
 
-def _open_openslide(path: Path) -> Slide:
-    levels, close, pixel_size = openslide_levels(path)
+def _of_levels(
+    levels: Sequence[Any], fmt: str, path: Path, close: Callable[[], None], size: Any
+) -> Slide:
+    """The Slide of a file's RGB levels (level 0 first); the file closed if one is refused."""
     try:
-        lower = tuple(Slide(level, "YXS", "openslide", path) for level in levels[1:])
-        slide = Slide(levels[0], "YXS", "openslide", path, close, lower)
+        lower = tuple(Slide(level, "YXS", fmt, path) for level in levels[1:])
+        slide = Slide(levels[0], "YXS", fmt, path, close, lower)
     except BaseException:
         close()
         raise
-    slide.pixel_size_um = pixel_size
+    slide.pixel_size_um = size
     return slide
+
+
+def _open_openslide(path: Path) -> Slide:
+    levels, close, pixel_size = openslide_levels(path)
+    return _of_levels(levels, "openslide", path, close, pixel_size)
 
 
 def is_tiff_file(path: Path) -> bool:
@@ -241,14 +248,7 @@ class Reader:
 
 def _open_dicom_wsi(path: Path) -> Slide:
     levels, close = open_levels(path)
-    try:
-        lower = tuple(Slide(level, "YXS", "dicom-wsi", path) for level in levels[1:])
-        slide = Slide(levels[0], "YXS", "dicom-wsi", path, close, lower)
-    except BaseException:
-        close()
-        raise
-    slide.pixel_size_um = levels[0].pixel_size_um
-    return slide
+    return _of_levels(levels, "dicom-wsi", path, close, levels[0].pixel_size_um)
 
 
 # Tried in this order: TIFF-based slides (SVS too) go to tifffile before OpenSlide.
