@@ -50,6 +50,7 @@ from app.inference.providers import CHOICES, PRECISIONS
 from app.inference.tiler import ProgressFn
 from app.pipeline.batch import Large, Small, route
 from app.pipeline.context import Context, Setup
+from app.pipeline.dicomweb import SeriesUrl, fetched
 from app.pipeline.files import expand, remove, set_aside, size, target, write_atomically
 from app.settings import DEFAULT_MODEL
 
@@ -93,6 +94,26 @@ class Run:
             return None
         done = self.done(source, self.extension(name, large))
         return None if large or (done and not self.args.overwrite) else name
+
+    def one_series(self, series: SeriesUrl) -> dict[str, Any]:
+        """A DICOMweb series: fetched into DIR/.dicomweb/, segmented as a DICOM WSI folder,
+        removed; skipped without a fetch when an output of it is there."""
+        local = self.args.out / ".dicomweb" / f"{series.series}.dicomweb"  # stem: the UID
+        formats = [self.args.format] if self.args.format else ["png", "ome-zarr"]
+        extensions = [LARGE_OUTPUTS[n].extension for n in formats if n in LARGE_OUTPUTS]
+        extensions += [self.outputs.extension(n) for n in formats if n in self.outputs]
+        done = next(filter(None, (self.done(local, e) for e in extensions)), None)
+        row: dict[str, Any] = {"input": series.shown}
+        if done is not None and not self.args.overwrite:
+            return row | {"output": str(done), "status": "skipped"}
+        try:
+            token = os.environ.get("UNET_DICOMWEB_TOKEN") or None
+            bar = tqdm(desc="fetching", unit="instance", leave=False, file=sys.stderr)
+            with bar, fetched(series, local, token=token, progress=tile_bar(bar)) as folder:
+                return self.one(folder) | row
+        except Exception as exc:
+            tqdm.write(f"unet-segment: {series.shown}: {exc}", file=sys.stderr)
+            return row | {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
     def one(self, source: Path) -> dict[str, Any]:
         """Segment one input; its row of the summary. Whatever goes wrong with this input
@@ -171,7 +192,9 @@ def setup(args: argparse.Namespace) -> Setup:
 
 
 def run(args: argparse.Namespace, outputs: Outputs) -> int:
-    files = expand(args.inputs)
+    series = [s for s in map(SeriesUrl.parse, args.inputs) if s is not None]
+    files: list[Path | SeriesUrl] = [*expand(i for i in args.inputs if not SeriesUrl.parse(i))]
+    files += series
     if not files:
         print("unet-segment: no input files found", file=sys.stderr)
         return 1
@@ -180,10 +203,12 @@ def run(args: argparse.Namespace, outputs: Outputs) -> int:
     summary: list[dict[str, Any]] = []
     try:
         if batch.cluster:  # the small images of the batch start on the workers at once
-            todo = [(f, batch.small_todo(f)) for f in files]
+            todo = [(f, batch.small_todo(f)) for f in files if isinstance(f, Path)]
             batch.cluster.start([(f, name) for f, name in todo if name is not None])
         for source in tqdm(files, desc="files", unit="file", file=sys.stderr):
-            summary.append(batch.one(source))
+            summary.append(
+                batch.one(source) if isinstance(source, Path) else batch.one_series(source)
+            )
     finally:
         if batch.cluster:
             batch.cluster.close()
@@ -211,7 +236,7 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
         epilog="The manual: docs/large-images.md.",
     )
     add = parser.add_argument
-    add("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
+    add("inputs", nargs="+", metavar="INPUT", help="files, folders, globs, DICOMweb series URLs")
     add("--model", type=Path, default=DEFAULT_MODEL, help="the ONNX model")
     formats = every_format(outputs)
     add("--format", choices=formats, help="default: png up to --max-pixels, ome-zarr above")

@@ -73,6 +73,11 @@ class SourceRefusedError(ServiceError):
     """A job's ``source`` outside UNET_JOB_SOURCE_ROOT, or any source when it is unset (403)."""
 
 
+class SourceFetchError(ServiceError):
+    """A DICOMweb series (a job's ``source``, an input of the command line) that cannot be
+    fetched: its server refused, failed or could not be reached (502)."""
+
+
 class SourceNotFoundError(ServiceError):
     """A job's ``source`` names nothing under UNET_JOB_SOURCE_ROOT (422)."""
 

@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     job_source_root: Path | None = Field(
         None, description="the folder whose files jobs may name as source; unset: uploads only"
     )
+    job_source_urls: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="comma-separated DICOMweb URL prefixes whose series jobs may name as "
+        "source (https://pacs/dicom-web/); unset: none",
+    )
+    dicomweb_token: str | None = Field(
+        None, description="a Bearer token sent with DICOMweb requests for job sources"
+    )
     job_ttl: float = Field(
         86400.0, gt=0, description="seconds a finished job and its result are kept"
     )
@@ -92,7 +100,7 @@ class Settings(BaseSettings):
         GiB, ge=0, description="new jobs and uploads stop (507) below this much free space"
     )
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "job_source_urls", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -128,6 +136,7 @@ def describe(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else "?"
-        shown = "<redacted>" if field == "api_keys" else repr(err.get("input"))
+        secret = field in ("api_keys", "dicomweb_token")
+        shown = "<redacted>" if secret else repr(err.get("input"))
         problems.append(f"UNET_{field.upper()}={shown}: {err['msg']}")
     return "invalid configuration: " + "; ".join(problems)

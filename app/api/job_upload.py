@@ -1,6 +1,8 @@
 """What a job is given: the body streamed to disk (the raw body, or the multipart field
-``file``), or a JSON ``{"source": ...}`` naming a file under UNET_JOB_SOURCE_ROOT; and
-whether there is room for one more job (503: too many; 507: the volume is nearly full).
+``file``), or a JSON ``{"source": ...}`` naming a file under UNET_JOB_SOURCE_ROOT or a
+DICOMweb series under UNET_JOB_SOURCE_URLS (fetched into the job's folder before the
+answer, app/pipeline/dicomweb.py, up to UNET_JOB_MAX_BYTES); and whether there is room
+for one more job (503: too many; 507: the volume is nearly full).
 
 Never in memory and never twice on disk: the body is parsed as it comes by
 /segment's reader (app/api/upload.py) and only the bytes of ``file`` are
@@ -12,6 +14,7 @@ Whatever goes wrong, the partial file is removed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -25,8 +28,9 @@ from starlette.requests import Request
 
 from app.api.upload import body_chunks, receive_files
 from app.errors import BadUploadError, StorageFullError, UnavailableError
-from app.jobs.inputs import resolve_source
+from app.jobs.inputs import allowed_series, resolve_source
 from app.jobs.runner import INPUT, JobRunner
+from app.pipeline.dicomweb import SeriesUrl, fetch
 from app.service import Service
 from app.settings import Settings
 
@@ -90,8 +94,8 @@ async def receive_to_file(
     return filenames[0]
 
 
-async def read_source(request: Request, service: Service) -> Path:
-    """The file a JSON body ``{"source": "<path under UNET_JOB_SOURCE_ROOT>"}`` names."""
+async def read_source(request: Request, service: Service) -> str:
+    """What a JSON body ``{"source": "<path under UNET_JOB_SOURCE_ROOT>"}`` names."""
     settings = service.settings
     chunks = body_chunks(
         request, SOURCE_BYTES, "a JSON body naming a source", settings.body_timeout,
@@ -104,16 +108,27 @@ async def read_source(request: Request, service: Service) -> Path:
         raise BadUploadError('the JSON body is not JSON: send {"source": "<path>"}') from None
     if not isinstance(given, dict) or not isinstance(given.get("source"), str):
         raise BadUploadError('the JSON body must be {"source": "<path under the source root>"}')
-    return resolve_source(settings.job_source_root, given["source"])
+    return str(given["source"])
 
 
 async def receive_input(
     request: Request, service: Service, runner: JobRunner, job_id: str
 ) -> tuple[Path, str]:
     """The job's input and its name: a source, or the body written to the job's folder."""
+    settings = service.settings
     if request.headers.get("content-type", "").lower().startswith("application/json"):
-        path = await read_source(request, service)
-        return path, safe_name(path.name)
+        source = await read_source(request, service)
+        series = SeriesUrl.parse(source)
+        if series is None:
+            path = resolve_source(settings.job_source_root, source)
+            return path, safe_name(path.name)
+        allowed_series(settings.job_source_urls, series)
+        folder = runner.store.folder(job_id)
+        folder.mkdir()
+        path = folder / f"{INPUT}.dicomweb"
+        token, most = settings.dicomweb_token, settings.job_max_bytes
+        await asyncio.to_thread(fetch, series, path, token=token, max_bytes=most)
+        return path, f"{series.series}.dicomweb"  # the result: <series UID>.<ext>
     upload = runner.store.upload(job_id)
     filename = await receive_to_file(request, upload, service.settings, service.stopping)
     folder = runner.store.folder(job_id)

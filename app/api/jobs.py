@@ -168,11 +168,13 @@ def _job(runner: JobRunner, job_id: str) -> Job:
     responses={
         **_errors(
             s400="not an image, a malformed multipart or JSON body, a truncated upload",
-            s403="a source outside UNET_JOB_SOURCE_ROOT, or any source when it is unset",
+            s403="a source outside UNET_JOB_SOURCE_ROOT or UNET_JOB_SOURCE_URLS, or any "
+            "source when they are unset",
             s408="the body stalled for UNET_BODY_TIMEOUT seconds",
             s413="body above UNET_JOB_MAX_BYTES, or an image too large for its format",
             s415="a recognised but unsupported image format",
             s422="bad query parameter; a source that names nothing; frames for a 1-frame format",
+            s502="a DICOMweb source's server refused, failed or could not be reached",
             s503="UNET_JOB_MAX_QUEUE jobs queued, running or being submitted (Retry-After)",
             s507="the jobs volume is nearly full (UNET_JOB_MIN_FREE_BYTES)",
         ),

@@ -5,7 +5,9 @@ A ``source`` names a file (or an OME-Zarr folder) under UNET_JOB_SOURCE_ROOT;
 it is resolved (symlinks followed) and must stay under the root, so ``..``,
 absolute paths and symlinks pointing out are refused (SourceRefusedError, 403).
 A folder's inner symlinks are checked the same way, at submission and again when
-the job starts: a reader opening a chunk follows them.
+the job starts: a reader opening a chunk follows them. A ``source`` that is a DICOMweb
+series URL must lie under one of UNET_JOB_SOURCE_URLS (same scheme, host and port, and
+a path under the prefix's): the server fetches nothing else (403).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from app.codecs.errors import FrameCountError, ImageTooLargeError, NotAnImageError
 from app.codecs.frames import Limits
@@ -23,12 +26,30 @@ from app.errors import SourceNotFoundError, SourceRefusedError, quote
 from app.inference.blocks import block_grid
 from app.inference.predictor import FLIPS
 from app.pipeline.batch import route
+from app.pipeline.dicomweb import SeriesUrl
 from app.pipeline.resolution import resolve
 from app.service import Service
 
 # A file the in-memory decoders read whole may be at most this many bytes per pixel of
 # UNET_MAX_IMAGE_PIXELS (16-bit RGB, uncompressed, is 6): a 20 GB PNG is not read.
 BYTES_PER_PIXEL = 8
+
+
+def allowed_series(prefixes: tuple[str, ...], series: SeriesUrl) -> SeriesUrl:
+    """``series`` when it lies under one of ``prefixes``; 403 otherwise."""
+    given = urlsplit(series.shown)
+    for prefix in prefixes:
+        allowed = urlsplit(prefix)
+        base = allowed.path.rstrip("/") + "/"
+        if (given.scheme, given.hostname, given.port) == (
+            allowed.scheme, allowed.hostname, allowed.port
+        ) and given.path.startswith(base):  # fmt: skip
+            return series
+    if not prefixes:
+        raise SourceRefusedError(
+            "jobs may not name a DICOMweb series on this server (UNET_JOB_SOURCE_URLS is unset)"
+        )
+    raise SourceRefusedError("source is not under a DICOMweb server of UNET_JOB_SOURCE_URLS")
 
 
 def resolve_source(root: Path | None, source: str) -> Path:

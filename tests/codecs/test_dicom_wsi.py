@@ -106,3 +106,30 @@ def test_a_damaged_header_or_a_mixed_folder_is_no_slide(
     for name in ("a", "b"):
         (two / f"{name}.dcm").write_bytes((two / name / "level0.dcm").read_bytes())
     assert not is_dicom_wsi(two)  # two slides' instances: not one slide
+
+
+WSIDICOMIZER = Path(__file__).parent / "wsidicomizer"  # made by its make.py
+
+
+def test_a_dicom_wsi_written_by_wsidicomizer_reads_and_segments_as_its_svs(
+    rgb_model: Path, tmp_path: Path
+) -> None:
+    """An SVS and wsidicomizer's conversion of it (JPEG-LS lossless tiles): the same pixels
+    at both levels, the same pixel size, and the same segmentation from the command line."""
+    svs, dicom = WSIDICOMIZER / "scan.svs", WSIDICOMIZER / "scan-dicom"
+    assert is_dicom_wsi(dicom)
+    with open_slide(svs) as tiff, open_slide(dicom) as wsi:
+        assert (wsi.format, wsi.shape) == ("dicom-wsi", (700, 900, 3))
+        assert wsi.pixel_size_um == (0.5, 0.5)
+        for ours, theirs in zip((tiff, *tiff.lower), (wsi, *wsi.lower), strict=True):
+            everything = (slice(0, ours.height), slice(0, ours.width))
+            assert ours.shape == theirs.shape
+            assert np.array_equal(ours[everything], theirs[everything])
+    out = tmp_path / "out"
+    argv = ["--model", str(rgb_model), "--out", str(out), "--tile", "256", "--format", "ome-zarr"]
+    assert cli.main([str(svs), str(dicom), *argv, "--max-pixels", "100000"]) == 0
+    from_dicom = np.asarray(zarr.open_array(str(out / "scan-dicom.ome.zarr" / "0"), mode="r"))
+    from_svs = np.asarray(zarr.open_array(str(out / "scan.ome.zarr" / "0"), mode="r"))
+    assert from_dicom.shape == (700, 900)
+    assert np.array_equal(from_dicom, from_svs)
+    assert 0 < from_svs.mean() < 1

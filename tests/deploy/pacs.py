@@ -73,6 +73,7 @@ class Orthanc:
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     config_dir: Path | None = None  # start with this configuration folder instead (as systemd does)
+    auth: tuple[str, str] | None = None  # the user of its REST API when it has users
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -122,7 +123,8 @@ class Orthanc:
                     f"Orthanc exited with {self.process.returncode}:\n{self.log_text()}"
                 )
             try:
-                if httpx.get(f"{self.url}/system", timeout=2).status_code == 200 and (
+                system = httpx.get(f"{self.url}/system", timeout=2, auth=self.auth)
+                if system.status_code == 200 and (
                     not wait_forwarder
                     or any("unet-forwarder" in line for line in self.log_lines()[started:])
                 ):
