@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+# The units of OME-XML and of NGFF's axes (UDUNITS-2 names), and ImageJ's.
 MICRONS = {"nm": 1e-3, "\u00b5m": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0,
            "micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4,
+           "meter": 1e6, "angstrom": 1e-4, "picometer": 1e-6, "pm": 1e-6,
            "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}  # fmt: skip
 _OME_PIXELS = re.compile(r"<(?:\w+:)?Pixels\b([^>]*)>")
 _ATTRIBUTE = re.compile(r'(\w+)\s*=\s*"([^"]*)"')

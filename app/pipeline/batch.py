@@ -134,7 +134,7 @@ class Large:
                 seen.source, path, self.output, c.predictor, c.model, c.options,
                 blocks=self.blocks, mapper=self.mapper or local_map,
                 probability=c.probability, progress=progress,
-                skip_background=c.skip_background, shape=seen.shape,
+                skip_background=c.skip_background, shape=seen.shape, pixel_size=seen.size,
             )  # fmt: skip
         finally:
             close = getattr(image, "close", None)

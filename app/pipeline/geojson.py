@@ -3,8 +3,9 @@ finds them). Each object is drawn by the block that holds the top-left corner of
 bounding box, from the rectangle of its bounding box, so an object that spans blocks
 is one Feature whose polygons are exactly its pixels -- never cut at a seam.
 
-Per object: area (px) and score, the mean of its class's probability over its pixels
-as stored at 16 bits (``round(p * 65535)``; within 1e-5 of the in-memory float mean).
+Per object: area (px; in µm² too when the pixel size is known) and score, the mean of
+its class's probability over its pixels as stored at 16 bits (``round(p * 65535)``;
+within 1e-5 of the in-memory float mean).
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ def features_block(
     facts: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]],
     names: list[str],
     scale: tuple[float, float] = (1.0, 1.0),
+    pixel_um2: float | None = None,
 ) -> str:
     """The Features of the objects ``owned`` (ids, with their boxes) as JSON, comma-joined;
-    scale: level-0 pixels (rows, cols) per pixel of the store (its area too)."""
+    scale: level-0 pixels (rows, cols) per pixel of the store (its area too); pixel_um2:
+    a level-0 pixel's area in µm², when known."""
     if len(owned) == 0:
         return ""
     y0, x0 = int(boxes[:, 0].min()), int(boxes[:, 1].min())
@@ -80,7 +83,9 @@ def features_block(
         if scaled:  # a resampled image's: level-0 coordinates, to 1/1000 px
             parts = [[np.round(ring * factor, 3) for ring in polygon] for polygon in parts]
         pixels = round(int(area[i]) * scale[0] * scale[1])
-        item = feature(parts, int(i), names, int(classes[i]), pixels, float(score[i]))
+        item = feature(
+            parts, int(i), names, int(classes[i]), pixels, float(score[i]), pixel_um2=pixel_um2
+        )
         out.append(json_bytes(item).decode())
     return ",".join(out)
 
@@ -94,9 +99,11 @@ def write_geojson(
     run: Mapper = local_map,
     progress: Callable[[int, int], None] | None = None,
     scale: tuple[float, float] = (1.0, 1.0),
+    pixel_um2: float | None = None,
 ) -> None:
     """A FeatureCollection of every object in ``store`` into ``target``, block by block;
-    scale: level-0 pixels (rows, cols) per pixel of the store (a resampled image's)."""
+    scale: level-0 pixels (rows, cols) per pixel of the store (a resampled image's);
+    pixel_um2: a level-0 pixel's area in µm² (each object's ``area_um2``), if known."""
     blocks, path, n = list(grid), str(store.path), found.count
     area, sums = np.zeros(n + 1, np.int64), np.zeros(n + 1)
     boxes = np.tile(np.array([[np.iinfo(np.int64).max] * 2 + [0, 0]]), (n + 1, 1))
@@ -112,7 +119,7 @@ def write_geojson(
     for index, block in enumerate(blocks):
         owned = np.flatnonzero(owner == index)
         owned = owned[owned > 0]
-        jobs.append((path, block, owned, boxes[owned], facts, names, scale))
+        jobs.append((path, block, owned, boxes[owned], facts, names, scale, pixel_um2))
     with target.open("w") as out:
         out.write(HEAD.decode())
         first = True

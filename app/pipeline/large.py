@@ -181,6 +181,7 @@ def segment_large(
     block_size: int | None = None,
     skip_background: bool = False,
     shape: tuple[int, int] | None = None,
+    pixel_size: tuple[float, float] | None = None,
 ) -> LargeResult:
     """Segment ``image`` (H x W x C, C = 1 or 3, a lazy reader or an array) into ``path``.
 
@@ -195,6 +196,8 @@ def segment_large(
     the others are class 0, without objects. The tissue is kept as the ``tissue`` label.
     shape: level 0's (h, w) when ``image`` is a level of it resampled to the model's pixel
     size (app/pipeline/resolution.py): the result is brought back to it.
+    pixel_size: level 0's (row, column) pixel size in µm, when known: GeoJSON's objects
+    then have their ``area_um2``.
     """
     card, (height, width) = model.card, image.shape[:2]
     (out_h, out_w) = shape or (height, width)
@@ -215,7 +218,8 @@ def segment_large(
         tiles = run(Pass(image, grid, store, recipe, runs), stage("blocks"))
         if recipe is not None:
             scale = (out_h / height, out_w / width)
-            found = _objects(store, grid, recipe, card, output, mapper, stage, runs, scale)
+            um2 = pixel_size[0] * pixel_size[1] if pixel_size else None
+            found = _objects(store, grid, recipe, card, output, mapper, stage, runs, scale, um2)
         store.drop_scratch()
         store = bring_back(store, back, (out_h, out_w)) if back else store
         levels = _finish(store, path, output, model, stage)
@@ -237,14 +241,18 @@ def _objects(
     stage: Callable[[str], ProgressFn],
     runs: tuple[bool, ...] | None,
     scale: tuple[float, float],
+    pixel_um2: float | None,
 ) -> Found:
     """The objects of the store's class map, and for ``outlines`` their GeoJSON (``scale``:
-    level-0 pixels per pixel of the store) in the store's folder."""
+    level-0 pixels per pixel of the store; ``pixel_um2``: a level-0 pixel's area, if known)
+    in the store's folder."""
     classes = len(card.classes)
     found = find_large_objects(store, grid, recipe, classes, mapper, stage("objects"), runs)
     if output.content == "outlines":
         target = store.path / OUTLINES
-        write_geojson(store, grid, found, card.classes, target, mapper, stage("outlines"), scale)
+        write_geojson(
+            store, grid, found, card.classes, target, mapper, stage("outlines"), scale, pixel_um2
+        )
     return found
 
 

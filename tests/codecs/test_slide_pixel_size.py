@@ -57,6 +57,11 @@ def test_an_ome_zarr_states_its_scale_only_with_a_unit(tmp_path: Path) -> None:
     }  # fmt: skip
     assert ngff_pixel_size_um(nanometres) == pytest.approx((0.004, 0.005))
     assert ngff_pixel_size_um({"axes": "yx"}) is None
+    for unit, size in (("meter", 2.5e6), ("angstrom", 2.5e-4), ("picometer", 2.5e-6)):
+        scale = [{"type": "scale", "scale": [2.5, 2.5]}]
+        axes = [{"name": a, "unit": unit} for a in "yx"]
+        scaled = {"axes": axes, "datasets": [{"coordinateTransformations": scale}]}
+        assert ngff_pixel_size_um(scaled) == pytest.approx((size, size))
 
 
 def test_openslide_states_its_mpp() -> None:

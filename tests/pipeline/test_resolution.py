@@ -128,7 +128,9 @@ def test_objects_and_polygons_come_back_in_level_0_coordinates(
         assert points.min() >= 0
         assert points[:, 0].max() <= 800
         assert points[:, 1].max() <= 600
-        assert item["properties"]["measurements"]["area"] % 4 == 0  # 2 x 2 level-0 px each
+        measured = item["properties"]["measurements"]
+        assert measured["area"] % 4 == 0  # 2 x 2 level-0 px each
+        assert measured["area_um2"] == pytest.approx(measured["area"] * 0.25**2, abs=1e-3)
 
 
 def test_an_unstated_size_runs_with_one_warning(
@@ -214,5 +216,8 @@ def test_geojson_of_an_image_not_resampled_keeps_integer_coordinates(
     run(half_micron, tmp_path / "out", str(near), "--format", "geojson")
     features = json.loads((tmp_path / "out" / "near.geojson").read_text())["features"]
     assert features
+    for item in features:  # 0.5 µm/px: a pixel is 0.25 µm²
+        measured = item["properties"]["measurements"]
+        assert measured["area_um2"] == pytest.approx(measured["area"] * 0.25, abs=1e-3)
     text = json.dumps(features[0]["geometry"]["coordinates"])
     assert "." not in text
