@@ -70,8 +70,8 @@ class Run:
 
     def route(self, source: Path) -> tuple[str, bool]:
         """(format, whether it goes the large way): batch.route with --format, --max-pixels."""
-        args = self.args
-        return route(source, args.format, args.max_pixels, self.outputs, "--max-pixels")
+        a, card, limit = self.args, self.context.model.card, "--max-pixels"
+        return route(source, a.format, a.max_pixels, self.outputs, limit, card, a.pixel_size)
 
     def extension(self, name: str, large: bool) -> str:
         if large:

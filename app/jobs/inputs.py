@@ -166,8 +166,9 @@ def _probe(
         raise NotAnImageError(f"{path.name} is not an image file or an OME-Zarr folder")
     settings = service.settings
     name, large = route(
-        path, output, settings.max_image_pixels, service.outputs, "UNET_MAX_IMAGE_PIXELS"
-    )
+        path, output, settings.max_image_pixels, service.outputs, "UNET_MAX_IMAGE_PIXELS",
+        service.model.card, pixel,
+    )  # fmt: skip
     planned: tuple[int, ...] | None = None  # the size segmented, when not level 0's
     if lazy_readable(path) and (large or not path.is_file()):
         with open_slide(path) as slide:

@@ -5,6 +5,7 @@ Dask workers (app/pipeline/dask.py)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from app.codecs.images import DecodedImage
 from app.codecs.outputs import LARGE_OUTPUTS, Outputs
 from app.codecs.outputs.base import either
 from app.codecs.slides import is_tiff_file, lazy_readable, open_slide
+from app.inference.card import ModelCard
 from app.inference.predictor import check_frame
 from app.inference.tiler import ProgressFn, Region
 from app.pipeline.context import Context
@@ -24,14 +26,23 @@ from app.pipeline.objects import Mapper, local_map
 from app.pipeline.resolution import resolve
 from app.pipeline.small import segment_image
 
+log = logging.getLogger(__name__)
 
-def slide_pixels(source: Path) -> int | None:
-    """Width x height of a file a lazy reader takes, else None (decoded in memory)."""
+
+def slide_pixels(
+    source: Path, card: ModelCard | None = None, stated: float | None = None
+) -> tuple[int, bool] | None:
+    """(width x height, whether it is segmented at another pixel size -- the model's, by
+    ``card``, from the file's or the ``stated`` one) of a file a lazy reader takes, else
+    None (decoded in memory)."""
     if not lazy_readable(source):
         return None
     try:
         with open_slide(source) as slide:
-            return slide.width * slide.height
+            if card is None:
+                return slide.width * slide.height, False
+            seen = resolve(card, slide, stated, source.name, warn=False)
+            return slide.width * slide.height, seen.shape is not None
     except CodecError:
         if is_tiff_file(source):  # pages, say: the in-memory decoders may read it
             return None
@@ -39,17 +50,26 @@ def slide_pixels(source: Path) -> int | None:
 
 
 def route(
-    source: Path, name: str | None, max_pixels: int, outputs: Outputs, limit: str
+    source: Path,
+    name: str | None,
+    max_pixels: int,
+    outputs: Outputs,
+    limit: str,
+    card: ModelCard | None = None,
+    stated: float | None = None,
 ) -> tuple[str, bool]:
     """(format, whether ``source`` goes the large way, block by block): format ``name``,
     else ``png`` up to ``max_pixels`` and ``ome-zarr`` above; a format that has both
     forms (``instances``, ``geojson``) takes the large one above ``max_pixels``.
     ImageTooLargeError for an in-memory-only format above ``max_pixels`` (named
-    ``limit`` in its message)."""
-    pixels = slide_pixels(source)
+    ``limit`` in its message). An image to be resampled to the pixel size of the model
+    of ``card`` (``stated``: the input's, over the file's) goes the large way, the only
+    one that resamples, whatever its size: by default to ``ome-zarr``; an in-memory-only
+    format is made at the file's own pixel size, with a WARNING."""
+    pixels, resampled = slide_pixels(source, card, stated) or (None, False)
     big = pixels is not None and pixels > max_pixels
     if name is None:
-        return ("ome-zarr", True) if big else ("png", False)
+        return ("ome-zarr", True) if big or resampled else ("png", False)
     if name not in outputs:
         return name, True
     if big and name not in LARGE_OUTPUTS:
@@ -58,7 +78,13 @@ def route(
             f"{source.name} has {pixels} pixels, above {limit} {max_pixels}; "
             f"format={name} holds images up to that: use format={large}"
         )
-    return name, big
+    if resampled and name not in LARGE_OUTPUTS:
+        log.warning(
+            "%s is not at the model's pixel size; format=%s does not resample, so it is "
+            "segmented as it is: use format=%s",
+            source.name, name, either(list(LARGE_OUTPUTS)),
+        )  # fmt: skip
+    return name, big or (resampled and name in LARGE_OUTPUTS)
 
 
 class Small:

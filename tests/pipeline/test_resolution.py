@@ -221,3 +221,26 @@ def test_geojson_of_an_image_not_resampled_keeps_integer_coordinates(
         assert measured["area_um2"] == pytest.approx(measured["area"] * 0.25, abs=1e-3)
     text = json.dumps(features[0]["geometry"]["coordinates"])
     assert "." not in text
+
+
+def test_a_small_slide_at_another_size_goes_the_way_that_resamples(
+    half_micron: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Below --max-pixels too: by default the resampled OME-Zarr (equal to the large run's),
+    not a PNG at the wrong pixel size; an in-memory format asked for is made as it is,
+    with a WARNING that says so."""
+    fine = scan(tmp_path, "fine", 0.25)
+    argv = [str(fine), "--model", str(half_micron), "--tile", "256", "--threshold", "0.5"]
+    assert cli.main([*argv, "--out", str(tmp_path / "small")]) == 0
+    (row,) = json.loads((tmp_path / "small" / "summary.json").read_text())
+    assert (row["format"], row["segmented_at"]) == ("ome-zarr", [300, 400])
+    run(half_micron, tmp_path / "large", str(fine))
+    assert np.array_equal(labels(tmp_path / "small", "fine"), labels(tmp_path / "large", "fine"))
+    with caplog.at_level(logging.WARNING):
+        assert cli.main([*argv, "--out", str(tmp_path / "png"), "--format", "png"]) == 0
+    assert "does not resample" in caplog.text
+    assert (tmp_path / "png" / "fine.png").exists()
+    near = scan(tmp_path, "near", 0.5)  # at the model's size: the in-memory PNG, as ever
+    assert cli.main([str(near), *argv[1:], "--out", str(tmp_path / "near")]) == 0
+    (row,) = json.loads((tmp_path / "near" / "summary.json").read_text())
+    assert row["format"] == "png"
