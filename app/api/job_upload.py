@@ -125,7 +125,7 @@ async def receive_input(
         allowed_series(settings.job_source_urls, series)
         folder = runner.store.folder(job_id)
         folder.mkdir()
-        path = folder / f"{INPUT}.dicomweb"
+        path = folder / INPUT  # a folder of the series' instances: kept on a restart
         token, most = settings.dicomweb_token, settings.job_max_bytes
         await asyncio.to_thread(fetch, series, path, token=token, max_bytes=most)
         return path, f"{series.series}.dicomweb"  # the result: <series UID>.<ext>

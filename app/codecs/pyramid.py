@@ -125,6 +125,8 @@ class LabelStore:
     def add_tissue(self, mask: Any, scale: tuple[float, float]) -> None:
         """The tissue mask (h x w; 1 = tissue) of a picture of the image, ``scale`` level-0
         pixels (rows, cols) per pixel: an NGFF label image of one level, ``tissue``."""
+        if "tissue" in self.group:  # a resumed run's, found again
+            del self.group["tissue"]
         group = self.group.create_group("tissue")
         _array(group, "0", mask.shape, mask.shape, np.uint8)[...] = mask.astype(np.uint8)
         transform: list[Any] = [{"type": "scale", "scale": [float(scale[0]), float(scale[1])]}]

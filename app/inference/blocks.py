@@ -95,6 +95,12 @@ class BlockGrid:
     def __len__(self) -> int:
         return -(-self.plan.height // self.chunks[0]) * -(-self.plan.width // self.chunks[1])
 
+    def index(self, block: Block) -> int:
+        """``block``'s place in the grid's order (row-major)."""
+        columns = -(-self.plan.width // self.chunks[1])
+        row, col = int(block.rows.start) // self.chunks[0], int(block.cols.start) // self.chunks[1]
+        return row * columns + col
+
     def tiles(self, block: Block) -> list[tuple[AxisTile, AxisTile]]:
         """The tiles whose keep range meets ``block``, row-major."""
         rows, cols = _meets(self.plan.rows, block.rows), _meets(self.plan.cols, block.cols)

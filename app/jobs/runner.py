@@ -6,10 +6,11 @@ disk (app/pipeline/large.py) otherwise, so a job's result equals the command lin
 bit for bit. Its engine calls go through the Gate: one tile batch at a time,
 never while a ``/segment`` request waits (app/jobs/gate.py).
 
-Restart: a job that was running when the process died goes back to the queue and
-starts again from its input (its partial output is removed); the store is then
-swept of orphans. A graceful shutdown stops the running job at its next tile
-batch and queues it again the same way. Finished jobs and their files are
+Restart: a job that was running when the process died goes back to the queue; a
+large one goes on from the blocks it had finished (its store and their ledger are kept
+in the job's folder, app/pipeline/resume.py), anything else starts again from its
+input; the store is then swept of orphans. A graceful shutdown stops the running job
+at its next tile batch and queues it again the same way. Finished jobs and their files are
 removed UNET_JOB_TTL seconds after they finished.
 """
 
@@ -31,13 +32,14 @@ from app.jobs.gate import Gate
 from app.jobs.inputs import check_source
 from app.jobs.store import FINISHED, Job, JobStore, Status
 from app.pipeline.batch import Large, Small
+from app.pipeline.blocks import local_blocks
 from app.pipeline.context import Context
 from app.pipeline.files import remove, target, write_atomically
-from app.pipeline.large import local_blocks
 from app.service import Service
 
 log = logging.getLogger("app.jobs")
 INPUT = "input"  # an uploaded image, in the job's folder
+RESUME = ".resume"  # a large job's store and ledger while it runs (kept over a restart)
 RETRY_S = 5.0  # the runner's pause after a fault of its own
 
 
@@ -58,12 +60,14 @@ class Live:
     stage: str = "tiles"  # then, for large images: objects, outlines, levels (the pyramid)
     began: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
+    resumed: int = 0  # tiles a run before this one had done
 
     def eta(self) -> float | None:
         """Seconds left at the pace so far; None before the first batch."""
-        if self.done == 0:
+        ran = self.done - self.resumed
+        if ran <= 0:
             return None
-        return (time.monotonic() - self.began) / self.done * max(self.total - self.done, 0)
+        return (time.monotonic() - self.began) / ran * max(self.total - self.done, 0)
 
 
 class TileCounter:
@@ -81,9 +85,10 @@ class TileCounter:
 
 
 def clear_outputs(folder: Path) -> None:
-    """Everything in a job's folder but its input (a partial or finished output)."""
+    """Everything in a job's folder but its input and what a resumed run goes on from (a
+    partial or finished output)."""
     for path in folder.iterdir() if folder.is_dir() else ():
-        if path.name != INPUT:
+        if path.name not in (INPUT, RESUME):
             remove(path)
 
 
@@ -258,10 +263,15 @@ class JobRunner:
                 if stage == "background":  # the tiles left once the glass is skipped
                     live.total = done
                     self.store.update(job.id, tiles_total=done)
-                live.stage = "tiles" if stage in ("blocks", "background") else stage
+                if stage == "resumed":  # the tiles of the blocks a run before had finished
+                    counter.base = live.resumed = live.done = done
+                    fields = {"job": job.id, "tiles_done": done, "blocks_done": total}
+                    log.info("job resumed", extra={"fields": fields})
+                live.stage = "tiles" if stage in ("blocks", "background", "resumed") else stage
                 self.gate.job_batch(lambda: None, check)
 
-            facts = Large(context, request.output, blocks)(source, path, between)
+            large = Large(context, request.output, blocks)
+            facts = large(source, path, between, resume=folder / RESUME)
             media_type = output.media_type
             skipped = facts.get("background_skipped")
         else:

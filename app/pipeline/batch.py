@@ -20,8 +20,9 @@ from app.codecs.slides import is_tiff_file, lazy_readable, open_slide
 from app.inference.card import ModelCard
 from app.inference.predictor import check_frame
 from app.inference.tiler import ProgressFn, Region
+from app.pipeline.blocks import Blocks
 from app.pipeline.context import Context
-from app.pipeline.large import Blocks, segment_large
+from app.pipeline.large import segment_large
 from app.pipeline.objects import Mapper, local_map
 from app.pipeline.resolution import resolve
 from app.pipeline.small import segment_image
@@ -149,9 +150,14 @@ class Large:
         return check_frame(decoded.frames[0])
 
     def __call__(
-        self, source: Path, path: Path, progress: Callable[[str, int, int], None]
+        self,
+        source: Path,
+        path: Path,
+        progress: Callable[[str, int, int], None],
+        resume: Path | None = None,
     ) -> dict[str, Any]:
-        """Write ``path``; facts for a summary. progress(stage, done, total): segment_large's."""
+        """Write ``path``; facts for a summary. progress(stage, done, total): segment_large's;
+        resume: segment_large's folder to go on from (app/pipeline/resume.py)."""
         c = self.context
         image = self.image(source)
         try:
@@ -161,6 +167,7 @@ class Large:
                 blocks=self.blocks, mapper=self.mapper or local_map,
                 probability=c.probability, progress=progress,
                 skip_background=c.skip_background, shape=seen.shape, pixel_size=seen.size,
+                resume=resume,
             )  # fmt: skip
         finally:
             close = getattr(image, "close", None)

@@ -33,8 +33,8 @@ from app.inference.card import Recipe
 from app.inference.resample import Resampled
 from app.inference.tiler import ProgressFn
 from app.pipeline.batch import Small
+from app.pipeline.blocks import Pass, write_block
 from app.pipeline.context import Context, Setup
-from app.pipeline.large import Pass, write_block
 
 SCATTER_BYTES = 1 << 20  # arrays at least this big go to the workers once, not with each task
 STOP_WAIT_S = 600  # the longest a failed or interrupted run waits for its running tasks
@@ -145,16 +145,20 @@ class Cluster:
             whole = image[slice(0, image.shape[0]), slice(0, image.shape[1])]
             source = self.client.scatter(np.asarray(whole), broadcast=True)
         where, setup, sha = str(step.store.path), self.setup, self.sha256
+        blocks = step.blocks()
         futures = [
             self.client.submit(
                 _block_task, setup, sha, source, step.grid, b, where, step.recipe, pure=False
             )
-            for b in step.blocks()
+            for b in blocks
         ]
+        block_of = {f.key: b for f, b in zip(futures, blocks, strict=True)}
         tiles = 0
         try:
             for done, future in enumerate(as_completed(futures), start=1):
-                tiles += future.result()
+                ran = future.result()
+                step.written(block_of[future.key], ran)
+                tiles += ran
                 progress(done, len(futures))
         finally:
             self._stop(futures)

@@ -11,11 +11,13 @@ Memory: one block's input, its tiles' batch and its K x h x w probabilities
 (about 2.3k x 2.3k px), whatever the image's size. The result equals, bit for
 bit, ``Predictor.predict`` of the whole image in memory (tests/pipeline/test_large.py).
 Blocks run here one after another, or as tasks on a Dask cluster
-(app/pipeline/dask.py) through ``Blocks``.
+(app/pipeline/dask.py) through ``Blocks`` (app/pipeline/blocks.py). With ``resume``, a
+run stopped by anything goes on from its finished blocks (app/pipeline/resume.py).
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import uuid
 from collections.abc import Callable
@@ -24,96 +26,25 @@ from pathlib import Path
 
 import numpy as np
 
-from app.codecs.encode import to_uint16
 from app.codecs.outputs import LargeOutput, Options, Provenance
 from app.codecs.outputs._objects import recipe as objects_recipe
 from app.codecs.outputs.base import OUTLINES
 from app.codecs.pyramid import LabelStore
-from app.inference.blocks import BLOCK_SIZE, Block, BlockGrid, block_grid
+from app.inference.blocks import BLOCK_SIZE, BlockGrid, block_grid
 from app.inference.card import ModelCard, Recipe
-from app.inference.objects import class_probability, watershed_inputs
 from app.inference.predictor import Predictor
 from app.inference.tiler import ProgressFn, Region
+from app.pipeline.blocks import Blocks, Pass, local_blocks
 from app.pipeline.geojson import write_geojson
 from app.pipeline.objects import Found, Mapper, find_large_objects, local_map
 from app.pipeline.resolution import bring_back
+from app.pipeline.resume import Ledger, identity, run_key
 from app.pipeline.tissue import background
 
 # px: blocks when the background is skipped. Smaller blocks fit tissue closer: on a disc of
 # tissue filling 25 % of a 16384² slide, the shipped model runs 352 of 900 tiles with
 # blocks of 2304 px and 276 with 1152 px (bench.large slide).
 SKIP_BLOCK_SIZE = 1024
-
-
-def write_block(
-    predictor: Predictor,
-    image: Region,
-    grid: BlockGrid,
-    block: Block,
-    options: Options,
-    store: LabelStore,
-    recipe: Recipe | None = None,
-    progress: ProgressFn | None = None,
-) -> int:
-    """Predict ``block`` and write it into ``store``; the number of tiles run.
-
-    Always its class map; when the store has them, its 16-bit probability, the
-    16-bit p(k) of each class k (``scratch/p<k>``: object scores) and, for a watershed
-    ``recipe``, its flooding levels and seeds (``scratch/levels``, ``scratch/seeds``).
-    progress: the tiles of the block, as ``Predictor.predict_block`` reports them.
-    """
-    prediction = predictor.predict_block(
-        image, grid, block, threshold=options.threshold, tta=options.tta, progress=progress
-    )
-    here, probs = (block.rows, block.cols), prediction.probabilities
-    store.classes[here] = prediction.mask
-    if store.probability is not None:
-        store.probability[here] = to_uint16(class_probability(probs, options.class_index))
-    for k in range(len(predictor.card.classes)):
-        if store.has_scratch(f"p{k}"):
-            store.scratch(f"p{k}")[here] = to_uint16(class_probability(probs, k))
-    if recipe is not None and recipe.method == "watershed":
-        levels, seeds = watershed_inputs(probs, recipe)
-        store.scratch("levels")[here], store.scratch("seeds")[here] = levels, seeds
-    return prediction.tiles
-
-
-@dataclass(frozen=True)
-class Pass:
-    """The block pass of one large image: the blocks of ``grid`` of ``image`` predicted into
-    ``store`` (with what the objects ``recipe`` needs, when there is one); ``runs``: which
-    blocks, in the grid's order (None: all; the others are background, class 0)."""
-
-    image: Region
-    grid: BlockGrid
-    store: LabelStore
-    recipe: Recipe | None
-    runs: tuple[bool, ...] | None = None
-
-    def blocks(self) -> list[Block]:
-        """The blocks that are predicted."""
-        if self.runs is None:
-            return list(self.grid)
-        return [block for block, run in zip(self.grid, self.runs, strict=True) if run]
-
-
-# Runs a Pass (``progress(blocks done, total)``); the number of tiles run.
-Blocks = Callable[[Pass, ProgressFn], int]
-
-
-def local_blocks(predictor: Predictor, options: Options, tiles: ProgressFn | None = None) -> Blocks:
-    """The blocks one after another in this process; ``tiles``: each block's tile progress."""
-
-    def run(step: Pass, progress: ProgressFn) -> int:
-        count, blocks = 0, step.blocks()
-        for done, block in enumerate(blocks, start=1):
-            count += write_block(
-                predictor, step.image, step.grid, block, options, step.store, step.recipe, tiles
-            )
-            progress(done, len(blocks))
-        return count
-
-    return run
 
 
 @dataclass
@@ -182,78 +113,130 @@ def segment_large(
     skip_background: bool = False,
     shape: tuple[int, int] | None = None,
     pixel_size: tuple[float, float] | None = None,
+    resume: Path | None = None,
 ) -> LargeResult:
     """Segment ``image`` (H x W x C, C = 1 or 3, a lazy reader or an array) into ``path``.
 
-    The output appears at ``path`` complete or not at all: the store is made in a
-    hidden folder beside it and removed when anything fails (Ctrl-C included).
-    blocks / mapper: where the blocks and the object passes run (default: here).
-    progress(stage, done, total): stages ``blocks``, ``objects``, ``outlines``, ``levels``;
-    with ``skip_background``, first ``background`` (tiles to run, tiles without skipping).
-    block_size: the target side of a block and of a chunk of the store, px (default
-    BLOCK_SIZE; SKIP_BLOCK_SIZE with ``skip_background``, so that blocks fit tissue closer).
-    skip_background: predict only the blocks with tissue near them (app/pipeline/tissue.py);
-    the others are class 0, without objects. The tissue is kept as the ``tissue`` label.
-    shape: level 0's (h, w) when ``image`` is a level of it resampled to the model's pixel
-    size (app/pipeline/resolution.py): the result is brought back to it.
-    pixel_size: level 0's (row, column) pixel size in µm, when known: GeoJSON's objects
-    then have their ``area_um2``.
+    The output appears at ``path`` complete or not at all: its store is made in a hidden
+    folder beside it, removed when anything fails -- or in ``resume`` with a ledger, kept:
+    called again, the run goes on from its finished blocks (app/pipeline/resume.py).
+    blocks / mapper: where the blocks and object passes run (default: here). progress
+    (stage, done, total): ``blocks``, ``objects``, ``outlines``, ``levels``; first
+    ``background`` (tiles to run, of all) with ``skip_background``, which predicts only
+    blocks near tissue (app/pipeline/tissue.py; the others class 0, no objects; the tissue
+    kept as the ``tissue`` label); ``resumed`` (tiles of the blocks done before, blocks).
+    block_size: a block's and a chunk's side, px (BLOCK_SIZE; SKIP_BLOCK_SIZE when
+    skipping background: blocks fit tissue closer). shape: level 0's (h, w) when ``image``
+    is a level of it resampled to the model's pixel size: the result is brought back to
+    it. pixel_size: level 0's (row, column) µm: GeoJSON's ``area_um2``.
     """
     card, (height, width) = model.card, image.shape[:2]
-    (out_h, out_w) = shape or (height, width)
     block_size = block_size or (SKIP_BLOCK_SIZE if skip_background else BLOCK_SIZE)
     grid = block_grid(predictor.plan(height, width), block_size)
     recipe = objects_recipe(model, options) if output.content != "classes" else None
-    scratch, found, runs = temporary_store(path), None, None
-    back = temporary_store(path) if shape else None
-
-    def stage(name: str) -> ProgressFn:
-        return lambda done, total: progress(name, done, total) if progress else None
-
+    facts = (output.name, grid, recipe, options, model.sha256, probability, skip_background)
+    ledger = Ledger(resume, run_key(facts=facts, image=identity(image))) if resume else None
+    scratch = ledger.store if ledger else temporary_store(path)
+    back, count, runs = (temporary_store(path) if shape else None), None, None
+    (out_h, out_w), stage = shape or (height, width), _stages(progress)
     try:
-        store = _store(scratch, grid, output, recipe, len(card.classes), probability)
+        store = _open(scratch, ledger, grid, output, recipe, len(card.classes), probability)
         if skip_background:
             runs = background(image, grid, predictor, options, store, stage)
-        run = blocks or local_blocks(predictor, options)
-        tiles = run(Pass(image, grid, store, recipe, runs), stage("blocks"))
+        step = Pass(image, grid, store, recipe, runs, *_resumed(ledger, progress))
+        tiles = (blocks or local_blocks(predictor, options))(step, stage("blocks"))
         if recipe is not None:
             scale = (out_h / height, out_w / width)
-            um2 = pixel_size[0] * pixel_size[1] if pixel_size else None
-            found = _objects(store, grid, recipe, card, output, mapper, stage, runs, scale, um2)
+            objects = Objects(card, output, mapper, stage, runs, scale, pixel_size)
+            count = objects.find(store, grid, recipe, ledger).count
         store.drop_scratch()
         store = bring_back(store, back, (out_h, out_w)) if back else store
         levels = _finish(store, path, output, model, stage)
     finally:
-        for folder in (scratch, back):
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
-    objects = found.count if found else None
-    return LargeResult(out_h, out_w, tiles, levels, objects, skipped_area(grid, runs))
+        _remove(None if ledger else scratch, back)
+    if ledger is not None:
+        ledger.close()
+    return LargeResult(out_h, out_w, tiles, levels, count, skipped_area(grid, runs))
 
 
-def _objects(
-    store: LabelStore,
+def _remove(*folders: Path | None) -> None:
+    for folder in folders:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stages(progress: Callable[[str, int, int], None] | None) -> Callable[[str], ProgressFn]:
+    """stage(name): the progress function of that stage."""
+
+    def stage(name: str) -> ProgressFn:
+        return lambda done, total: progress(name, done, total) if progress else None
+
+    return stage
+
+
+def _open(
+    scratch: Path,
+    ledger: Ledger | None,
     grid: BlockGrid,
-    recipe: Recipe,
-    card: ModelCard,
     output: LargeOutput,
-    mapper: Mapper,
-    stage: Callable[[str], ProgressFn],
-    runs: tuple[bool, ...] | None,
-    scale: tuple[float, float],
-    pixel_um2: float | None,
-) -> Found:
-    """The objects of the store's class map, and for ``outlines`` their GeoJSON (``scale``:
-    level-0 pixels per pixel of the store; ``pixel_um2``: a level-0 pixel's area, if known)
-    in the store's folder."""
-    classes = len(card.classes)
-    found = find_large_objects(store, grid, recipe, classes, mapper, stage("objects"), runs)
-    if output.content == "outlines":
-        target = store.path / OUTLINES
-        write_geojson(
-            store, grid, found, card.classes, target, mapper, stage("outlines"), scale, pixel_um2
+    recipe: Recipe | None,
+    num_classes: int,
+    probability: bool,
+) -> LabelStore:
+    """The run's store: the one a resumed run left, else a new one."""
+    if ledger is not None and ledger.resumed:
+        return LabelStore.open(scratch)
+    store = _store(scratch, grid, output, recipe, num_classes, probability)
+    if ledger is not None:
+        ledger.begin()
+    return store
+
+
+def _resumed(
+    ledger: Ledger | None, progress: Callable[[str, int, int], None] | None
+) -> tuple[frozenset[int], Callable[[int, int], None] | None]:
+    """(the blocks finished before, how to record one) for a Pass; ``resumed`` progress."""
+    if ledger is None:
+        return frozenset(), None
+    if ledger.done and progress is not None:
+        progress("resumed", sum(ledger.done.values()), len(ledger.done))
+    return frozenset(ledger.done), ledger.finished
+
+
+@dataclass(frozen=True)
+class Objects:
+    """How a run finds its objects: the card's classes, the output (GeoJSON when it is
+    ``outlines``), where the passes run, the blocks that ran, and for the GeoJSON the
+    level-0 pixels (rows, cols) per pixel of the store and level 0's pixel size (µm)."""
+
+    card: ModelCard
+    output: LargeOutput
+    mapper: Mapper
+    stage: Callable[[str], ProgressFn]
+    runs: tuple[bool, ...] | None
+    scale: tuple[float, float]
+    pixel_size: tuple[float, float] | None
+
+    def find(
+        self, store: LabelStore, grid: BlockGrid, recipe: Recipe, ledger: Ledger | None
+    ) -> Found:
+        """The objects of the store's class map, and for ``outlines`` their GeoJSON in the
+        store's folder; those a resumed run had found already."""
+        if ledger is not None and ledger.found is not None:
+            return ledger.found
+        classes, stage = self.card.classes, self.stage
+        found = find_large_objects(
+            store, grid, recipe, len(classes), self.mapper, stage("objects"), self.runs
         )
-    return found
+        if self.output.content == "outlines":
+            write_geojson(
+                store, grid, found, classes, store.path / OUTLINES, self.mapper,
+                stage("outlines"), self.scale,
+                math.prod(self.pixel_size) if self.pixel_size else None,
+            )  # fmt: skip
+        if ledger is not None:
+            ledger.objects(found)
+        return found
 
 
 def _finish(

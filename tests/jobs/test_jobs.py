@@ -381,8 +381,8 @@ def test_a_shutdown_queues_the_running_job_and_the_next_start_finishes_it(
         job_id = submit(first, slide.tif.read_bytes())
         while first.get(f"/jobs/{job_id}").json()["progress"]["tiles_done"] == 0:
             time.sleep(0.01)
-    # Stopped at its next tile batch: queued again, its partial output removed.
-    assert sorted(p.name for p in (jobs / job_id).iterdir()) == ["input"]
+    # Stopped at its next tile batch: queued again, with what it goes on from.
+    assert sorted(p.name for p in (jobs / job_id).iterdir()) == [".resume", "input"]
     with paper_app(slide, jobs) as second:
         assert second.get(f"/jobs/{job_id}").json()["status"] in ("queued", "running")
         job, _ = wait(second, job_id)

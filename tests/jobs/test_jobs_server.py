@@ -1,7 +1,8 @@
 """Jobs against a real uvicorn on 127.0.0.1: a 20000 x 20000 tiled TIFF uploaded as a job
-survives kill -9 and equals unet-segment bit for bit; /segment is answered while it runs;
-a short TTL leaves nothing behind; an upload cut off mid-stream leaves nothing; 16
-concurrent submissions are each accepted or 503, and no accepted one is lost."""
+survives kill -9, goes on from its finished blocks and equals unet-segment bit for bit;
+/segment is answered while it runs; a short TTL leaves nothing behind; an upload cut off
+mid-stream leaves nothing; 16 concurrent submissions are each accepted or 503, and no
+accepted one is lost."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import tifffile
 import zarr
 
 from app import cli
+from app.pipeline.resume import _blocks
 from tests.conftest import API_KEY, Server, start_server, stop_server
 from tests.jobs.helpers import leftovers, wait, zipped_labels
 from tests.samples import noise, png, smooth_noise
@@ -51,16 +53,18 @@ def test_a_20000_px_job_survives_kill_9_and_equals_unet_segment(
             assert answer.status_code == 202, answer.text
             job_id = answer.json()["id"]
             total = answer.json()["progress"]["tiles_total"]
-            while http.get(f"/jobs/{job_id}").json()["progress"]["tiles_done"] == 0:
+            while http.get(f"/jobs/{job_id}").json()["progress"]["tiles_done"] < total // 3:
                 time.sleep(0.05)
     finally:
         server.process.kill()  # kill -9 mid-job: no shutdown code runs
         server.process.wait(timeout=30)
-    assert any(p.name.endswith(".part") for p in (jobs / job_id).iterdir())  # half-done
+    ledger = _blocks(jobs / job_id / ".resume" / "blocks")  # the blocks it had finished
+    finished = sum(ledger.values())
+    assert 0 < finished < total
     server = serve(binary_model, jobs, tmp_path / "second.log")
     try:
         with httpx.Client(base_url=server.url, timeout=120) as http:
-            while http.get(f"/jobs/{job_id}").json()["progress"]["tiles_done"] == 0:
+            while http.get(f"/jobs/{job_id}").json()["progress"]["tiles_done"] <= finished:
                 time.sleep(0.05)
             # An interactive request while the job runs: answered before the job ends.
             segment = http.post("/segment", content=png(noise(512, 512)))
@@ -71,7 +75,11 @@ def test_a_20000_px_job_survives_kill_9_and_equals_unet_segment(
             job, seen = wait(http, job_id, timeout_s=600)
             assert job["status"] == "succeeded", job
             assert seen == sorted(seen)
+            assert seen[0] > finished  # it went on from the finished blocks' count
             assert seen[-1] == total == job["progress"]["tiles_total"]
+            # Only the blocks left ran: over both runs, the tiles of one block at most
+            # (the one the kill interrupted) ran twice.
+            assert tiles_run(http) == total - finished
             assert job["result"] == f"/jobs/{job_id}/result"
             download = tmp_path / "result.zip"
             with http.stream("GET", f"/jobs/{job_id}/result") as result, download.open("wb") as f:
@@ -94,6 +102,14 @@ def test_a_20000_px_job_survives_kill_9_and_equals_unet_segment(
         assert leftovers(jobs) == []
     finally:
         stop_server(server)
+
+
+def tiles_run(http: httpx.Client) -> float:
+    """The service's ``unet_job_tiles`` counter: tiles run for jobs since it started."""
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("unet_job_tiles_total "):
+            return float(line.split()[1])
+    raise AssertionError("no unet_job_tiles_total in /metrics")
 
 
 @pytest.fixture

@@ -244,9 +244,9 @@ def test_a_block_failing_on_dask_leaves_nothing_behind(
 def test_ctrl_c_in_a_large_image_leaves_nothing_half_written(
     reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.pipeline.large
+    import app.pipeline.blocks
 
-    real, calls = app.pipeline.large.write_block, []
+    real, calls = app.pipeline.blocks.write_block, []
 
     def interrupted(*args: Any) -> int:
         calls.append(1)
@@ -254,7 +254,7 @@ def test_ctrl_c_in_a_large_image_leaves_nothing_half_written(
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(app.pipeline.large, "write_block", interrupted)
+    monkeypatch.setattr(app.pipeline.blocks, "write_block", interrupted)
     assert run_cli(reference, tmp_path, reference.tif, format="ome-tiff") == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
