@@ -34,6 +34,7 @@ from app.codecs.outputs import Outputs, default_outputs
 from app.inference import InferenceError, load_model
 from app.inference.card import ModelCard
 from app.inference.providers import ProviderOptions
+from app.jobs.cluster import JobCluster
 from app.jobs.gate import Gate
 from app.jobs.runner import JobRunner
 from app.jobs.store import JobStore
@@ -115,6 +116,20 @@ def start_service(settings: Settings, metrics: Metrics, outputs: Outputs | None 
     return Service(settings, model, predictor, metrics, work, inputs, outputs or default_outputs())
 
 
+def open_cluster(settings: Settings, service: Service) -> JobCluster | None:
+    """UNET_DASK_SCHEDULER's cluster for the jobs; StartupError when it cannot be reached."""
+    if not settings.dask_scheduler:
+        return None
+    try:
+        return JobCluster(settings.dask_scheduler, service)
+    except (OSError, TimeoutError) as exc:
+        raise StartupError(
+            f"cannot reach the Dask scheduler UNET_DASK_SCHEDULER={settings.dask_scheduler}: {exc}"
+        ) from None
+    except ImportError:
+        raise StartupError("UNET_DASK_SCHEDULER needs distributed: pip install .[dask]") from None
+
+
 def open_jobs(settings: Settings) -> JobStore:
     """The job store under UNET_JOBS_DIR (made if absent); StartupError when it cannot be."""
     try:
@@ -168,13 +183,14 @@ def make_lifespan(
             configure_logging(config.log_format, config.log_level)
             service = await asyncio.to_thread(start_service, config, metrics, outputs)
             store = await asyncio.to_thread(open_jobs, config)
+            cluster = await asyncio.to_thread(open_cluster, config, service)
         except StartupError as exc:
             fmt = config.log_format if config else os.environ.get("UNET_LOG_FORMAT", "")
             configure_logging(fmt.strip().lower())
             log.error("start-up failed: %s", exc)
             raise
         gate = Gate()
-        runner = JobRunner(store, service, gate)
+        runner = JobRunner(store, service, gate, cluster)
         await asyncio.to_thread(runner.start)
         admission = Admission(config.max_queue, metrics, gate)
         app.state.service, app.state.admission, app.state.jobs = service, admission, runner
@@ -197,6 +213,8 @@ def make_lifespan(
             await asyncio.to_thread(runner.stop)  # the running job is queued again
             admission.close()
             store.close()
+            if cluster is not None:
+                await asyncio.to_thread(cluster.close)
 
     return lifespan
 

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     dicomweb_token: str | None = Field(
         None, description="a Bearer token sent with DICOMweb requests for job sources"
     )
+    dask_scheduler: str | None = Field(
+        None,
+        description="a Dask scheduler (tcp://scheduler:8786) whose workers run the jobs' "
+        "tiles; unset: the service runs them",
+    )
     job_ttl: float = Field(
         86400.0, gt=0, description="seconds a finished job and its result are kept"
     )

@@ -20,20 +20,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy.typing as npt
 
 from app.codecs.outputs import LARGE_OUTPUTS
+from app.jobs.cluster import JobCluster
 from app.jobs.failure import failure
 from app.jobs.gate import Gate
 from app.jobs.inputs import check_source
+from app.jobs.progress import Live, TileCounter
 from app.jobs.store import FINISHED, Job, JobStore, Status
 from app.pipeline.batch import Large, Small
 from app.pipeline.blocks import local_blocks
 from app.pipeline.context import Context
+from app.pipeline.dask import Cluster
 from app.pipeline.files import remove, target, write_atomically
 from app.service import Service
 
@@ -51,39 +53,6 @@ class StoppingError(Exception):
     """The service is shutting down: the job goes back to the queue."""
 
 
-@dataclass
-class Live:
-    """The running job's progress, in memory (the row has it once the job ends)."""
-
-    total: int
-    done: int = 0
-    stage: str = "tiles"  # then, for large images: objects, outlines, levels (the pyramid)
-    began: float = field(default_factory=time.monotonic)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    resumed: int = 0  # tiles a run before this one had done
-
-    def eta(self) -> float | None:
-        """Seconds left at the pace so far; None before the first batch."""
-        ran = self.done - self.resumed
-        if ran <= 0:
-            return None
-        return (time.monotonic() - self.began) / ran * max(self.total - self.done, 0)
-
-
-class TileCounter:
-    """Tiles done over a job's consecutive tile runs (frames, blocks, flips), each reported
-    as ``(done, total)`` from 1 up to its total, as the tiler does."""
-
-    def __init__(self, report: Callable[[int], None]) -> None:
-        self.report, self.base, self.done, self.total = report, 0, 0, 0
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.total and self.done == self.total:  # the previous run ended: a new one
-            self.base += self.total
-        self.done, self.total = done, total
-        self.report(self.base + done)
-
-
 def clear_outputs(folder: Path) -> None:
     """Everything in a job's folder but its input and what a resumed run goes on from (a
     partial or finished output)."""
@@ -95,8 +64,11 @@ def clear_outputs(folder: Path) -> None:
 class JobRunner:
     """Runs the jobs of ``store`` with ``service``'s model, one at a time, in its thread."""
 
-    def __init__(self, store: JobStore, service: Service, gate: Gate) -> None:
+    def __init__(
+        self, store: JobStore, service: Service, gate: Gate, cluster: JobCluster | None = None
+    ) -> None:
         self.store, self.service, self.gate = store, service, gate
+        self.cluster = cluster  # UNET_DASK_SCHEDULER's: the jobs' tiles run there
         self.ttl = service.settings.job_ttl
         self.sweep_every = min(60.0, max(0.25, self.ttl / 4))
         self._live: dict[str, Live] = {}
@@ -220,6 +192,12 @@ class JobRunner:
             self.changed(job.id, "cancelled", tiles_done=live.done)
             return
         except Exception as exc:  # the job failed, the service goes on
+            if self.cluster is not None and self.cluster.lost():  # not the job's fault
+                clear_outputs(store.folder(job.id))  # what it goes on from is kept
+                store.update(job.id, status="queued", started=None, tiles_done=0)
+                self.changed(job.id, "queued", reason="the Dask scheduler is out of reach")
+                self._stopping.wait(RETRY_S)
+                return
             error = failure(exc, job.request, self.store.folder(job.id))
             store.update(job.id, status="failed", finished=time.time(), error=error)
             store.remove_files(job.id)
@@ -254,34 +232,58 @@ class JobRunner:
         source, named = Path(request.input), Path(request.name)
         if not source.is_relative_to(folder):  # a source, read in place: still inside its root?
             check_source(service.settings.job_source_root, source, request.name)
+        remote = (
+            self.cluster.for_job(request, lambda n: report(live.done + n)) if self.cluster else None
+        )
         if request.large:  # named as unet-segment names it: the result equals its file
-            output = LARGE_OUTPUTS[request.output]
-            path = target(folder, named, output.extension)
-            blocks = local_blocks(context.predictor, context.options, counter)
+            return self._large(job, live, context, counter, check, remote)
+        if remote is not None:
+            check()
+            body, media_type, _ = remote.small(source, request.output)
+        else:
+            body, media_type, _ = Small(context, service.outputs, request.output)(source, counter)
+        extension = service.outputs.extension(request.output)
+        path = target(folder, named, extension, media_type)
+        write_atomically(path, body)
+        return {"file": path.name, "media_type": media_type, "name": path.name}
 
-            def between(stage: str, done: int, total: int) -> None:  # object passes, levels
-                if stage == "background":  # the tiles left once the glass is skipped
-                    live.total = done
-                    self.store.update(job.id, tiles_total=done)
-                if stage == "resumed":  # the tiles of the blocks a run before had finished
-                    counter.base = live.resumed = live.done = done
-                    fields = {"job": job.id, "tiles_done": done, "blocks_done": total}
-                    log.info("job resumed", extra={"fields": fields})
-                live.stage = "tiles" if stage in ("blocks", "background", "resumed") else stage
+    def _large(
+        self,
+        job: Job,
+        live: Live,
+        context: Context,
+        counter: TileCounter,
+        check: Callable[[], None],
+        remote: Cluster | None,
+    ) -> dict[str, str]:
+        """A job's image block by block, here or on the cluster (``remote``)."""
+        request, folder = job.request, self.store.folder(job.id)
+        output = LARGE_OUTPUTS[request.output]
+        path = target(folder, Path(request.name), output.extension)
+
+        def between(stage: str, done: int, total: int) -> None:  # object passes, levels
+            if stage == "background":  # the tiles left once the glass is skipped
+                live.total = done
+                self.store.update(job.id, tiles_total=done)
+            if stage == "resumed":  # the tiles of the blocks a run before had finished
+                counter.base = live.resumed = live.done = done
+                fields = {"job": job.id, "tiles_done": done, "blocks_done": total}
+                log.info("job resumed", extra={"fields": fields})
+            live.stage = "tiles" if stage in ("blocks", "background", "resumed") else stage
+            if remote is not None:
+                check()  # no tile batch of its here: cancel and shutdown are looked at now
+            else:
                 self.gate.job_batch(lambda: None, check)
 
-            large = Large(context, request.output, blocks)
-            facts = large(source, path, between, resume=folder / RESUME)
-            media_type = output.media_type
-            skipped = facts.get("background_skipped")
+        if remote is not None:
+            large = Large(context, request.output, remote.blocks, remote.map)
         else:
-            skipped = None
-            body, media_type, _ = Small(context, service.outputs, request.output)(source, counter)
-            extension = service.outputs.extension(request.output)
-            path = target(folder, named, extension, media_type)
-            write_atomically(path, body)
+            blocks = local_blocks(context.predictor, context.options, counter)
+            large = Large(context, request.output, blocks)
+        facts = large(Path(request.input), path, between, resume=folder / RESUME)
         download = path.name + (".zip" if path.is_dir() else "")
-        result = {"file": path.name, "media_type": media_type, "name": download}
+        result = {"file": path.name, "media_type": output.media_type, "name": download}
+        skipped = facts.get("background_skipped")
         return result if skipped is None else result | {"background_skipped": str(skipped)}
 
     def _context(self, job: Job, check: Callable[[], None]) -> Context:

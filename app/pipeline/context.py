@@ -78,6 +78,7 @@ class Setup:
     tile: int = CPU_TILE_SIZE
     batch: int = CPU_BATCH_SIZE
     threshold: float | None = None  # None: the card's, else 0.5
+    class_index: int = 1  # the class of the probability and of the objects' scores
     tta: bool = False
     min_area: int | None = None
     objects: bool = False  # format overlay: outline each object instead of filling classes
@@ -113,7 +114,14 @@ class Context:
             Provenance.of(loaded),
             predictor_for(loaded, setup.tile, setup.batch),
             input_formats(card),
-            options_for(card, setup.threshold, 1, setup.tta, setup.min_area, setup.objects),
+            options_for(
+                card,
+                setup.threshold,
+                setup.class_index,
+                setup.tta,
+                setup.min_area,
+                setup.objects,
+            ),
             Limits(setup.max_pixels),
             setup.probability,
             setup.skip_background,

@@ -106,14 +106,28 @@ def _executing(dask_worker: Any) -> list[Any]:
     return [task.key for task in dask_worker.state.executing]
 
 
+def connect(address: str, timeout_s: float = 30) -> Any:
+    """A client of the Dask scheduler at ``address``; OSError when it cannot be reached."""
+    from distributed import Client
+
+    return Client(address, timeout=f"{timeout_s}s")
+
+
 class Cluster:
-    """A client of the Dask scheduler at ``address`` for one batch run with ``setup``."""
+    """A client of the Dask scheduler at ``address`` (or an open ``client``) for one batch
+    run, or one job, with ``setup``. on_tiles(n): told of the tiles of each finished block."""
 
-    def __init__(self, address: str, setup: Setup, sha256: str) -> None:
-        from distributed import Client
-
-        self.client = Client(address, timeout="30s")
-        self.setup, self.sha256 = setup, sha256
+    def __init__(
+        self,
+        address: str | None,
+        setup: Setup,
+        sha256: str,
+        client: Any = None,
+        on_tiles: Callable[[int], None] | None = None,
+    ) -> None:
+        self.owns = client is None  # closed with this Cluster, else its owner's
+        self.client = client if client is not None else connect(address or "")
+        self.setup, self.sha256, self.on_tiles = setup, sha256, on_tiles
         self._small: dict[Path, Any] = {}
 
     def start(self, inputs: Iterable[tuple[Path, str]]) -> None:
@@ -159,6 +173,8 @@ class Cluster:
                 ran = future.result()
                 step.written(block_of[future.key], ran)
                 tiles += ran
+                if self.on_tiles is not None:
+                    self.on_tiles(ran)
                 progress(done, len(futures))
         finally:
             self._stop(futures)
@@ -171,7 +187,9 @@ class Cluster:
         keys = {f.key for f in futures}
         deadline = time.monotonic() + STOP_WAIT_S
         while time.monotonic() < deadline:
-            running = {k for tasks in self.client.run(_executing).values() for k in tasks}
+            # A worker that died meanwhile runs nothing: ignored (its tasks went elsewhere).
+            answers = self.client.run(_executing, on_error="ignore").values()
+            running = {k for tasks in answers for k in tasks}
             if not running & keys:
                 return
             time.sleep(0.2)
@@ -199,4 +217,5 @@ class Cluster:
 
     def close(self) -> None:
         self.client.cancel(list(self._small.values()))
-        self.client.close()
+        if self.owns:
+            self.client.close()

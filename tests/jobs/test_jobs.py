@@ -26,7 +26,7 @@ from app.errors import SourceRefusedError
 from app.jobs.failure import failure
 from app.jobs.gate import Gate
 from app.jobs.inputs import check_source
-from app.jobs.runner import TileCounter
+from app.jobs.progress import TileCounter
 from app.jobs.store import Submission
 from app.main import create_app
 from tests.conftest import settings

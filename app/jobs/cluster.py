@@ -1,0 +1,53 @@
+"""Jobs on a Dask cluster (UNET_DASK_SCHEDULER): a job's blocks, object passes and
+in-memory images run as tasks on the cluster's workers (app/pipeline/dask.py), not on the
+service's engine, so ``/segment`` no longer shares the service's cores with job tiles.
+
+The workers run the product's own environment and read the job's input and write its
+store under UNET_JOBS_DIR, a volume they share with the service at the same path; each
+loads the model at UNET_MODEL_PATH once and checks its SHA-256 against the service's.
+A job's result is the one the service would write itself, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from app.codecs.outputs import Provenance
+from app.jobs.store import Submission
+from app.pipeline.context import Setup
+from app.pipeline.dask import Cluster, connect
+from app.service import Service
+
+CONNECT_S = 10.0
+
+
+class JobCluster:
+    """The service's client of the scheduler at ``address``; OSError at start when it
+    cannot be reached."""
+
+    def __init__(self, address: str, service: Service) -> None:
+        self.address, self.service = address, service
+        self.client: Any = connect(address, CONNECT_S)
+        self.sha256 = Provenance.of(service.model).sha256
+
+    def setup(self, request: Submission) -> Setup:
+        """What the workers run a job with: the service's model and tiling, its options."""
+        settings, predictor, o = self.service.settings, self.service.predictor, request.options
+        return Setup(
+            settings.model_path.absolute(), settings.providers, settings.precision,
+            predictor.tile_size, predictor.batch_size, o.threshold, o.class_index, o.tta,
+            o.min_area, o.outline_objects, settings.max_image_pixels,
+            skip_background=request.skip_background, pixel_size=request.pixel_size,
+        )  # fmt: skip
+
+    def for_job(self, request: Submission, on_tiles: Callable[[int], None]) -> Cluster:
+        """The cluster as one job's ``Blocks``, ``Mapper`` and in-memory runner."""
+        return Cluster(None, self.setup(request), self.sha256, self.client, on_tiles)
+
+    def lost(self) -> bool:
+        """Whether the scheduler is out of reach now (a job that failed then is retried)."""
+        return str(getattr(self.client, "status", "")) != "running"
+
+    def close(self) -> None:
+        self.client.close()
