@@ -54,7 +54,7 @@ COPY pyproject.toml deploy/requirements.py ./
 # OpenVINO runs ONNX models on the CPU here: its GPU and NPU plugins, its other frontends
 # (TensorFlow, PyTorch, Paddle, JAX, GGUF) and its C++ headers go (~70 MB).
 RUN python -m venv /opt/venv \
-    && python requirements.py cpu,service,dicom,gateway > requirements.txt \
+    && python requirements.py cpu,service,dicom,gateway,dask > requirements.txt \
     && /opt/venv/bin/pip install --quiet --requirement requirements.txt \
     && /opt/venv/bin/pip uninstall --quiet --yes pip setuptools \
     && find /opt/venv -depth -type d -name tests -path "*/site-packages/*" -exec rm -rf {} + \
@@ -116,7 +116,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml deploy/requirements.py ./
 RUN python3 -m venv /opt/venv \
-    && python3 requirements.py gpu,service,dicom,gateway > requirements.txt \
+    && python3 requirements.py gpu,service,dicom,gateway,dask > requirements.txt \
     && echo "onnxruntime-gpu==${ORT_GPU_VERSION}" > constraints.txt \
     && /opt/venv/bin/pip install --quiet --requirement requirements.txt \
        --constraint constraints.txt \

@@ -2,6 +2,7 @@
 
     python -m bench.jobs                        # the shipped model, a 20000 x 20000 montage
     python -m bench.jobs --side 8192 --requests 20 --json out.json
+    python -m bench.jobs --side 8192 --dask 2   # and again with the job on 2 Dask workers
 
 One real ``uvicorn app.main:app`` on loopback with the shipped model.
 
@@ -14,11 +15,16 @@ One real ``uvicorn app.main:app`` on loopback with the shipped model.
 3. The job to its end: its wall time, tiles/s and the server's peak RSS;
    ``--check`` also runs ``unet-segment`` on the montage and compares the class
    maps (bit for bit).
+
+``--dask N``: all of it again, side by side, with the job's tiles on a Dask scheduler and
+N worker processes (one thread each, ``nice -n 19``) on this machine
+(UNET_DASK_SCHEDULER). The server's peak RSS is then the service's only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import statistics
@@ -26,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +58,13 @@ def interactive_image() -> bytes:
     return buffer.getvalue()
 
 
-def start(jobs: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    jobs: Path, log: Path, scheduler: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "UNET_JOBS_DIR": str(jobs), "UNET_MAX_QUEUE": "64"}
+    if scheduler:
+        env["UNET_DASK_SCHEDULER"] = scheduler
     command = [sys.executable, "-m", "uvicorn", "app.main:app", "--http", "h11"]
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -97,11 +108,13 @@ def peak_rss_mb(pid: int) -> int:
     return -1
 
 
-def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    montage = scratch / "montage.ome.tif"
-    write_tiff(montage, args.side)
+def run(args: argparse.Namespace, scratch: Path, scheduler: str | None = None) -> dict[str, Any]:
+    montage = scratch.parent / "montage.ome.tif"
+    if not montage.exists():
+        write_tiff(montage, args.side)
     body = interactive_image()
-    process, url = start(scratch / "jobs", scratch / "server.log")
+    scratch.mkdir()
+    process, url = start(scratch / "jobs", scratch / "server.log", scheduler)
     try:
         with httpx.Client(base_url=url, timeout=600) as http:
             latencies(http, body, 3)  # warm-up
@@ -158,15 +171,51 @@ def check(montage: Path, result: Path, scratch: Path) -> bool:
     )
 
 
+@contextlib.contextmanager
+def dask_cluster(workers: int, scratch: Path) -> Iterator[str]:
+    """A scheduler and ``workers`` worker processes (one thread each) on 127.0.0.1, the
+    workers at the lowest CPU priority (``nice -n 19``): on the service's own machine they
+    take only the cores /segment leaves. The scheduler's address."""
+    dask, port = str(Path(sys.executable).parent / "dask"), free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    log = (scratch / "dask.log").open("wb")
+    scheduler = [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                 "--dashboard-address", "127.0.0.1:0"]  # fmt: skip
+    worker = ["nice", "-n", "19", dask, "worker", address, "--nthreads", "1",
+              "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]  # fmt: skip
+    processes = [subprocess.Popen(scheduler, stdout=log, stderr=subprocess.STDOUT)]
+    processes += [
+        subprocess.Popen(worker, stdout=log, stderr=subprocess.STDOUT) for _ in range(workers)
+    ]
+    try:
+        from distributed import Client
+
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(workers, timeout=120)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(60)
+        log.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--side", type=int, default=20000, help="the montage's side, px")
     parser.add_argument("--requests", type=int, default=30, help="/segment calls per phase")
     parser.add_argument("--check", action="store_true", help="compare with unet-segment")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--dask", type=int, default=0, metavar="N", help="also on N workers")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-jobs-") as scratch:
-        report(run(args, Path(scratch)), args.json)
+        if not args.dask:
+            report(run(args, Path(scratch) / "service"), args.json)
+            return
+        results = {"in_service": run(args, Path(scratch) / "service")}
+        with dask_cluster(args.dask, Path(scratch)) as address:
+            results["dask"] = run(args, Path(scratch) / "dask", address)
+        report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -354,6 +354,41 @@ def test_jobs_run_on_one_replica_with_a_persistent_volume(
     assert jobs_manifests["Service"]["spec"]["selector"].items() <= labels.items()
 
 
+def test_the_dask_profile_and_manifest_share_the_jobs_volume_and_image(
+    compose: dict[str, Any],
+    jobs_manifests: dict[str, dict[str, Any]],
+    stages: dict[str, Stage],
+) -> None:
+    """Workers run our image (which holds distributed) and mount the jobs volume where the
+    service has UNET_JOBS_DIR; the service is pointed at the scheduler by name."""
+    services = compose["services"]
+    for name in ("dask-scheduler", "dask-worker"):
+        assert services[name]["profiles"] == ["dask"]
+        assert services[name]["image"] == services["unet"]["image"]
+    assert services["dask-worker"]["command"][:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
+    assert "jobs:/jobs" in services["dask-worker"]["volumes"]
+    assert "jobs:/jobs" in services["unet"]["volumes"]
+    assert "UNET_DASK_SCHEDULER" in compose["x-unet"]["environment"]
+    assert "cpu,service,dicom,gateway,dask " in stages["cpu-venv"].run[0]
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in load_yaml_documents(K8S / "dask.yaml")}
+    for doc in docs.values():
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    worker = docs[("Deployment", "unet-dask-worker")]["spec"]["template"]["spec"]
+    (container,) = worker["containers"]
+    assert container["command"][2] == "tcp://unet-dask-scheduler:8786"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "jobs"]
+    env = {
+        e["name"]: e["value"]
+        for e in jobs_manifests["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert mount["mountPath"] == env["UNET_JOBS_DIR"]
+    (volume,) = [v for v in worker["volumes"] if v["name"] == "jobs"]
+    claim = jobs_manifests["PersistentVolumeClaim"]["metadata"]["name"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim
+    scheduler = docs[("Service", "unet-dask-scheduler")]
+    assert scheduler["spec"]["ports"][0]["port"] == 8786
+
+
 def test_the_dicom_gateway_keeps_its_queue_on_a_volume(
     compose: dict[str, Any], cpu_stage: Stage
 ) -> None:
