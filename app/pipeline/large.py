@@ -151,7 +151,7 @@ def segment_large(
             count = objects.find(store, grid, recipe, ledger).count
         store.drop_scratch()
         store = bring_back(store, back, (out_h, out_w)) if back else store
-        levels = _finish(store, path, output, model, stage)
+        levels = _finish(store, path, output, model, stage, None if back else ledger)
     finally:
         _remove(None if ledger else scratch, back)
     if ledger is not None:
@@ -245,10 +245,19 @@ def _finish(
     output: LargeOutput,
     model: Provenance,
     stage: Callable[[str], ProgressFn],
+    ledger: Ledger | None = None,
 ) -> int:
-    """The pyramid, the metadata, the output in place; the number of levels."""
+    """The pyramid, the metadata, the output in place; the number of levels. ledger: a
+    resumable run's, whose store this is: levels a run before built are not built again."""
     card = model.card
-    levels = store.build_levels(stage("levels")) if output.pyramid else 1
+    if not output.pyramid:
+        levels = 1
+    elif ledger is not None and ledger.levels:
+        levels = ledger.levels
+    else:
+        levels = store.build_levels(stage("levels"))
+        if ledger is not None:
+            ledger.built(levels)
     facts = {"name": card.name, "version": card.version, "sha256": model.sha256}
     named = card.classes if output.content == "classes" else None
     store.describe(path.name, named, facts)

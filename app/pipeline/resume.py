@@ -14,6 +14,8 @@ beside it:
   machine (which may lose either) start afresh.
 - ``objects.npy``: the objects found, once every object pass has finished (their
   GeoJSON is in the store by then); the passes run again only without it.
+- ``levels``: the number of pyramid levels, once they are built in the store (a run
+  resampled to the model's pixel size builds them in another store: again).
 
 The result is the one an uninterrupted run writes, bit for bit: a block is a pure
 function of the image, and each object pass reads only what the passes before it wrote.
@@ -72,10 +74,12 @@ class Ledger:
         self.store = folder / "store"
         self.done: dict[int, int] = {}
         self.found: Found | None = None
+        self.levels = 0
         self.resumed = _read(folder / "key") == key and self.store.is_dir()
         if self.resumed:
             self.done = _blocks(folder / "blocks")
             self.found = _found(folder)
+            self.levels = int(_read(folder / "levels") or 0)
         else:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
@@ -95,6 +99,11 @@ class Ledger:
         np.save(self.folder / "objects.part.npy", found.classes)
         os.replace(self.folder / "objects.part.npy", self.folder / "objects.npy")
         self.found = found
+
+    def built(self, levels: int) -> None:
+        """The store's pyramid levels are built."""
+        _write(self.folder / "levels", str(levels))
+        self.levels = levels
 
     def close(self) -> None:
         """The run's output is in place: nothing is left to resume."""

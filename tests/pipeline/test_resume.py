@@ -17,6 +17,7 @@ import app.pipeline.blocks
 import app.pipeline.large
 import app.pipeline.objects
 from app.codecs.outputs import LARGE_OUTPUTS, Options, Provenance
+from app.codecs.pyramid import LabelStore
 from app.inference import Predictor, load_model
 from app.pipeline.large import segment_large
 from app.pipeline.resume import Ledger, _blocks, run_key
@@ -151,6 +152,24 @@ def test_a_run_stopped_in_its_object_passes_runs_no_block_again(
     assert "objects" not in stages
     assert "outlines" not in stages
     assert files(tmp_path / "again.geojson") == files(tmp_path / "whole.geojson")
+
+
+def test_a_run_stopped_once_its_levels_are_built_does_not_build_them_again(
+    models: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, resume = models["components"], tmp_path / ".resume"
+    for name in ("whole", "out"):
+        (tmp_path / name).mkdir()
+    run(model, tmp_path / "whole" / "out.ome.zarr", "ome-zarr")
+    out = tmp_path / "out" / "out.ome.zarr"
+    with monkeypatch.context() as patch:  # the store is ready, not yet in place
+        interrupt(patch, LabelStore, "describe", after=0)
+        with pytest.raises(StopError):
+            run(model, out, "ome-zarr", resume=resume)
+    tiles, stages = run(model, out, "ome-zarr", resume=resume)
+    assert tiles == 0
+    assert "levels" not in stages
+    assert files(out) == files(tmp_path / "whole" / "out.ome.zarr")
 
 
 def test_a_folder_of_another_run_starts_afresh(
