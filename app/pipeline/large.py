@@ -67,13 +67,17 @@ def temporary_store(path: Path) -> Path:
 
 def _store(
     scratch: Path,
+    ledger: Ledger | None,
     grid: BlockGrid,
     output: LargeOutput,
     recipe: Recipe | None,
     num_classes: int,
     probability: bool,
 ) -> LabelStore:
-    """The store for ``output``: its image, and the scratch arrays finding objects needs."""
+    """The store for ``output``: its image, and the scratch arrays finding objects needs;
+    the one a resumed run (``ledger``) left, when there is one."""
+    if ledger is not None and ledger.resumed:
+        return LabelStore.open(scratch)
     objects = output.content != "classes"
     height, width = grid.plan.height, grid.plan.width
     dtype = np.uint32 if objects else np.uint8
@@ -86,6 +90,8 @@ def _store(
                 store.scratch(name, kind)
         for k in object_classes(recipe, num_classes) if output.content == "outlines" else ():
             store.scratch(f"p{k}", np.uint16)  # for the objects' scores
+    if ledger is not None:
+        ledger.begin()
     return store
 
 
@@ -140,7 +146,7 @@ def segment_large(
     back, count, runs = (temporary_store(path) if shape else None), None, None
     (out_h, out_w), stage = shape or (height, width), _stages(progress)
     try:
-        store = _open(scratch, ledger, grid, output, recipe, len(card.classes), probability)
+        store = _store(scratch, ledger, grid, output, recipe, len(card.classes), probability)
         if skip_background:
             runs = background(image, grid, predictor, options, store, stage)
         step = Pass(image, grid, store, recipe, runs, *_resumed(ledger, progress))
@@ -172,24 +178,6 @@ def _stages(progress: Callable[[str, int, int], None] | None) -> Callable[[str],
         return lambda done, total: progress(name, done, total) if progress else None
 
     return stage
-
-
-def _open(
-    scratch: Path,
-    ledger: Ledger | None,
-    grid: BlockGrid,
-    output: LargeOutput,
-    recipe: Recipe | None,
-    num_classes: int,
-    probability: bool,
-) -> LabelStore:
-    """The run's store: the one a resumed run left, else a new one."""
-    if ledger is not None and ledger.resumed:
-        return LabelStore.open(scratch)
-    store = _store(scratch, grid, output, recipe, num_classes, probability)
-    if ledger is not None:
-        ledger.begin()
-    return store
 
 
 def _resumed(
