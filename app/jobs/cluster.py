@@ -10,6 +10,7 @@ A job's result is the one the service would write itself, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -42,12 +43,24 @@ class JobCluster:
         )  # fmt: skip
 
     def for_job(self, request: Submission, on_tiles: Callable[[int], None]) -> Cluster:
-        """The cluster as one job's ``Blocks``, ``Mapper`` and in-memory runner."""
-        return Cluster(None, self.setup(request), self.sha256, self.client, on_tiles)
+        """The cluster as one job's ``Blocks``, ``Mapper`` and in-memory runner; OSError
+        while the scheduler is out of reach (the job is then retried)."""
+        return Cluster(None, self.setup(request), self.sha256, self.reconnected(), on_tiles)
+
+    def reconnected(self) -> Any:
+        """The client, a new one when the last lost its scheduler (a restarted scheduler
+        at the same address is found again); OSError when it is still out of reach."""
+        if self.lost():
+            self.close()
+            self.client = None
+            self.client = connect(self.address, CONNECT_S)
+        return self.client
 
     def lost(self) -> bool:
         """Whether the scheduler is out of reach now (a job that failed then is retried)."""
         return str(getattr(self.client, "status", "")) != "running"
 
     def close(self) -> None:
-        self.client.close()
+        if self.client is not None:
+            with contextlib.suppress(Exception):  # a client of a lost scheduler
+                self.client.close()

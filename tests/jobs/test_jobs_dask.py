@@ -1,12 +1,16 @@
 """Jobs on a real Dask LocalCluster (2 worker processes on 127.0.0.1, UNET_DASK_SCHEDULER):
 the result equals the in-service job's bit for bit, both workers run its tasks, a worker
-killed mid-job still gives the same succeeded result, a cancelled job leaves nothing, and
-an unreachable scheduler stops start-up with one clear line."""
+killed mid-job still gives the same succeeded result, a scheduler killed mid-job requeues
+the job, which finishes once a scheduler is back, a cancelled job leaves nothing, and an
+unreachable scheduler stops start-up with one clear line."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.app.test_startup import assert_fails_clearly, start
-from tests.conftest import settings
+from tests.conftest import free_port, settings
 from tests.jobs.helpers import leftovers, wait, zipped_labels
 from tests.nets import PAPER, default_card, save_model
 from tests.samples import smooth_noise
@@ -131,6 +135,57 @@ def test_a_worker_killed_mid_job_still_gives_the_same_result(
     result = zipped_labels(client.get(f"/jobs/{job_id}/result").content, tmp_path)
     np.testing.assert_array_equal(result, in_service["ome-zarr"])
     dask.wait_for_workers(2, timeout=120)
+
+
+@contextlib.contextmanager
+def scheduler_and_worker(port: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """A real ``dask scheduler`` on 127.0.0.1:``port`` and one ``dask worker`` process."""
+    address = f"tcp://127.0.0.1:{port}"
+    commands = [
+        ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+         "--dashboard-address", "127.0.0.1:0"],
+        ["distributed.cli.dask_worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+         "--dashboard-address", "127.0.0.1:0", "--no-nanny"],
+    ]  # fmt: skip
+    processes = [
+        subprocess.Popen([sys.executable, "-m", *c], start_new_session=True) for c in commands
+    ]
+    try:
+        with distributed.Client(address, timeout="60s") as dask:
+            dask.wait_for_workers(1, timeout=60)
+        yield processes
+    finally:
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_a_scheduler_lost_mid_job_requeues_it_and_it_finishes_once_one_is_back(
+    slide: tuple[Path, Path], in_service: dict[str, Any], tmp_path: Path
+) -> None:
+    port = free_port()
+    with scheduler_and_worker(port) as processes:
+        client = app(slide[1], tmp_path / "jobs", dask_scheduler=f"tcp://127.0.0.1:{port}")
+        with client:
+            job_id = submit(client, slide[0], "ome-zarr")
+            while client.get(f"/jobs/{job_id}").json()["progress"]["tiles_done"] == 0:
+                time.sleep(0.05)
+            for process in processes:  # the scheduler's machine is gone, and its worker
+                os.killpg(process.pid, signal.SIGKILL)
+            statuses = set()
+            deadline = time.monotonic() + 120
+            while "queued" not in statuses and time.monotonic() < deadline:
+                statuses.add(client.get(f"/jobs/{job_id}").json()["status"])
+                time.sleep(0.05)
+            assert "queued" in statuses and not statuses & {"failed", "cancelled"}, statuses
+            time.sleep(3)  # it stays queued, not failed, while no scheduler answers
+            assert client.get(f"/jobs/{job_id}").json()["status"] in ("queued", "running")
+            with scheduler_and_worker(port):  # a new scheduler at the same address
+                job, _ = wait(client, job_id, timeout_s=300)
+                assert job["status"] == "succeeded", job["error"]
+                result = zipped_labels(client.get(f"/jobs/{job_id}/result").content, tmp_path)
+    np.testing.assert_array_equal(result, in_service["ome-zarr"])
 
 
 def test_a_job_cancelled_on_the_cluster_leaves_nothing(
