@@ -31,7 +31,7 @@ from app.api.admission import Admission
 from app.api.middleware import Cors, RequestContext
 from app.codecs.images import Decoders
 from app.codecs.outputs import Outputs, default_outputs
-from app.inference import InferenceError, load_model
+from app.inference import InferenceError, flood, load_model
 from app.inference.card import ModelCard
 from app.inference.providers import ProviderOptions
 from app.jobs.cluster import JobCluster
@@ -111,6 +111,8 @@ def start_service(settings: Settings, metrics: Metrics, outputs: Outputs | None 
     inputs = checked_input_formats(card)
     # Warm-up: on a GPU this is the one shape every request will run (fixed plan).
     predictor.predict(np.zeros((card.min_size, card.min_size), dtype=np.uint8))
+    if card.objects.method == "watershed":
+        flood.warm()  # compiled here, not on the first request for objects
     metrics.model_info.labels(card.name, card.version, model.engine.providers[0]).set(1)
     work = WorkLimit(predictor, settings.max_image_pixels)
     return Service(settings, model, predictor, metrics, work, inputs, outputs or default_outputs())

@@ -2,6 +2,7 @@
 
     python -m bench.objects                   # 8 x 8 ISBI 2012 slices, the shipped model
     python -m bench.objects --side 2048 --json out.json
+    python -m bench.objects --providers cpu   # ONNX Runtime fp32 instead of the default
 
 The mosaic is made of ``../shared/data/isbi2012`` slices (train, then test), so
 the objects are real cells (6,141 at 4096 px with the shipped model, not the
@@ -32,7 +33,7 @@ from PIL import Image
 from scipy import ndimage, sparse
 
 from app.codecs.images import DecodedImage
-from app.codecs.outputs import LARGE_OUTPUTS, Model, Options, default_outputs
+from app.codecs.outputs import LARGE_OUTPUTS, Options, Provenance, default_outputs
 from app.codecs.outputs._objects import objects_of
 from app.inference import Predictor, load_model
 from app.inference.card import Recipe
@@ -84,9 +85,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="in-memory timings: the median of this many runs"
     )
+    parser.add_argument(
+        "--providers", default="auto", help="UNET_PROVIDERS (auto: the service's default)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    loaded = load_model(args.model, "cpu")
+    loaded = load_model(args.model, args.providers)
     predictor = Predictor(
         loaded.engine.run, loaded.card, tile_size=CPU_TILE_SIZE, batch_size=CPU_BATCH_SIZE
     )
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     prediction, inference_s = timed(
         lambda: predictor.predict(frame, threshold=threshold), args.repeats
     )
-    model, options = Model(loaded.card, loaded.engine.sha256), Options(threshold=threshold)
+    model, options = Provenance(loaded.card, loaded.engine.sha256), Options(threshold=threshold)
     objects, objects_s = timed(lambda: objects_of(prediction, model, options), args.repeats)
     image = DecodedImage("png", [frame], frame.shape[1], frame.shape[0])
     results: dict[str, Any] = {
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     results |= encoded("", image, prediction, model, options, inference_s, args.repeats)
     cells, cell_count = voronoi_mask(args.side, args.cells)
-    by_components = Model(
+    by_components = Provenance(
         loaded.card.model_copy(update={"objects": Recipe()}), loaded.engine.sha256
     )
     results |= {"mask_objects": cell_count}
@@ -124,7 +128,7 @@ def encoded(
     prefix: str,
     image: DecodedImage,
     prediction: Prediction,
-    model: Model,
+    model: Provenance,
     options: Options,
     inference_s: float,
     repeats: int = 1,
@@ -165,7 +169,7 @@ def voronoi_mask(side: int, cells: int) -> tuple[Prediction, int]:
 
 
 def streamed(
-    frame: np.ndarray, predictor: Predictor, model: Model, options: Options, labels: np.ndarray
+    frame: np.ndarray, predictor: Predictor, model: Provenance, options: Options, labels: np.ndarray
 ) -> dict[str, Any]:
     """The large-image path on the same mosaic (``instances``, blocks of 2304 px): its time,
     and how its objects agree with the in-memory ones (share of the pixels outside the

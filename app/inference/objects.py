@@ -1,4 +1,4 @@
-"""Pixels -> objects, by the model card's ``objects`` recipe (pure numpy / scipy / scikit-image).
+"""Pixels -> objects, by the model card's ``objects`` recipe (numpy, scipy; the flood in flood.py).
 
 - ``components`` (the default): each 4-connected component of each non-background
   class's mask is one object of that class.
@@ -26,14 +26,13 @@ the reference the chunked one must equal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
-from skimage.segmentation import watershed
 
 from app.inference.card import Recipe
+from app.inference.flood import flood
 from app.inference.runs import Runs, vertical_runs
 
 # 4-connectivity: pixels touching only at a corner are different objects.
@@ -103,7 +102,7 @@ def _watershed(
     seeds, n = ndimage.label(seed, structure=FOUR)
     if n == 0:
         return Objects(np.zeros(mask.shape, dtype=np.int32), np.zeros(1, dtype=np.int64))
-    labels = flood(levels, seeds).astype(np.int32)
+    labels = flood(levels, seeds)
     return Objects(labels, vote_classes(votes(labels, mask, n, num_classes), recipe))
 
 
@@ -115,23 +114,6 @@ def watershed_inputs(
     # Flooded on 256 levels, like an 8-bit probability image: 2.4x faster than on float32
     # (2048^2 EM: 1.2 s against 2.9 s), 0.5 % of the pixels differ, at ties.
     return np.rint(boundary * 255).astype(np.uint8), boundary < recipe.seed_threshold
-
-
-def flood(levels: npt.NDArray[np.uint8], seeds: npt.NDArray[np.integer]) -> npt.NDArray[Any]:
-    """Every pixel labelled by the seed whose flood over ``levels`` reaches it first.
-
-    Only the pixels that are no seed are flooded, from each seed's one-pixel rim (a
-    seed's inside never changes): 2.2x faster, 2.4e-6 of the pixels differ (the order
-    of ties).
-    """
-    free = seeds == 0
-    rim = ndimage.binary_dilation(free, structure=FOUR) & ~free
-    region = free | rim
-    flooded = watershed(  # type: ignore[no-untyped-call]
-        levels, markers=np.where(rim, seeds, 0), connectivity=1, mask=region
-    )
-    flooded[~region] = seeds[~region]
-    return np.asarray(flooded)
 
 
 def votes(

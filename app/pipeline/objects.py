@@ -35,8 +35,9 @@ from scipy import ndimage
 from app.codecs.pyramid import LabelStore
 from app.inference.blocks import Block, BlockGrid
 from app.inference.card import Recipe
+from app.inference.flood import flood
 from app.inference.merge import border_pairs, merge, offsets
-from app.inference.objects import FOUR, components, flood, renumber, vote_classes
+from app.inference.objects import FOUR, components, renumber, vote_classes
 
 MARGIN = 256  # px of seeds around a block that its watershed sees
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.inference import LoadedModel, Predictor, load_model
@@ -157,3 +158,23 @@ def test_bf16_on_openvino_keeps_the_cards_figures() -> None:
         for n, p in predictors.items()
     }
     assert abs(rand["bf16"] - rand["fp32"]) <= 0.005, rand
+
+
+def test_the_compiled_flood_equals_scikit_images_on_the_validation_slices() -> None:
+    """app/inference/flood.py against scikit-image's watershed on real probabilities: the
+    same label on every pixel of the validation slices (ties between seeds included)."""
+    from scipy import ndimage
+
+    from app.inference.flood import flood
+    from app.inference.objects import FOUR, watershed_inputs
+    from tests.inference.test_flood import skimage_flood
+
+    model = load_model(MODEL)
+    predictor = Predictor(model.engine.run, model.card)
+    for sample in validation_samples(model):
+        levels, seed = watershed_inputs(
+            predictor.probabilities(sample.image)[0], model.card.objects
+        )
+        seeds, count = ndimage.label(seed, structure=FOUR)
+        assert count >= 50  # real cells
+        np.testing.assert_array_equal(flood(levels, seeds), skimage_flood(levels, seeds))
