@@ -362,3 +362,23 @@ def new_request_refused(server: Server, deadline: float) -> bool:
     except httpx.TransportError:
         return True
     return late.status_code == 503
+
+
+def test_a_console_script_in_the_image_imports_the_images_code(
+    cpu_stage: Stage, image_tree: ImageTree
+) -> None:
+    """`dask scheduler` and `dask worker` (compose's `dask` profile, deploy/kubernetes/dask.yaml)
+    are console scripts in /opt/venv/bin: they find the service's code through the image's
+    ENV (PYTHONPATH), since only `python -m` puts the WORKDIR on sys.path."""
+    script = image_tree.root / "tmp" / "console.py"  # outside /app, as /opt/venv/bin/dask is
+    script.write_text("import app.pipeline.dask\nprint(app.pipeline.dask.__file__)\n")
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        env=image_tree.env(cpu_stage),
+        cwd=image_tree.host(cpu_stage.workdir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).is_relative_to(image_tree.root / "app"), result.stdout
