@@ -1,13 +1,12 @@
 """Mask encoders: label map -> palette PNG, probability -> 16-bit PNG, label map -> COCO RLE.
 
-Pure numpy + Pillow + pycocotools: arrays in, bytes or JSON-ready dicts out,
-no I/O. Formats are those of ../shared/API.md (``POST /segment``, ``format=``
+numpy, libpng (imagecodecs), Pillow (TIFF) and pycocotools: arrays in, bytes or
+JSON-ready dicts out, no I/O. Formats are those of ../shared/API.md (``POST /segment``, ``format=``
 ``png``, ``probability``, ``rle``).
 
-Speed, 4096 x 4096 on 2 cores (measured; a base-32 U-Net needs ~1 min there):
-label PNG 0.1-0.2 s, 16-bit probability PNG 0.9-1.7 s (mostly Pillow's row
-filtering: level 0 saves little on noisy maps), RLE ~0.1 s per class for masks
-with ragged borders (1.1 s for 5 classes of pure noise, the worst case).
+Speed, 2048 x 2048 ISBI on 2 cores (measured): label PNG 11 ms, object ids 15 ms,
+16-bit probability PNG 84 ms (see ``_png``); RLE ~0.1 s per class at 4096^2 for
+masks with ragged borders (1.1 s for 5 classes of pure noise, the worst case).
 """
 
 from __future__ import annotations
@@ -72,10 +71,26 @@ def _check_labels(labels: np.ndarray, num_classes: int) -> None:
         )
 
 
-def _png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
+def _png(array: npt.NDArray[np.uint8] | npt.NDArray[np.uint16], row_filter: int) -> bytes:
+    """A grayscale PNG of ``array`` (8 or 16 bits) by libpng (imagecodecs): zlib level 1
+    with its run-length strategy, every row with ``row_filter``. 2048^2 ISBI, against
+    Pillow's level 1: a class map 11 ms / 183 kB (33 ms / 288 kB), object ids 15 ms /
+    243 kB (54 ms / 282 kB), probabilities 84 ms / 6.0 MB (264 ms / 6.1 MB)."""
+    import imagecodecs
+
+    data = imagecodecs.png_encode(
+        np.ascontiguousarray(array),
+        level=PNG_COMPRESS_LEVEL,
+        strategy=imagecodecs.PNG.STRATEGY.RLE,
+        filter=row_filter,
+    )
+    return bytes(data)
+
+
+def _row_filter(name: str) -> int:
+    import imagecodecs
+
+    return int(getattr(imagecodecs.PNG.FILTER, name))
 
 
 def encode_label_png(labels: npt.NDArray[np.uint8], num_classes: int) -> bytes:
@@ -86,14 +101,14 @@ def encode_label_png(labels: npt.NDArray[np.uint8], num_classes: int) -> bytes:
     to colours by all but Pillow.) For people, ``format=overlay`` draws the classes.
     """
     _check_labels(labels, num_classes)
-    return _png_bytes(Image.fromarray(np.ascontiguousarray(labels)))  # mode "L"
+    return _png(labels, _row_filter("NONE"))  # runs of one byte: no filter is best
 
 
 def encode_instances(labels: npt.NDArray[np.integer]) -> tuple[bytes, str]:
     """H x W object ids -> (bytes, media type): a 16-bit grayscale PNG while the ids fit,
     a 32-bit grayscale TIFF above 65535 objects."""
     if labels.size == 0 or int(labels.max()) <= 65535:
-        return _png_bytes(Image.fromarray(labels.astype(np.uint16))), "image/png"
+        return _png(labels.astype(np.uint16), _row_filter("SUB")), "image/png"
     buffer = io.BytesIO()
     Image.fromarray(labels.astype(np.int32)).save(buffer, format="TIFF", compression="tiff_deflate")
     return buffer.getvalue(), "image/tiff"
@@ -153,7 +168,7 @@ def to_uint16(p: npt.NDArray[np.floating]) -> npt.NDArray[np.uint16]:
 
 def encode_probability_png(p: npt.NDArray[np.floating]) -> bytes:
     """H x W probabilities in [0, 1] -> 16-bit grayscale PNG of ``round(p * 65535)``."""
-    return _png_bytes(Image.fromarray(to_uint16(p)))  # mode "I;16"
+    return _png(to_uint16(p), _row_filter("SUB"))
 
 
 def _segment(

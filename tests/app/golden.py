@@ -1,7 +1,10 @@
 """Golden HTTP responses: fixed inputs and models -> the exact answers of /segment.
 
 Recorded before the core was restructured (issue 10) and kept byte-identical
-since (tests/app/test_golden.py). To record again, on purpose, and say so:
+since (tests/app/test_golden.py), but once: on 2026-12-04 the PNG answers were
+recorded again when libpng (imagecodecs) replaced Pillow as their encoder; every
+one decodes, in Pillow and in OpenCV, to the pixels recorded before. To record
+again, on purpose, and say so:
 
     .venv/bin/python -m tests.app.golden        # writes tests/app/golden/
 
