@@ -1,31 +1,22 @@
 """``unet-segment``: segment files, folders and globs from the command line (API.md, "Large
-images: the command line").
+images: the command line"; the manual: docs/large-images.md).
 
-    unet-segment [--model PATH] [--format F] [--out DIR] [--tile N] [--batch N]
-                 [--threshold T] [--tta] [--min-area A] [--dask ADDRESS] INPUT...
+Each image the service accepts goes through exactly what ``POST /segment`` runs, so a
+file equals the service's answer byte for byte. Larger images (tiled or pyramidal TIFF,
+OME-TIFF, SVS and other slides, OME-Zarr, DICOM WSI) are read a rectangle at a time and
+written block by block to an OME-Zarr or OME-TIFF (app/pipeline/large.py): memory stays
+flat, and the class map equals the in-memory one bit for bit; ``instances`` and
+``geojson`` too (app/pipeline/objects.py). The format defaults to ``png`` up to
+``--max-pixels`` (the service's limit) and ``ome-zarr`` above.
 
-Each image the service accepts goes through exactly what ``POST /segment`` runs
-(the same decoders, predictor and output encoders), so a file equals the
-service's answer byte for byte. Larger images -- tiled or pyramidal TIFF,
-OME-TIFF, SVS and other slides, OME-Zarr -- are read a rectangle at a time and
-written block by block to an OME-Zarr or OME-TIFF (app/pipeline/large.py): memory
-stays flat whatever their size, and the class map equals the in-memory one bit
-for bit. The format defaults to ``png`` up to ``--max-pixels`` (the service's
-limit) and ``ome-zarr`` above; above it, ``instances`` (an OME-Zarr of object ids)
-and ``geojson`` are made block by block too (app/pipeline/objects.py).
-
-``DIR/<stem>.<ext>`` (ext by format: ``png``, ``rle.json``, ``prob.png``,
-``instances.png``, ``objects.json``, ``geojson``, ``overlay.png``, ``seg.dcm``,
-``ome.zarr``, ``ome.tif``, ``instances.ome.zarr``) appears atomically (made under a hidden temporary
-name, renamed); an input whose output exists is skipped (resume; ``--overwrite``
-redoes it); an input that fails is reported and the others go on;
-``DIR/summary.json`` lists every input with its status, time, size and error.
-Progress bars for the files and for the tiles or blocks of each (tqdm, on
-stderr). Exit 0 when every input succeeded, 1 when any failed, 130 on Ctrl-C or
-SIGTERM (nothing half-written is left); 2 for bad arguments, a model or tiling
-that cannot run, or a Dask scheduler that cannot be reached. ``--dask ADDRESS``
-runs the blocks of large images and the small images of the batch on a Dask
-cluster (app/pipeline/dask.py).
+``DIR/<stem>.<ext>`` appears atomically; an input whose output exists is skipped
+(``--overwrite`` redoes it); an input that fails is reported and the others go on;
+``DIR/summary.json`` lists every input. Progress bars (tqdm, stderr). Exit 0 when every
+input succeeded, 1 when any failed, 130 on Ctrl-C or SIGTERM (nothing half-written is
+left), 2 for bad arguments, a model or tiling that cannot run, or an unreachable Dask
+scheduler. ``--dask ADDRESS`` runs the blocks and the small images on a Dask cluster
+(app/pipeline/dask.py); ``--model-repository DIR --model-name NAME`` serves DIR/NAME.onnx
+as the service's repository names it.
 """
 
 from __future__ import annotations
@@ -48,6 +39,7 @@ from app.inference import InferenceError
 from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
 from app.inference.providers import CHOICES, PRECISIONS
 from app.inference.tiler import ProgressFn
+from app.models.repository import model_file
 from app.pipeline.batch import Large, Small, route
 from app.pipeline.context import Context, Setup
 from app.pipeline.dicomweb import SeriesUrl, fetched
@@ -238,6 +230,11 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
     add = parser.add_argument
     add("inputs", nargs="+", metavar="INPUT", help="files, folders, globs, DICOMweb series URLs")
     add("--model", type=Path, default=DEFAULT_MODEL, help="the ONNX model")
+    add("--model-repository", type=Path, metavar="DIR",
+        default=os.environ.get("UNET_MODEL_REPOSITORY") or None,
+        help="a folder of models, over --model (default: UNET_MODEL_REPOSITORY)")  # fmt: skip
+    add("--model-name", metavar="NAME",
+        help="DIR/NAME.onnx (default: UNET_DEFAULT_MODEL, else DIR's only model)")  # fmt: skip
     formats = every_format(outputs)
     add("--format", choices=formats, help="default: png up to --max-pixels, ome-zarr above")
     add("--out", type=Path, default=Path("."), help="the output folder")
@@ -258,6 +255,12 @@ def parse_args(argv: Sequence[str] | None, outputs: Outputs) -> argparse.Namespa
         help="large images: their pixel size in µm, over what the file says")  # fmt: skip
     add("--dask", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://scheduler:8786")
     args = parser.parse_args(argv)
+    if args.model_repository is not None or args.model_name is not None:
+        name = args.model_name or os.environ.get("UNET_DEFAULT_MODEL") or None
+        try:
+            args.model = model_file(args.model_repository, name)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.pixel_size is not None and not 0 < args.pixel_size <= 10_000:
         parser.error(f"--pixel-size must be in (0, 10000] µm, got {args.pixel_size}")
     if args.threshold is not None and not 0 < args.threshold < 1:

@@ -7,6 +7,10 @@ web framework. Their HTTP statuses are chosen in one place: app/api/errors.py.
 from __future__ import annotations
 
 
+class StartupError(Exception):
+    """Start-up cannot go on; the message is the one log line."""
+
+
 class ServiceError(Exception):
     """Base of the errors the service raises itself (the core has its own bases)."""
 
@@ -80,6 +84,10 @@ class SourceFetchError(ServiceError):
 
 class SourceNotFoundError(ServiceError):
     """A job's ``source`` names nothing under UNET_JOB_SOURCE_ROOT (422)."""
+
+
+class ModelNotFoundError(ServiceError):
+    """A path names a model the repository has not (404; /segment's model= is a 422)."""
 
 
 class JobNotFoundError(ServiceError):

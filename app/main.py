@@ -16,10 +16,9 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -29,26 +28,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api import errors, methods_at, router
 from app.api.admission import Admission
 from app.api.middleware import Cors, RequestContext
-from app.codecs.images import Decoders
-from app.codecs.outputs import Outputs, default_outputs
-from app.inference import InferenceError, flood, load_model
-from app.inference.card import ModelCard
-from app.inference.providers import ProviderOptions
+from app.codecs.outputs import Outputs
+from app.errors import StartupError
 from app.jobs.cluster import JobCluster
 from app.jobs.gate import Gate
 from app.jobs.runner import JobRunner
 from app.jobs.store import JobStore
 from app.logging import configure_logging
 from app.metrics import Metrics
-from app.pipeline.context import on_gpu, predictor_for
-from app.service import Service, WorkLimit, input_formats, stop_reading_on_signals
+from app.models import Entry, ModelLoadError, Repository, load_service
+from app.models import provider_options as provider_options  # tests import it from here
+from app.service import Service, stop_reading_on_signals
 from app.settings import Settings, describe
 
 log = logging.getLogger("app")
-
-
-class StartupError(Exception):
-    """Start-up cannot go on; the message is the one log line."""
 
 
 def read_settings() -> Settings:
@@ -58,72 +51,79 @@ def read_settings() -> Settings:
         raise StartupError(describe(exc)) from None
 
 
-def checked_input_formats(card: ModelCard) -> Decoders:
-    try:
-        return input_formats(card)
-    except ValueError as exc:
-        raise StartupError(f"model card of {card.name}: {exc}") from None
+def open_models(settings: Settings, metrics: Metrics, outputs: Outputs | None) -> Repository:
+    """The model repository, every model loaded and warm; StartupError when the single
+    model (UNET_MODEL_PATH) or the default one cannot be served, or the folder holds none.
+    A repository's other models that cannot be loaded are logged and not served."""
+    folder = settings.model_repository
 
+    def build(path: Path) -> Service:
+        return load_service(settings, metrics, outputs, path)
 
-def provider_options(settings: Settings) -> ProviderOptions:
-    """The provider options of the settings; for TensorRT with the fixed tile batch as its
-    optimisation profile (the model's geometry read once on the CPU first)."""
-    options = ProviderOptions(
-        settings.device_id,
-        settings.cudnn_conv_algo_search,
-        settings.trt_cache_dir,
-        settings.trt_fp16,
-        precision=settings.precision,
+    repository = Repository(
+        build, folder, settings.model_path, settings.default_model, settings.repository_poll
     )
-    if settings.providers != "tensorrt":
-        return options
-    if settings.trt_cache_dir is not None:
+    if folder is None:
         try:
-            settings.trt_cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StartupError(f"UNET_TRT_CACHE_DIR={settings.trt_cache_dir}: {exc}") from None
-    try:
-        card = load_model(settings.model_path, "cpu", settings.threads).card  # fp32: geometry only
-    except InferenceError as exc:
-        raise StartupError(f"cannot serve UNET_MODEL_PATH={settings.model_path}: {exc}") from None
-    tile, batch = settings.tiling(on_gpu=True)
-    side = card.geometry().valid_size_at_most(tile) or card.min_size
-    return replace(options, input_shape=(batch, card.in_channels, side, side))
+            service = build(settings.model_path)
+        except ModelLoadError as exc:
+            raise StartupError(f"UNET_MODEL_PATH: {exc}") from None
+        repository.adopt(settings.model_path.stem, settings.model_path, service)
+        return repository
+    if not folder.is_dir():
+        raise StartupError(f"UNET_MODEL_REPOSITORY={folder}: not a folder")
+    repository.scan()
+    names = repository.names()
+    if not names:
+        raise StartupError(f"UNET_MODEL_REPOSITORY={folder}: no .onnx model in it")
+    default = settings.default_model
+    if default is not None and repository.find(default) is None:
+        reason = "not among its models" if default not in names else "it cannot be loaded"
+        raise StartupError(f"UNET_DEFAULT_MODEL={default!r}: {reason} (the models: {names})")
+    if all(repository.find(name) is None for name in names):
+        raise StartupError(f"UNET_MODEL_REPOSITORY={folder}: no model could be loaded")
+    return repository
 
 
-def start_service(settings: Settings, metrics: Metrics, outputs: Outputs | None = None) -> Service:
-    """Load the model, build the predictor and the registries, warm up (blocking).
-
-    outputs: the output formats; by default the installation's (default_outputs).
-    """
-    try:
-        model = load_model(
-            settings.model_path, settings.providers, settings.threads, provider_options(settings)
-        )
-    except InferenceError as exc:
-        raise StartupError(f"cannot serve UNET_MODEL_PATH={settings.model_path}: {exc}") from None
-    tile_size, batch_size = settings.tiling(on_gpu(model))
-    try:
-        predictor = predictor_for(model, tile_size, batch_size)
-    except ValueError as exc:
-        raise StartupError(f"invalid tiling (UNET_TILE_SIZE / UNET_BATCH_SIZE): {exc}") from None
-    card = model.card
-    inputs = checked_input_formats(card)
-    # Warm-up: on a GPU this is the one shape every request will run (fixed plan).
-    predictor.predict(np.zeros((card.min_size, card.min_size), dtype=np.uint8))
-    if card.objects.method == "watershed":
-        flood.warm()  # compiled here, not on the first request for objects
-    metrics.model_info.labels(card.name, card.version, model.engine.providers[0]).set(1)
-    work = WorkLimit(predictor, settings.max_image_pixels)
-    return Service(settings, model, predictor, metrics, work, inputs, outputs or default_outputs())
+def describe_model(entry: Entry) -> str:
+    """``name (card version on provider, tiles T x B)`` for the start-up line."""
+    service = entry.service
+    if service is None:
+        return f"{entry.name} (not loaded)"
+    card, predictor = service.model.card, service.predictor
+    return (
+        f"{entry.name} ({card.name} {card.version} on {service.model.engine.providers[0]}, "
+        f"tiles {predictor.tile_size} x {predictor.batch_size})"
+    )
 
 
-def open_cluster(settings: Settings, service: Service) -> JobCluster | None:
+def follow_models(
+    app: FastAPI, models: Repository, metrics: Metrics
+) -> Callable[[str, Service | None], None]:
+    """What a model added, replaced or removed changes beyond the repository: the model
+    info metric, and the service of /health, /model and the jobs when it is the primary."""
+    shown: dict[str, tuple[str, str, str, str]] = {}
+
+    def changed(name: str, service: Service | None) -> None:
+        if name in shown:
+            metrics.model_info.remove(*shown.pop(name))
+        if service is not None:
+            card = service.model.card
+            shown[name] = (name, card.name, card.version, service.model.engine.providers[0])
+            metrics.model_info.labels(*shown[name]).set(1)
+        primary = models.primary()
+        if primary is not None:
+            app.state.service = app.state.jobs.service = primary
+
+    return changed
+
+
+def open_cluster(settings: Settings) -> JobCluster | None:
     """UNET_DASK_SCHEDULER's cluster for the jobs; StartupError when it cannot be reached."""
     if not settings.dask_scheduler:
         return None
     try:
-        return JobCluster(settings.dask_scheduler, service)
+        return JobCluster(settings.dask_scheduler)
     except (OSError, TimeoutError) as exc:
         raise StartupError(
             f"cannot reach the Dask scheduler UNET_DASK_SCHEDULER={settings.dask_scheduler}: {exc}"
@@ -183,34 +183,33 @@ def make_lifespan(
         try:
             config = config if config is not None else read_settings()
             configure_logging(config.log_format, config.log_level)
-            service = await asyncio.to_thread(start_service, config, metrics, outputs)
+            models = await asyncio.to_thread(open_models, config, metrics, outputs)
+            service = models.primary()
+            assert service is not None  # open_models: at least one model answers
             store = await asyncio.to_thread(open_jobs, config)
-            cluster = await asyncio.to_thread(open_cluster, config, service)
+            cluster = await asyncio.to_thread(open_cluster, config)
         except StartupError as exc:
             fmt = config.log_format if config else os.environ.get("UNET_LOG_FORMAT", "")
             configure_logging(fmt.strip().lower())
             log.error("start-up failed: %s", exc)
             raise
         gate = Gate()
-        runner = JobRunner(store, service, gate, cluster)
+        runner = JobRunner(store, service, gate, cluster, models.get)
         await asyncio.to_thread(runner.start)
         admission = Admission(config.max_queue, metrics, gate)
-        app.state.service, app.state.admission, app.state.jobs = service, admission, runner
-        undo_signals = stop_reading_on_signals(service)
-        service.ready = True
-        card, predictor = service.model.card, service.predictor
-        log.info(
-            "ready: model %s %s on %s, tiles %d x %d",
-            card.name,
-            card.version,
-            service.model.engine.providers[0],
-            predictor.tile_size,
-            predictor.batch_size,
-        )
+        app.state.admission, app.state.jobs = admission, runner
+        app.state.service, app.state.models = service, models
+        models.on_change = follow_models(app, models, metrics)
+        for entry in models.listing():
+            if entry.service is not None:
+                follow_models(app, models, metrics)(entry.name, entry.service)
+        undo_signals = stop_reading_on_signals(models.stopping)
+        models.start()
+        log.info("ready: %s", ", ".join(describe_model(e) for e in models.listing()))
         try:
             yield
         finally:
-            service.ready = False
+            models.stop()
             undo_signals()
             await asyncio.to_thread(runner.stop)  # the running job is queued again
             admission.close()
@@ -278,6 +277,12 @@ def model_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 parameter["schema"]["maximum"] = highest
             if parameter["name"] == "format":
                 parameter["schema"]["enum"] = service.outputs.names()
+        names = app.state.models.names()
+        for path, operations in schema["paths"].items():
+            for operation in operations.values() if path.startswith("/v2/models/") else ():
+                for parameter in operation.get("parameters", []):
+                    if parameter["name"] == "name":  # the models served, now
+                        parameter["schema"]["enum"] = names
         if not service.settings.api_keys:
             schema.get("components", {}).pop("securitySchemes", None)
             for operations in schema["paths"].values():

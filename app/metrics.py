@@ -43,13 +43,14 @@ class Metrics:
         self.inference_duration = Histogram(
             "unet_inference_duration_seconds",
             "Model time per image (all frames, tiles and TTA flips), seconds",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.images = Counter("unet_images", "Images segmented", registry=r)
-        self.tiles = Counter("unet_tiles", "Tiles run through the network", registry=r)
+        self.images = Counter("unet_images", "Images segmented", ["model"], registry=r)
+        self.tiles = Counter("unet_tiles", "Tiles run through the network", ["model"], registry=r)
         self.pixels = Counter(
-            "unet_pixels", "Pixels segmented (width x height x frames)", registry=r
+            "unet_pixels", "Pixels segmented (width x height x frames)", ["model"], registry=r
         )
         self.in_flight = Gauge(
             "unet_requests_in_flight", "HTTP requests being answered now", registry=r
@@ -59,8 +60,8 @@ class Metrics:
         )
         self.model_info = Gauge(
             "unet_model_info",
-            "The model being served (value 1)",
-            ["name", "version", "provider"],
+            "The models being served (value 1): repository name, card name and version",
+            ["model", "name", "version", "provider"],
             registry=r,
         )
         self.jobs = Gauge("unet_jobs", "Jobs by status, now", ["status"], registry=r)
@@ -72,6 +73,14 @@ class Metrics:
             registry=r,
         )
         ProcessCollector(registry=r)
+
+    def segmented(self, model: str, pixels: int, tiles: int, inference_s: float) -> None:
+        """One image segmented by ``model``: width x height x frames pixels, its tiles, the
+        network's seconds."""
+        self.images.labels(model).inc()
+        self.tiles.labels(model).inc(tiles)
+        self.pixels.labels(model).inc(pixels)
+        self.inference_duration.labels(model).observe(inference_s)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every collector."""

@@ -142,9 +142,15 @@ class Service:
     stopping: threading.Event = field(default_factory=threading.Event)
     recent: RecentMasks = field(default_factory=RecentMasks)
 
+    @property
+    def name(self) -> str:
+        """The model's name in the repository (``model=``): its file's stem."""
+        return self.settings.model_path.stem
 
-def stop_reading_on_signals(service: Service) -> Callable[[], None]:
-    """On SIGTERM/SIGINT set ``service.stopping`` first, then run the handler already there.
+
+def stop_reading_on_signals(stopping: threading.Event) -> Callable[[], None]:
+    """On SIGTERM/SIGINT set ``stopping`` (every model's Service shares it) first, then run
+    the handler already there.
 
     That handler is uvicorn's (it stops accepting and waits for the requests in
     flight); ``stopping`` makes bodies still being read answer 503 at once, so
@@ -156,7 +162,7 @@ def stop_reading_on_signals(service: Service) -> Callable[[], None]:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        service.stopping.set()
+        stopping.set()
         before = previous[signal.Signals(signum)]
         if callable(before):
             before(signum, frame)

@@ -28,6 +28,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNET_", extra="ignore", frozen=True)
 
     model_path: Path = Field(DEFAULT_MODEL, description="ONNX model file to serve")
+    model_repository: Path | None = Field(
+        None,
+        description="a folder of models, each DIR/<name>.onnx served as <name>; replaces "
+        "model_path",
+    )
+    default_model: str | None = Field(
+        None, description="with a repository: the model of requests that name none"
+    )
+    repository_poll: float = Field(
+        10.0, ge=0, description="seconds between looks at the repository (0: never again)"
+    )
     providers: str = Field(
         AUTO, description=f"execution providers, one of {', '.join(CHOICES)} (engine.PROVIDERS)"
     )
@@ -111,6 +122,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
+
+    @field_validator("model_repository", "default_model", mode="before")
+    @classmethod
+    def _unset(cls, value: object) -> object:
+        """An empty value (compose's ``${VAR:-}``) is no value, not the current folder."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_format", "log_level", "providers", "precision", mode="before")
     @classmethod

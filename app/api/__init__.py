@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 
-from app.api import health, jobs, model, segment
+from app.api import health, jobs, model, models, segment, v2
 
-ROUTERS = (segment.router, jobs.router, model.router, health.router)
+ROUTERS = (segment.router, jobs.router, model.router, models.router, health.router, v2.router)
 router = APIRouter()
 for part in ROUTERS:
     router.include_router(part)

@@ -37,6 +37,7 @@ from app.errors import (
     BodyTooLargeError,
     JobNotFoundError,
     JobStateError,
+    ModelNotFoundError,
     RequestCancelledError,
     ServiceError,
     SourceFetchError,
@@ -68,6 +69,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (UnauthorizedError, 401),
     (SourceRefusedError, 403),
     (JobNotFoundError, 404),
+    (ModelNotFoundError, 404),
     (BodyTimeoutError, 408),
     (JobStateError, 409),
     (ImageTooLargeError, 413),
@@ -91,15 +93,32 @@ STATUS: list[tuple[type[Exception], int]] = [
 ]
 
 
+def documented(descriptions: Mapping[int, str]) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses`` of error statuses, each an ErrorBody with its description."""
+    return {
+        status: {"model": ErrorBody, "description": text} for status, text in descriptions.items()
+    }
+
+
 def status_of(exc: Exception) -> int:
     """The HTTP status of a domain or service exception (500 when unknown)."""
     return next((status for cls, status in STATUS if isinstance(exc, cls)), 500)
 
 
 def error_response(
-    status: int, detail: str, headers: Mapping[str, str] | None = None
+    status: int, detail: str, headers: Mapping[str, str] | None = None, key: str = "detail"
 ) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=dict(headers or {}))
+    return JSONResponse({key: detail}, status_code=status, headers=dict(headers or {}))
+
+
+def error_key(path: str) -> str:
+    """The error body's field: the Open Inference Protocol's ``error`` under /v2, else
+    ``detail``."""
+    return "error" if path == "/v2" or path.startswith("/v2/") else "detail"
+
+
+def _key(request: Request) -> str:
+    return error_key(request.url.path)
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
@@ -107,14 +126,15 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     if status == 500:  # a fault of ours (e.g. ONNX Runtime failed), not of the request
         log.error("request failed: %s: %s", type(exc).__name__, exc)
     headers = exc.response_headers() if isinstance(exc, ServiceError) else None
-    return error_response(status, str(exc), headers)
+    return error_response(status, str(exc), headers, _key(request))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc, StarletteHTTPException) else str(exc)
     status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
     headers = exc.headers if isinstance(exc, StarletteHTTPException) else None
-    return error_response(status, detail if isinstance(detail, str) else str(detail), headers)
+    text = detail if isinstance(detail, str) else str(detail)
+    return error_response(status, text, headers, _key(request))
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -130,7 +150,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     for err in errors:
         given = f" (got {quote(err['input'])})" if err.get("input") is not None else ""
         problems.append(f"{_where(tuple(err.get('loc', ())))}: {err.get('msg', 'invalid')}{given}")
-    return error_response(422, "; ".join(problems) or "invalid request")
+    return error_response(422, "; ".join(problems) or "invalid request", key=_key(request))
 
 
 def install(app: FastAPI) -> None:

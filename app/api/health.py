@@ -11,13 +11,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.api.schemas import HealthResponse, Status
+from app.models import Repository
 from app.service import Service
 
 router = APIRouter(prefix="/health", tags=["health"])
 
 
 def _ready_service(request: Request) -> Service | None:
-    service: Service | None = getattr(request.app.state, "service", None)
+    """The default model's ready Service (else the first ready model's), or None."""
+    models: Repository | None = getattr(request.app.state, "models", None)
+    service = models.primary() if models is not None else None
     return service if service is not None and service.ready else None
 
 

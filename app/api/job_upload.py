@@ -28,8 +28,9 @@ from starlette.requests import Request
 
 from app.api.upload import body_chunks, receive_files
 from app.errors import BadUploadError, StorageFullError, UnavailableError
+from app.jobs.folder import INPUT
 from app.jobs.inputs import allowed_series, resolve_source
-from app.jobs.runner import INPUT, JobRunner
+from app.jobs.runner import JobRunner
 from app.pipeline.dicomweb import SeriesUrl, fetch
 from app.service import Service
 from app.settings import Settings

@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import error_key
 from app.metrics import Metrics
 
 log = logging.getLogger("app.requests")
@@ -58,7 +59,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = request_id(scope)
+        rid, path = request_id(scope), str(scope.get("path", ""))
         scope.setdefault("state", {})["request_id"] = rid
         if len(scope.get("headers", [])) > MAX_HEADERS:
             await _error(send, rid, 431, f"more than {MAX_HEADERS} header lines")
@@ -87,12 +88,14 @@ class RequestContext:
             info["status"] = 499  # nginx's "client closed request"; nothing can be sent
         except asyncio.CancelledError:  # cut off by the server (shutdown past its grace period)
             if not info["started"]:
-                await _error(tagged_send, rid, 503, "the service stopped; send the request again")
+                await _error(
+                    tagged_send, rid, 503, "the service stopped; send the request again", path
+                )
             raise
         except Exception:
             log.exception("unexpected error (request %s)", rid)
             if not info["started"]:
-                await _error(tagged_send, rid, 500, f"internal error; quote request id {rid}")
+                await _error(tagged_send, rid, 500, f"internal error; quote request id {rid}", path)
         finally:
             self.metrics.in_flight.dec()
             self._finish(scope, rid, info, perf_counter() - start)
@@ -115,8 +118,9 @@ class RequestContext:
         log.info("%s %s %s", scope["method"], endpoint, info["status"], extra={"fields": fields})
 
 
-async def _error(send: Send, rid: str, status: int, detail: str) -> None:
+async def _error(send: Send, rid: str, status: int, detail: str, path: str = "") -> None:
     """A JSON error response sent from the middleware itself (nothing else could answer)."""
+    body = json.dumps({error_key(path): detail}).encode()
     await send(
         {
             "type": "http.response.start",
@@ -124,7 +128,7 @@ async def _error(send: Send, rid: str, status: int, detail: str) -> None:
             "headers": [(b"content-type", b"application/json"), (b"x-request-id", rid.encode())],
         }
     )
-    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
+    await send({"type": "http.response.body", "body": body})
 
 
 class Cors:

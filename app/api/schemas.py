@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -93,6 +93,7 @@ class ModelInfo(ModelCard):
         description="where the card came from: a sidecar JSON beside the model, the model's "
         "own metadata, or inferred by probing the network (every field then an assumption)"
     )
+    model: str = Field(description="the model's name in the repository (model=, GET /models)")
     sha256: str
     providers: list[str]
     precision: Literal["fp32", "bf16", "fp16"] = Field(
@@ -139,3 +140,23 @@ class JobView(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobView] = Field(description="newest first")
+
+
+class ModelListing(BaseModel):
+    name: str = Field(description="the name requests use (model=): the file's stem")
+    version: str | None = Field(None, description="the card's version of the one that answers")
+    ready: bool = Field(description="loaded and warm: it answers")
+    default: bool = Field(description="the model of requests that name none")
+    card: dict[str, Any] | None = Field(None, description="the model card of the one that answers")
+    error: str | None = Field(None, description="why the file last seen could not be loaded")
+
+
+class ModelsResponse(BaseModel):
+    """``GET /models``."""
+
+    models: list[ModelListing]
+    default: str | None = Field(None, description="UNET_DEFAULT_MODEL, else the only model")
+    chosen: str | None = Field(
+        None, description="with ?modality=: the model for a series of it (null: none fits)"
+    )
+    reason: str | None = Field(None, description="with ?modality=: why that model, or none")

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from app.api.auth import Authorized
-from app.api.deps import AdmissionDep, ServiceDep
+from app.api.deps import AdmissionDep, ModelServiceDep
 from app.api.errors import ErrorBody
 from app.api.schemas import ObjectsResponse, RLEResponse
 from app.api.upload import received_images, watching_disconnect
@@ -129,13 +129,11 @@ def check_format(output: str, names: list[str]) -> None:
 
 
 def _record(request: Request, service: Service, outcome: Outcome) -> None:
-    metrics = service.metrics
-    metrics.images.inc()
-    metrics.tiles.inc(outcome.tiles)
-    metrics.pixels.inc(outcome.width * outcome.height * outcome.frames)
-    metrics.inference_duration.observe(outcome.seconds["inference"])
+    model, pixels = service.name, outcome.width * outcome.height * outcome.frames
+    service.metrics.segmented(model, pixels, outcome.tiles, outcome.seconds["inference"])
     card = service.model.card
     request.state.log = {
+        "model": model,
         "model_version": f"{card.name}:{card.version}",
         "input_format": outcome.input_format,
         "image": f"{outcome.width}x{outcome.height}x{outcome.frames}",
@@ -154,7 +152,7 @@ def _record(request: Request, service: Service, outcome: Outcome) -> None:
 )
 async def segment(
     request: Request,
-    service: ServiceDep,
+    service: ModelServiceDep,
     admission: AdmissionDep,
     output: FormatQuery = "png",
     threshold: ThresholdQuery = None,

@@ -40,14 +40,40 @@ def multipart_related(parts: list[bytes]) -> tuple[bytes, str]:
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-def segment(settings: GatewaySettings, series: tuple[bytes, str], result: str) -> Outcome:
+def _auth(settings: GatewaySettings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+
+
+def choose_model(settings: GatewaySettings, modality: str) -> Outcome:
+    """The service's model for a series of ``modality`` (GET /models?modality=, the cards'
+    ``modalities``): ok with its name in ``detail`` ("" for a service of one model that
+    does not list them), refused when no model is meant for it, retry when unreachable."""
+    url = settings.service_url.rstrip("/") + "/models"
+    try:
+        answer = httpx.get(url, params={"modality": modality}, headers=_auth(settings), timeout=30)
+    except httpx.HTTPError as exc:
+        return Outcome("retry", f"the service is unreachable ({type(exc).__name__})")
+    if answer.status_code == 404:  # a service before the model repository: its one model
+        return Outcome("ok", "")
+    if answer.status_code != 200:
+        return Outcome("retry", f"GET /models: HTTP {answer.status_code}: {_detail(answer)}")
+    listing = answer.json()
+    chosen = listing.get("chosen")
+    if chosen is None:
+        return Outcome("refused", str(listing.get("reason", "no model for this modality")))
+    return Outcome("ok", str(chosen))
+
+
+def segment(
+    settings: GatewaySettings, series: tuple[bytes, str], result: str, model: str = ""
+) -> Outcome:
     """POST a series (a ``multipart_related`` body and its type) to
-    /segment?format=dicom-seg (``result`` "seg") or dicom-sr ("sr"); the result, or why not."""
+    /segment?format=dicom-seg (``result`` "seg") or dicom-sr ("sr") of ``model`` (""
+    the service's default); the result, or why not."""
     body, content_type = series
-    headers = {"Content-Type": content_type, "Accept": "application/dicom"}
-    if settings.api_key:
-        headers["Authorization"] = f"Bearer {settings.api_key}"
+    headers = {"Content-Type": content_type, "Accept": "application/dicom", **_auth(settings)}
     url = settings.service_url.rstrip("/") + f"/segment?format={RESULTS[result]}"
+    url += f"&model={model}" if model else ""
     try:
         answer = httpx.post(
             url, content=body, headers=headers, timeout=settings.dicom_service_timeout

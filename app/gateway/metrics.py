@@ -19,7 +19,8 @@ class Metrics:
         )
         self.series = Counter(
             "unet_gateway_series",
-            "series rounds by outcome: received (stable), segmented, refused, sent",
+            "series rounds by outcome: received (stable), segmented, refused, skipped (no model "
+            "is meant for their modality), sent",
             ["outcome"],
             registry=self.registry,
         )

@@ -11,7 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 
 from app.gateway import client
 from app.gateway.metrics import Metrics
@@ -21,6 +25,16 @@ from app.gateway.store import GatewayStore, Round
 log = logging.getLogger("app.gateway")
 POLL_S = 0.2
 MAX_BACKOFF_S = 60.0
+
+
+def modality(path: Path) -> str:
+    """The Modality of a stored instance (its header only); "" when it has none or cannot
+    be read (the service then says what is wrong with the series)."""
+    try:
+        header = dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+    except (InvalidDicomError, OSError, ValueError):
+        return ""
+    return str(getattr(header, "Modality", ""))
 
 
 def backoff(attempts: int) -> float:
@@ -81,10 +95,15 @@ class Worker:
         if not files:  # nothing on disk (a round emptied by a crash): nothing to do
             self.store.refused(item, "no instance on disk")
             return
+        outcome = client.choose_model(self.settings, modality(files[0]))
+        if outcome.kind != "ok":
+            self._not_segmented(item, outcome, "skipped")
+            return
+        model = outcome.detail
         series = client.multipart_related([f.read_bytes() for f in files])
         results: dict[str, bytes] = {}
         for kind in self.settings.dicom_results:  # the SEG first: without it, nothing
-            outcome = client.segment(self.settings, series, kind)
+            outcome = client.segment(self.settings, series, kind, model)
             if outcome.kind == "ok":
                 results[kind] = outcome.body
             elif outcome.kind == "refused" and results:  # a SEG without an SR (no geometry)
@@ -97,13 +116,21 @@ class Worker:
             where = f"{len(self.destinations)} destination(s)" if self.destinations else "kept"
             made = " and ".join(k.upper() for k in results)
             log.info(
-                "series %s: %d instances segmented (%s); to %s", item.name, len(files), made, where
-            )
+                "series %s: %d instances segmented by %s (%s); to %s",
+                item.name, len(files), model or "the default model", made, where,
+            )  # fmt: skip
             return
+        self._not_segmented(item, outcome, "refused")
+
+    def _not_segmented(self, item: Round, outcome: client.Outcome, why: str) -> None:
+        """A round the service refused (or no model is meant for: ``why`` "skipped"), for
+        good; or one to try again later."""
         if outcome.kind == "refused":
-            self.store.refused(item, outcome.detail)
-            self.metrics.series.labels("refused").inc()
-            log.warning("series %s refused by the service: %s", item.name, outcome.detail)
+            skipped = why == "skipped"
+            self.store.refused(item, f"skipped: {outcome.detail}" if skipped else outcome.detail)
+            self.metrics.series.labels(why).inc()
+            said = "skipped" if skipped else "refused by the service"
+            log.warning("series %s %s: %s", item.name, said, outcome.detail)
         else:
             delay = outcome.retry_after or backoff(item.attempts)
             self.store.postpone(item, delay, outcome.detail)

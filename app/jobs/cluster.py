@@ -27,14 +27,14 @@ class JobCluster:
     """The service's client of the scheduler at ``address``; OSError at start when it
     cannot be reached."""
 
-    def __init__(self, address: str, service: Service) -> None:
-        self.address, self.service = address, service
+    def __init__(self, address: str) -> None:
+        self.address = address
         self.client: Any = connect(address, CONNECT_S)
-        self.sha256 = Provenance.of(service.model).sha256
 
-    def setup(self, request: Submission) -> Setup:
-        """What the workers run a job with: the service's model and tiling, its options."""
-        settings, predictor, o = self.service.settings, self.service.predictor, request.options
+    @staticmethod
+    def setup(request: Submission, service: Service) -> Setup:
+        """What the workers run a job with: its model's file and tiling, its options."""
+        settings, predictor, o = service.settings, service.predictor, request.options
         return Setup(
             settings.model_path.absolute(), settings.providers, settings.precision,
             predictor.tile_size, predictor.batch_size, o.threshold, o.class_index, o.tta,
@@ -42,10 +42,14 @@ class JobCluster:
             skip_background=request.skip_background, pixel_size=request.pixel_size,
         )  # fmt: skip
 
-    def for_job(self, request: Submission, on_tiles: Callable[[int], None]) -> Cluster:
-        """The cluster as one job's ``Blocks``, ``Mapper`` and in-memory runner; OSError
-        while the scheduler is out of reach (the job is then retried)."""
-        return Cluster(None, self.setup(request), self.sha256, self.reconnected(), on_tiles)
+    def for_job(
+        self, request: Submission, service: Service, on_tiles: Callable[[int], None]
+    ) -> Cluster:
+        """The cluster as one job's ``Blocks``, ``Mapper`` and in-memory runner, with the
+        job's model (workers check its SHA-256); OSError while the scheduler is out of
+        reach (the job is then retried)."""
+        sha256 = Provenance.of(service.model).sha256
+        return Cluster(None, self.setup(request, service), sha256, self.reconnected(), on_tiles)
 
     def reconnected(self) -> Any:
         """The client, a new one when the last lost its scheduler (a restarted scheduler

@@ -28,10 +28,11 @@ import numpy.typing as npt
 from app.codecs.outputs import LARGE_OUTPUTS
 from app.jobs.cluster import JobCluster
 from app.jobs.failure import failure
+from app.jobs.folder import RESUME, CancelledError, StoppingError, clear_outputs
 from app.jobs.gate import Gate
 from app.jobs.inputs import check_source
 from app.jobs.progress import Live, TileCounter
-from app.jobs.store import FINISHED, Job, JobStore, Status
+from app.jobs.store import FINISHED, Job, JobStore, Status, Submission
 from app.pipeline.batch import Large, Small
 from app.pipeline.blocks import local_blocks
 from app.pipeline.context import Context
@@ -40,34 +41,22 @@ from app.pipeline.files import remove, target, write_atomically
 from app.service import Service
 
 log = logging.getLogger("app.jobs")
-INPUT = "input"  # an uploaded image, in the job's folder
-RESUME = ".resume"  # a large job's store and ledger while it runs (kept over a restart)
 RETRY_S = 5.0  # the runner's pause after a fault of its own
-
-
-class CancelledError(Exception):
-    """DELETE /jobs/{id} while it ran: it stops at its next tile batch."""
-
-
-class StoppingError(Exception):
-    """The service is shutting down: the job goes back to the queue."""
-
-
-def clear_outputs(folder: Path) -> None:
-    """Everything in a job's folder but its input and what a resumed run goes on from (a
-    partial or finished output)."""
-    for path in folder.iterdir() if folder.is_dir() else ():
-        if path.name not in (INPUT, RESUME):
-            remove(path)
 
 
 class JobRunner:
     """Runs the jobs of ``store`` with ``service``'s model, one at a time, in its thread."""
 
     def __init__(
-        self, store: JobStore, service: Service, gate: Gate, cluster: JobCluster | None = None
+        self,
+        store: JobStore,
+        service: Service,
+        gate: Gate,
+        cluster: JobCluster | None = None,
+        models: Callable[[str], Service] | None = None,
     ) -> None:
         self.store, self.service, self.gate = store, service, gate
+        self.models = models  # a job's model by name (the repository's); None: ``service``
         self.cluster = cluster  # UNET_DASK_SCHEDULER's: the jobs' tiles run there
         self.ttl = service.settings.job_ttl
         self.sweep_every = min(60.0, max(0.25, self.ttl / 4))
@@ -212,7 +201,8 @@ class JobRunner:
 
     def _execute(self, job: Job, live: Live) -> dict[str, str]:
         """Segment the job's input into its folder; the result's file, media type and name."""
-        request, service = job.request, self.service
+        request = job.request
+        service = self.service_of(request)
 
         def check() -> None:
             if live.cancel.is_set():
@@ -225,7 +215,7 @@ class JobRunner:
             live.done = done
             self.sweep_due()  # a job of hours must not keep older results past their TTL
 
-        context = self._context(job, check)
+        context = self._context(job, service, check)
         counter = TileCounter(report)
         folder = self.store.folder(job.id)
         folder.mkdir(exist_ok=True)
@@ -233,7 +223,9 @@ class JobRunner:
         if not source.is_relative_to(folder):  # a source, read in place: still inside its root?
             check_source(service.settings.job_source_root, source, request.name)
         remote = (
-            self.cluster.for_job(request, lambda n: report(live.done + n)) if self.cluster else None
+            self.cluster.for_job(request, service, lambda n: report(live.done + n))
+            if self.cluster
+            else None
         )
         if request.large:  # named as unet-segment names it: the result equals its file
             return self._large(job, live, context, counter, check, remote)
@@ -286,15 +278,22 @@ class JobRunner:
         skipped = facts.get("background_skipped")
         return result if skipped is None else result | {"background_skipped": str(skipped)}
 
-    def _context(self, job: Job, check: Callable[[], None]) -> Context:
-        """The service's model and decoders, with a predictor whose every tile batch waits
+    def service_of(self, request: Submission) -> Service:
+        """The Service of the job's model (the one named when it was submitted); a model no
+        longer served fails the job (BadParameterError naming the models)."""
+        if request.model is None or self.models is None:
+            return self.service
+        return self.models(request.model)
+
+    def _context(self, job: Job, service: Service, check: Callable[[], None]) -> Context:
+        """The job's model and decoders, with a predictor whose every tile batch waits
         for its turn at the gate (and stops the job when ``check`` raises)."""
-        engine = self.service.model.engine
+        engine = service.model.engine
 
         def run(batch: npt.NDArray[Any]) -> Any:
             return self.gate.job_batch(lambda: engine.run(batch), check)
 
         request = job.request
         return Context.of_job(
-            self.service, request.options, run, request.skip_background, request.pixel_size
+            service, request.options, run, request.skip_background, request.pixel_size
         )

@@ -60,7 +60,8 @@ class Submission:
     name: the input's name for the result's file name; output: the format;
     large: whether it goes block by block (app/pipeline/large.py); width, height,
     frames: from the input's header; options: the request's Options, whole, as /segment
-    takes them (so that no option can be lost on the way to the runner).
+    takes them (so that no option can be lost on the way to the runner); model: the
+    model it was submitted to, by its name in the repository.
     """
 
     input: str
@@ -73,6 +74,7 @@ class Submission:
     options: Options
     skip_background: bool = False
     pixel_size: float | None = None
+    model: str | None = None  # the repository's name (model=); None: the service's model
 
     @classmethod
     def from_json(cls, text: str) -> Submission:

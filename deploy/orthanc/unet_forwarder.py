@@ -59,6 +59,11 @@ the SR is stored beside the SEG and goes wherever the SEG goes. An SR the servic
 refuses (e.g. no pixel spacing: 422) or fails on ``Retries`` times leaves the SEG alone,
 logged; SRs and SEGs stored in Orthanc are never themselves segmented.
 
+The model: before a series (instance) is posted, the service is asked which of its models
+is meant for the series' modality (``GET /models?modality=``, by the model cards'
+``modalities``; else its default model); ``model=`` names it in the posts. When none is,
+the series is recorded ``skipped <reason>`` and never posted.
+
 A SEG (and its SR) is sent on to every one of ``Destinations`` before its source is marked:
 each destination is retried on its own (1 s doubling to 10 s) until it accepts, so
 a destination that is down delays the feed, and a restart meanwhile segments and
@@ -82,6 +87,7 @@ import logging
 import os
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -111,7 +117,8 @@ LEVEL = {"instances": "instance", "series": "series"}  # REST level -> what logs
 class Answer:
     """What the service made of one instance.
 
-    kind: ``seg`` (``seg`` holds the SEG bytes), ``refused`` (final: not an image,
+    kind: ``seg`` (``seg`` holds the SEG bytes), ``chosen`` (the model for a series:
+    its name in ``detail``), ``refused`` (final: not an image, or no model for it,
     unsupported...), ``unavailable`` (try again later, ``retry_after`` seconds or
     None), ``failed`` (the service failed on it: retry a few times).
     """
@@ -143,11 +150,13 @@ def post_instance(
     timeout: float = 300.0,
     content_type: str = "application/dicom",
     result: str = "seg",
+    model: str = "",
 ) -> Answer:
     """POST one DICOM instance (or a series' multipart/related body, with its
     ``content_type``) to ``/segment?format=dicom-seg`` (``result`` "seg") or dicom-sr
     ("sr"), and classify the answer (its ``seg`` holds the SEG or the SR)."""
     url = service_url.rstrip("/") + f"/segment?format={RESULTS[result]}"
+    url += f"&model={urllib.parse.quote(model)}" if model else ""
     headers = {"Content-Type": content_type, "Accept": "application/dicom"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -167,6 +176,33 @@ def post_instance(
     if status in UNAVAILABLE:
         return Answer("unavailable", f"HTTP {status}", retry_after=_retry_after(answer_headers))
     return Answer("failed", f"HTTP {status}")
+
+
+def choose_model(
+    modality: str, service_url: str, *, api_key: str | None = None, timeout: float = 30.0
+) -> Answer:
+    """The service's model for a series of ``modality`` (GET /models?modality=, by the
+    model cards' ``modalities``): kind ``chosen`` with its name in ``detail`` ("" for a
+    service without a model repository), ``refused`` when no model is meant for it (the
+    reason in ``detail``), ``unavailable`` while the service cannot answer."""
+    query = urllib.parse.urlencode({"modality": modality})
+    url = service_url.rstrip("/") + f"/models?{query}"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        ) as response:
+            listing = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # a service before the model repository: its one model
+            return Answer("chosen", "")
+        return Answer("unavailable", f"GET /models: HTTP {exc.code}")
+    except (OSError, ValueError) as exc:
+        return Answer("unavailable", f"GET /models: {type(exc).__name__}")
+    chosen = listing.get("chosen")
+    if chosen is None:
+        return Answer("refused", str(listing.get("reason", "no model for this modality"))[:300])
+    return Answer("chosen", str(chosen))
 
 
 def _service_detail(body: bytes) -> str:
@@ -314,9 +350,11 @@ class Forwarder:
         api: OrthancApi,
         settings: Settings,
         post: Callable[[bytes, str, str], Answer] | None = None,
+        choose: Callable[[str], Answer] | None = None,
     ) -> None:
         self.api = api
         self.settings = settings
+        self.model = ""  # the model of the series (instance) being segmented
         self.post = post or (
             lambda body, content_type, result: post_instance(
                 body,
@@ -325,7 +363,11 @@ class Forwarder:
                 timeout=settings.timeout,
                 content_type=content_type,
                 result=result,
+                model=self.model,
             )
+        )
+        self.choose = choose or (
+            lambda modality: choose_model(modality, settings.service_url, api_key=settings.api_key)
         )
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -386,6 +428,10 @@ class Forwarder:
         sop_class = metadata.get("SopClassUid", "")
         if sop_class == SEGMENTATION_STORAGE or sop_class.startswith(SR_STORAGE_PREFIX):
             return True  # a SEG or an SR (ours included): nothing to segment, no loop
+        modality = self._get_json(f"/instances/{instance_id}/series")
+        picked = self._pick("instances", instance_id, modality)
+        if picked is not True:
+            return picked is False  # none fits (recorded), or stopping
         data = self.api.RestApiGet(f"/instances/{instance_id}/file")
         return self._segment("instances", instance_id, data, "application/dicom")
 
@@ -397,19 +443,38 @@ class Forwarder:
         series = self._get_json(f"/series/{series_id}")
         if series.get("MainDicomTags", {}).get("Modality") in ("SEG", "SR"):
             return True  # SEGs and SRs (ours included): nothing to segment, no loop
+        picked = self._pick("series", series_id, series)
+        if picked is not True:
+            return picked is False  # none fits (recorded), or stopping
         files = [self.api.RestApiGet(f"/instances/{i}/file") for i in series.get("Instances", [])]
         body, content_type = series_body(files)
         return self._segment("series", series_id, body, content_type)
 
+    def _pick(self, level: str, resource: str, series: dict[str, Any]) -> bool | None:
+        """The model for the resource by its series' modality (``self.model``): True; False
+        when no model is meant for it (recorded as skipped, with the reason; the reason
+        names no DICOM value); None if stopped first."""
+        modality = str(series.get("MainDicomTags", {}).get("Modality", ""))
+        answer = self._final(level, resource, lambda: self.choose(modality), "model")
+        if answer is None:
+            return None
+        if answer.kind == "chosen":
+            self.model = answer.detail
+            return True
+        outcome = "skipped" if answer.kind == "refused" else "failed"
+        self._record(level, resource, f"{outcome} {answer.detail}")
+        log.warning("%s %s: not segmented, %s", LEVEL[level], resource, answer.detail)
+        return False
+
     def _segment(self, level: str, resource: str, body: bytes, content_type: str) -> bool:
         """The SEG, then (Results) the SR, each posted until its outcome is final; stored,
         sent on and recorded. False if stopped first."""
-        answer = self._final(level, resource, body, content_type, "seg")
+        answer = self._final(level, resource, lambda: self.post(body, content_type, "seg"), "seg")
         if answer is None:
             return False
         reports = []
         if answer.kind == "seg" and "sr" in self.settings.results:
-            report = self._final(level, resource, body, content_type, "sr")
+            report = self._final(level, resource, lambda: self.post(body, content_type, "sr"), "sr")
             if report is None:
                 return False
             if report.kind == "seg":
@@ -419,14 +484,14 @@ class Forwarder:
         return self._finish(level, resource, answer, reports)
 
     def _final(
-        self, level: str, resource: str, body: bytes, content_type: str, result: str
+        self, level: str, resource: str, ask: Callable[[], Answer], result: str
     ) -> Answer | None:
-        """Post until the outcome is final (retries as the module says); None if stopped."""
+        """Ask until the outcome is final (retries as the module says); None if stopped."""
         failures, wait = 0, 1.0
-        for attempt, answer in enumerate(self._attempts(body, content_type, result), start=1):
+        for attempt, answer in enumerate(self._attempts(ask), start=1):
             if answer.kind == "failed":
                 failures += 1
-            if answer.kind in ("seg", "refused") or failures >= self.settings.retries:
+            if answer.kind in ("seg", "chosen", "refused") or failures >= self.settings.retries:
                 if answer.kind == "failed":
                     log.error(
                         "%s %s: %s given up after %d attempts: %s",
@@ -503,9 +568,9 @@ class Forwarder:
             return f"/modalities/{name}/store"
         return f"/dicom-web/servers/{name}/stow"
 
-    def _attempts(self, body: bytes, content_type: str, result: str) -> Iterator[Answer]:
+    def _attempts(self, ask: Callable[[], Answer]) -> Iterator[Answer]:
         while not self.stopping.is_set():
-            yield self.post(body, content_type, result)
+            yield ask()
 
     def _metadata(self, level: str, resource: str) -> dict[str, str] | None:
         try:

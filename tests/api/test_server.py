@@ -154,14 +154,19 @@ def test_metrics_parse_and_move(http: httpx.Client, binary_model: Path) -> None:
 
     assert delta("unet_requests_total", endpoint="/segment", status="200") == 1
     assert delta("unet_requests_total", endpoint="/segment", status="400") == 1
-    assert delta("unet_images_total") == 1
-    assert delta("unet_pixels_total") == IMAGE.size
-    assert delta("unet_tiles_total") >= 1
-    assert delta("unet_inference_duration_seconds_count") == 1
+    assert delta("unet_images_total", model="binary") == 1
+    assert delta("unet_pixels_total", model="binary") == IMAGE.size
+    assert delta("unet_tiles_total", model="binary") >= 1
+    assert delta("unet_inference_duration_seconds_count", model="binary") == 1
     assert delta("unet_request_duration_seconds_count", endpoint="/segment") == 2
     info = (
         "unet_model_info",
-        (("name", "binary"), ("provider", default_engine(binary_model)[0]), ("version", "0.0.0")),
+        (
+            ("model", "binary"),
+            ("name", "binary"),
+            ("provider", default_engine(binary_model)[0]),
+            ("version", "0.0.0"),
+        ),
     )
     assert after[info] == 1
     assert ("unet_requests_in_flight", ()) in after

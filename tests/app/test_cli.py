@@ -248,3 +248,38 @@ def test_the_command_runs_as_a_program_with_progress_on_stderr(
 def test_the_package_installs_the_command() -> None:
     (script,) = entry_points(group="console_scripts", name="unet-segment")
     assert script.load() is cli.main
+
+
+def test_a_model_of_a_repository_by_name_is_that_file(
+    binary_model: Path,
+    softmax_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repository = tmp_path / "models"
+    repository.mkdir()
+    for model in (binary_model, softmax_model):
+        (repository / model.name).write_bytes(model.read_bytes())
+    inputs = folder(tmp_path)
+    by_path, by_name = tmp_path / "path", tmp_path / "name"
+    assert segment(softmax_model, by_path, inputs / "a.png", format="probability") == 0
+    argv = [str(inputs / "a.png"), "--out", str(by_name), "--tile", "96", "--format", "probability"]
+    assert cli.main([*argv, "--model-repository", str(repository), "--model-name", "softmax3"]) == 0
+    assert (by_name / "a.prob.png").read_bytes() == (by_path / "a.prob.png").read_bytes()
+    monkeypatch.setenv("UNET_MODEL_REPOSITORY", str(repository))
+    monkeypatch.setenv("UNET_DEFAULT_MODEL", "softmax3")
+    again = tmp_path / "env"
+    assert cli.main([str(inputs / "a.png"), "--out", str(again), "--tile", "96",
+                     "--format", "probability"]) == 0  # fmt: skip
+    assert (again / "a.prob.png").read_bytes() == (by_path / "a.prob.png").read_bytes()
+    monkeypatch.delenv("UNET_DEFAULT_MODEL")
+    with pytest.raises(SystemExit) as exited:  # two models, none named: argparse's error
+        cli.main([str(inputs / "a.png"), "--out", str(again)])
+    assert exited.value.code == 2
+    assert "several models and no name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([str(inputs / "a.png"), "--model-name", "liver"])
+    assert "no model 'liver' (--model-name; the models: ['binary', 'softmax3'])" in (
+        capsys.readouterr().err
+    )

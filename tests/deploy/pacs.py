@@ -289,3 +289,25 @@ def samples(folder: Path, names: Iterable[str]) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def modality_models(folder: Path) -> Path:
+    """A model repository of a CT model (``ctnet``, card ``ctnet-card``, modalities CT) and
+    an MR model (``mrnet``): the tests of the routing of series by modality."""
+    from tests.nets import BINARY, default_card, save_model
+
+    for name, modalities, seed in (("ctnet", ["CT"], 3), ("mrnet", ["MR"], 5)):
+        card = default_card(BINARY, name=f"{name}-card", modalities=modalities)
+        save_model(folder / f"{name}.onnx", BINARY, seed=seed, card=card)
+    return folder
+
+
+def ct_and_pt_series(folder: Path) -> tuple[list[Path], list[Path]]:
+    """A CT series of 3 slices and a PT series of 2 (the same slices, Modality PT), 64 px."""
+    ct = ct_series(folder / "ct", 3, size=64)
+    pt = ct_series(folder / "pt", 2, size=64)
+    for path in pt:
+        ds = pydicom.dcmread(path)
+        ds.Modality = "PT"
+        ds.save_as(path)
+    return ct, pt

@@ -25,9 +25,11 @@ from pacs import (
     PYTHON_PLUGIN,
     ROOT,
     Orthanc,
+    ct_and_pt_series,
     ct_series,
     is_result,
     missing_tools,
+    modality_models,
     require,
     samples,
 )
@@ -488,3 +490,36 @@ def test_the_seg_is_sent_on_to_a_modality_and_a_dicomweb_server(
         archive.stop()
         if storescp.process is not None:
             storescp.stop()
+
+
+def test_each_series_goes_to_the_model_meant_for_its_modality(tmp_path: Path) -> None:
+    """A repository of a CT model and an MR model (the default): Orthanc's CT series is
+    segmented by the CT model; a PT series, for which no model is meant, is recorded as
+    skipped with the reason and never posted."""
+    models = modality_models(tmp_path / "models")
+    env = {**ENV, "UNET_MODEL_REPOSITORY": str(models), "UNET_DEFAULT_MODEL": "mrnet"}
+    service = start_server(env, tmp_path / "service.log")
+    pacs = Orthanc(tmp_path / "orthanc", forwarder={"ServiceUrl": service.url})
+    pacs.start()
+    try:
+        ct, pt = ct_and_pt_series(tmp_path)
+        pacs.store([*ct, *pt])
+        pacs.wait_until(lambda: series_final(pacs), 60, "both series' outcomes recorded")
+        outcomes = {
+            pacs.get(f"/series/{s}")["MainDicomTags"]["Modality"]: pacs.get(
+                f"/series/{s}/metadata?expand"
+            ).get("UnetSegmentation", "")
+            for s in pacs.get("/series")
+        }
+        assert outcomes["PT"] == (
+            "skipped no model is meant for this modality (the models: ctnet: CT; mrnet: MR)"
+        )
+        seg_id = outcomes["CT"].split()[1]
+        seg = pydicom.dcmread(io.BytesIO(pacs.file(seg_id)))
+        assert seg.SegmentSequence[0].SegmentAlgorithmName == "ctnet-card"
+        # the PT series never reached /segment: one SEG and one SR request, both for CT
+        posted = service.json_log(lambda line: line.get("route") == "/segment")
+        assert [line.get("model") for line in posted] == ["ctnet", "ctnet"]
+    finally:
+        pacs.stop()
+        stop_server(service)

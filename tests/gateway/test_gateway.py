@@ -27,7 +27,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from tests.conftest import REPO, Server, free_port, start_server, stop_server
-from tests.deploy.pacs import Orthanc, ct_series, require
+from tests.deploy.pacs import Orthanc, ct_and_pt_series, ct_series, modality_models, require
 from tests.gateway import peers
 from tests.gateway.peers import (
     COMPREHENSIVE_3D_SR,
@@ -508,3 +508,28 @@ def three_modalities(routed: Routed, tmp_path: Path) -> None:
     }
     assert got == wanted
     assert len(routed.pacs.received(None)) == 3  # no SR: UNET_DICOM_RESULTS=seg
+
+
+def test_each_series_goes_to_the_model_meant_for_its_modality(tmp_path: Path) -> None:
+    """A repository of a CT model and an MR model (the default): a CT series is segmented
+    by the CT model, a PT series (no model is meant for it) is skipped, with the reason."""
+    models = modality_models(tmp_path / "models")
+    env = {"UNET_MODEL_REPOSITORY": str(models), "UNET_DEFAULT_MODEL": "mrnet", "UNET_THREADS": "1"}
+    service = start_server(env, tmp_path / "uvicorn.log")
+    try:
+        with routing(service, tmp_path) as routed:
+            ct, pt = ct_and_pt_series(tmp_path)
+            sent(storescu(routed.port, ct))
+            sent(storescu(routed.port, pt))
+            until(lambda: len(routed.pacs.received()) >= 1, "the CT series' SEG at the PACS")
+            until(lambda: "skipped" in routed.node.text(), "the PT series skipped")
+            time.sleep(2 * STABLE_S)
+            seg = the_one_seg(routed.pacs, ct)
+            algorithm = seg.SegmentSequence[0].SegmentAlgorithmName
+            assert algorithm == "ctnet-card"
+            log = routed.node.text()
+            assert "no model is meant for this modality (the models: ctnet: CT; mrnet: MR)" in log
+            assert "segmented by ctnet" in log
+            until(lambda: queue_is_empty(tmp_path / "state"), "the queue emptied")
+    finally:
+        stop_server(service)

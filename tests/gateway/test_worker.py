@@ -3,16 +3,19 @@ and never holds up the others."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from pydantic import ValidationError
 
-from app.gateway import client
+from app.gateway import client, worker
 from app.gateway.metrics import Metrics
 from app.gateway.settings import GatewaySettings
 from app.gateway.store import GatewayStore
 from app.gateway.worker import Worker
+from tests.deploy.pacs import ct_series
 
 
 def test_a_delivery_that_raises_is_retried_and_the_next_one_still_goes(
@@ -71,12 +74,58 @@ def test_a_round_keeps_its_seg_when_only_the_sr_is_refused(
     (item,) = store.close_stable(0)
     asked = []
 
-    def segment(settings: object, series: object, kind: str) -> client.Outcome:
+    def segment(settings: object, series: object, kind: str, model: str) -> client.Outcome:
         asked.append(kind)
         return client.Outcome("ok", "HTTP 200", b"SEG") if kind == "seg" else sr_outcome
 
     monkeypatch.setattr(client, "segment", segment)
+    monkeypatch.setattr(client, "choose_model", lambda settings, modality: client.Outcome("ok", ""))
+    monkeypatch.setattr(worker, "modality", lambda path: "CT")
     Worker(GatewaySettings(dicom_state_dir=tmp_path), store, Metrics(store)).segment_due()
     assert asked == ["seg", "sr"]
     assert [p.read_bytes() for p in store.result_files(item)] == stored
     assert store.counts() == {state: 1}
+
+
+@pytest.mark.parametrize(
+    ("choice", "state", "reason"),
+    [
+        (client.Outcome("refused", "no model is meant for this modality"), "refused",
+         "skipped: no model is meant for this modality"),
+        (client.Outcome("retry", "the service is unreachable (ConnectError)"), "segmenting",
+         None),
+    ],
+)  # fmt: skip
+def test_a_round_no_model_is_meant_for_is_skipped_and_never_posted(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    choice: client.Outcome,
+    state: str,
+    reason: str | None,
+) -> None:
+    store = GatewayStore(tmp_path)
+    store.add_instance("s", "a", lambda path: path.write_bytes(b"x"))
+    store.close_stable(0)
+    asked: list[str] = []
+    monkeypatch.setattr(
+        client, "choose_model", lambda settings, modality: asked.append(modality) or choice
+    )
+    monkeypatch.setattr(client, "segment", lambda *args: pytest.fail("posted"))
+    monkeypatch.setattr(worker, "modality", lambda path: "PT")
+    metrics = Metrics(store)
+    Worker(GatewaySettings(dicom_state_dir=tmp_path), store, metrics).segment_due()
+    assert asked == ["PT"]
+    assert store.counts() == {state: 1}
+    with sqlite3.connect(tmp_path / "queue.sqlite") as db:
+        (detail,) = db.execute("SELECT detail FROM rounds").fetchone()
+    assert detail == (reason or choice.detail)
+    skipped = 'unet_gateway_series_total{outcome="skipped"} 1.0'
+    assert (skipped in generate_latest(metrics.registry).decode()) == (reason is not None)
+
+
+def test_the_modality_is_read_from_the_header_and_empty_when_unreadable(tmp_path: Path) -> None:
+    (ct,) = ct_series(tmp_path / "ct", 1, size=16)
+    assert worker.modality(ct) == "CT"
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"x")
+    assert worker.modality(broken) == ""
