@@ -16,7 +16,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -36,7 +36,7 @@ from app.jobs.runner import JobRunner
 from app.jobs.store import JobStore
 from app.logging import configure_logging
 from app.metrics import Metrics
-from app.models import Entry, ModelLoadError, Repository, load_service
+from app.models import Repository, describe_model, open_models
 from app.models import provider_options as provider_options  # tests import it from here
 from app.service import Service, stop_reading_on_signals
 from app.settings import Settings, describe
@@ -51,50 +51,8 @@ def read_settings() -> Settings:
         raise StartupError(describe(exc)) from None
 
 
-def open_models(settings: Settings, metrics: Metrics, outputs: Outputs | None) -> Repository:
-    """The model repository, every model loaded and warm; StartupError when the single
-    model (UNET_MODEL_PATH) or the default one cannot be served, or the folder holds none.
-    A repository's other models that cannot be loaded are logged and not served."""
-    folder = settings.model_repository
-
-    def build(path: Path) -> Service:
-        return load_service(settings, metrics, outputs, path)
-
-    repository = Repository(
-        build, folder, settings.model_path, settings.default_model, settings.repository_poll
-    )
-    if folder is None:
-        try:
-            service = build(settings.model_path)
-        except ModelLoadError as exc:
-            raise StartupError(f"UNET_MODEL_PATH: {exc}") from None
-        repository.adopt(settings.model_path.stem, settings.model_path, service)
-        return repository
-    if not folder.is_dir():
-        raise StartupError(f"UNET_MODEL_REPOSITORY={folder}: not a folder")
-    repository.scan()
-    names = repository.names()
-    if not names:
-        raise StartupError(f"UNET_MODEL_REPOSITORY={folder}: no .onnx model in it")
-    default = settings.default_model
-    if default is not None and repository.find(default) is None:
-        reason = "not among its models" if default not in names else "it cannot be loaded"
-        raise StartupError(f"UNET_DEFAULT_MODEL={default!r}: {reason} (the models: {names})")
-    if all(repository.find(name) is None for name in names):
-        raise StartupError(f"UNET_MODEL_REPOSITORY={folder}: no model could be loaded")
-    return repository
-
-
-def describe_model(entry: Entry) -> str:
-    """``name (card version on provider, tiles T x B)`` for the start-up line."""
-    service = entry.service
-    if service is None:
-        return f"{entry.name} (not loaded)"
-    card, predictor = service.model.card, service.predictor
-    return (
-        f"{entry.name} ({card.name} {card.version} on {service.model.engine.providers[0]}, "
-        f"tiles {predictor.tile_size} x {predictor.batch_size})"
-    )
+def nothing() -> None:
+    """No reason to stop waiting (a warm-up is never cancelled)."""
 
 
 def follow_models(
@@ -183,7 +141,9 @@ def make_lifespan(
         try:
             config = config if config is not None else read_settings()
             configure_logging(config.log_format, config.log_level)
-            models = await asyncio.to_thread(open_models, config, metrics, outputs)
+            gate = Gate()
+            warm = partial(gate.job_batch, check=nothing)  # a hot reload's warm-up: its turn
+            models = await asyncio.to_thread(open_models, config, metrics, outputs, warm)
             service = models.primary()
             assert service is not None  # open_models: at least one model answers
             store = await asyncio.to_thread(open_jobs, config)
@@ -193,7 +153,6 @@ def make_lifespan(
             configure_logging(fmt.strip().lower())
             log.error("start-up failed: %s", exc)
             raise
-        gate = Gate()
         runner = JobRunner(store, service, gate, cluster, models.get)
         await asyncio.to_thread(runner.start)
         admission = Admission(config.max_queue, metrics, gate)

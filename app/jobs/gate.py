@@ -40,12 +40,17 @@ class Gate:
             self._cond.notify_all()
 
     def job_batch(self, run: Callable[[], T], check: Callable[[], None]) -> T:
-        """``run()`` once no interactive request is registered; ``check()`` (which may raise:
-        a cancelled job, a shutdown) before it and every POLL_S while waiting."""
+        """``run()`` once no interactive request is registered and no other batch runs (a
+        job's, or a model's warm-up at a hot reload); ``check()`` (which may raise: a
+        cancelled job, a shutdown) before it and every POLL_S while waiting."""
+
+        def free() -> bool:
+            return self._interactive == 0 and not self._job_batch
+
         with self._cond:
             while True:
                 check()
-                if self._cond.wait_for(lambda: self._interactive == 0, timeout=POLL_S):
+                if self._cond.wait_for(free, timeout=POLL_S):
                     break
             self._job_batch = True
         try:

@@ -5,6 +5,7 @@ and what a hot reload does for a new or replaced file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -61,13 +62,22 @@ def provider_options(settings: Settings, path: Path | None = None) -> ProviderOp
     return replace(options, input_shape=(batch, card.in_channels, side, side))
 
 
+Warm = Callable[[Callable[[], object]], object]
+
+
 def load_service(
-    settings: Settings, metrics: Metrics, outputs: Outputs | None = None, path: Path | None = None
+    settings: Settings,
+    metrics: Metrics,
+    outputs: Outputs | None = None,
+    path: Path | None = None,
+    warm: Warm | None = None,
 ) -> Service:
     """Load the model at ``path`` (default UNET_MODEL_PATH), build the predictor and the
     registries, warm up (blocking). ModelLoadError names what is wrong.
 
     outputs: the output formats; by default the installation's (default_outputs).
+    warm: runs the warm-up inference (a hot reload's goes through the jobs' gate: one
+    inference at a time on the device); None: at once.
     """
     path = path or settings.model_path
     try:
@@ -84,7 +94,8 @@ def load_service(
     card = model.card
     inputs = checked_input_formats(card)
     # Warm-up: on a GPU this is the one shape every request will run (fixed plan).
-    predictor.predict(np.zeros((card.min_size, card.min_size), dtype=np.uint8))
+    zeros = np.zeros((card.min_size, card.min_size), dtype=np.uint8)
+    (warm or (lambda run: run()))(lambda: predictor.predict(zeros))
     if card.objects.method == "watershed":
         flood.warm()  # compiled here, not on the first request for objects
     settings = settings.model_copy(update={"model_path": Path(path)})

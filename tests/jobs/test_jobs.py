@@ -485,6 +485,29 @@ def test_the_gate_lets_no_job_batch_start_while_a_request_waits_or_runs() -> Non
         worker.join()
 
 
+def test_two_batches_never_run_at_once() -> None:
+    """A job's tile batch and a hot-reloaded model's warm-up: one on the device at a time."""
+    gate, running, overlaps = Gate(), [0], []
+
+    def batch() -> None:
+        running[0] += 1
+        overlaps.append(running[0])
+        time.sleep(0.005)
+        running[0] -= 1
+
+    def many() -> None:
+        for _ in range(20):
+            gate.job_batch(batch, lambda: None)
+
+    threads = [threading.Thread(target=many) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(overlaps) == 60
+    assert max(overlaps) == 1
+
+
 def test_the_gate_stops_a_waiting_job_when_it_is_cancelled() -> None:
     gate, cancelled = Gate(), threading.Event()
     gate.arrive()  # a request holds the engine for good
