@@ -161,16 +161,16 @@ def make_lifespan(
         models.on_change = follow_models(app, models, metrics)
         for entry in models.listing():
             if entry.service is not None:
-                follow_models(app, models, metrics)(entry.name, entry.service)
+                models.on_change(entry.name, entry.service)
         undo_signals = stop_reading_on_signals(models.stopping)
         models.start()
         log.info("ready: %s", ", ".join(describe_model(e) for e in models.listing()))
         try:
             yield
         finally:
-            models.stop()
             undo_signals()
             await asyncio.to_thread(runner.stop)  # the running job is queued again
+            await asyncio.to_thread(models.stop)
             admission.close()
             store.close()
             if cluster is not None:

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from app.api.auth import Authorized
-from app.api.deps import ModelQuery, ModelServiceDep
+from app.api.deps import ModelServiceDep
 from app.api.errors import ErrorBody
 from app.api.job_upload import admitted, receive_input
 from app.api.schemas import JobList, JobView
@@ -193,7 +193,6 @@ async def submit(
     objects: ObjectsQuery = False,
     skip_background: SkipBackgroundQuery = False,
     pixel_size: PixelSizeQuery = None,
-    model: ModelQuery = None,
 ) -> JSONResponse:
     """Queue the image of the body (raw or multipart `file`), or the file named by a JSON
     body `{"source": "<path under UNET_JOB_SOURCE_ROOT>"}`. 202 with the job and its
@@ -209,7 +208,7 @@ async def submit(
             found = await asyncio.to_thread(probe, path, output, options, service, pixel_size)
             given = Submission(
                 str(path), name, found.output, found.large, found.width, found.height,
-                found.frames, options, skip_background, pixel_size, model and service.name,
+                found.frames, options, skip_background, pixel_size, service.name,
             )  # fmt: skip
             job = runner.store.add(job_id, given, found.tiles)
         except BaseException:

@@ -33,7 +33,7 @@ def models(
     modality: Annotated[
         str | None,
         Query(
-            max_length=16,
+            max_length=64,
             description="a DICOM modality (CT): `chosen` names the model for its series",
         ),
     ] = None,

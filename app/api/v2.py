@@ -16,11 +16,10 @@ from pydantic import BaseModel
 from app.api.auth import Authorized
 from app.api.deps import AdmissionDep, ModelsDep
 from app.api.upload import body_chunks, watching_disconnect
-from app.codecs.tensors import OUTPUTS, parse_request, read_header, request_schema, response
+from app.codecs.tensors import OUTPUTS, request_schema
 from app.errors import BadParameterError, ModelNotFoundError, RequestCancelledError
 from app.models import Repository
-from app.pipeline.context import options_for, request_limits
-from app.pipeline.tensors import infer_tensors
+from app.pipeline.tensors import answer_request
 from app.service import LARGE_WORK, Service
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -191,31 +190,23 @@ async def infer(
     outputs ``mask`` (UINT8 [N, H, W]) and ``probability`` (FP32 [N, P, H, W])."""
     service = _named(models, name)
     declared = request.headers.get(HEADER_LENGTH)
-    if declared is not None and not declared.isdigit():
+    if declared is not None and not (declared.isascii() and declared.isdigit()):
         raise BadParameterError(f"header {HEADER_LENGTH} must be a byte count: {declared[:40]!r}")
     with admission.reserve() as ticket:
-        header, binary = read_header(
-            await _body(request, service), int(declared) if declared else None
-        )
-        given = header.parameters
-        tensor = parse_request(header, binary, request_limits(service, given.tta))
-        del binary
-        options = options_for(service.model.card, given.threshold, 1, given.tta)
+        body = await _body(request, service)
+        length = int(declared) if declared else None
         async with watching_disconnect(request) as cancelled:
 
             def check(done: int = 0, total: int = 0) -> None:
                 if cancelled.is_set():
                     raise RequestCancelledError("the client closed the connection", done, total)
 
-            tensors, tally = await ticket.run(
-                lambda: infer_tensors(tensor.image, set(tensor.outputs), options, service, check)
-            )
-    image = tensor.image
-    pixels = image.width * image.height * tally.frames
+            answer = await ticket.run(lambda: answer_request(body, length, name, service, check))
+    tally = answer.tally
+    pixels = answer.width * answer.height * tally.frames
     service.metrics.segmented(name, pixels, tally.tiles, tally.inference)
-    request.state.log = {"model": name, "image": f"{image.width}x{image.height}x{tally.frames}"}
-    card = service.model.card
-    content, header_length = response(name, card.version, tensor.id, tensors, tensor.outputs)
+    request.state.log = {"model": name, "image": f"{answer.width}x{answer.height}x{tally.frames}"}
+    content, header_length = answer.content, answer.header_length
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

@@ -53,10 +53,10 @@ def choose_model(settings: GatewaySettings, modality: str) -> Outcome:
         answer = httpx.get(url, params={"modality": modality}, headers=_auth(settings), timeout=30)
     except httpx.HTTPError as exc:
         return Outcome("retry", f"the service is unreachable ({type(exc).__name__})")
-    if answer.status_code == 404:  # a service before the model repository: its one model
-        return Outcome("ok", "")
-    if answer.status_code != 200:
-        return Outcome("retry", f"GET /models: HTTP {answer.status_code}: {_detail(answer)}")
+    if answer.status_code in (401, 403, 408, 429) or answer.status_code >= 500:
+        return Outcome("retry", f"GET /models: HTTP {answer.status_code}")
+    if answer.status_code != 200:  # no choice to make (404: a service before the model
+        return Outcome("ok", "")  # repository): the default, whose answer then decides
     listing = answer.json()
     chosen = listing.get("chosen")
     if chosen is None:
@@ -72,11 +72,15 @@ def segment(
     the service's default); the result, or why not."""
     body, content_type = series
     headers = {"Content-Type": content_type, "Accept": "application/dicom", **_auth(settings)}
-    url = settings.service_url.rstrip("/") + f"/segment?format={RESULTS[result]}"
-    url += f"&model={model}" if model else ""
+    url = settings.service_url.rstrip("/") + "/segment"
+    query = {"format": RESULTS[result], **({"model": model} if model else {})}
     try:
         answer = httpx.post(
-            url, content=body, headers=headers, timeout=settings.dicom_service_timeout
+            url,
+            params=query,
+            content=body,
+            headers=headers,
+            timeout=settings.dicom_service_timeout,
         )
     except httpx.HTTPError as exc:
         return Outcome("retry", f"the service is unreachable ({type(exc).__name__})")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from app.inference import InferenceError, load_model
 from app.inference.card import ModelCard, sidecar_path
+from app.models.load import ModelLoadError, checked_input_formats
 
 OPTIONAL = {
     "threshold": "the calibrated threshold of a binary model (else 0.5)",
@@ -53,6 +54,10 @@ def report(path: Path, write_sidecar: bool) -> tuple[int, str]:
         return 1, f"{path.name}: the service would NOT serve it: {exc}"
     finally:
         logger.removeHandler(warnings)
+    try:
+        checked_input_formats(model.card)  # the card's DICOM window, as start-up checks it
+    except ModelLoadError as exc:
+        return 1, f"{path.name}: the service would NOT serve it: {exc}"
     card, sidecar = model.card, sidecar_path(path)
     lines = [
         f"{path.name}: the service would serve it as model {path.stem!r}",
@@ -74,7 +79,7 @@ def report(path: Path, write_sidecar: bool) -> tuple[int, str]:
 def _write(sidecar: Path, card: ModelCard) -> str:
     if sidecar.exists():
         return f"{sidecar.name} exists: left as it is"
-    document = card.model_dump(exclude_none=True, include=set(ModelCard.model_fields))
+    document = card.model_dump(exclude_none=True)  # with its own fields (modalities, window)
     sidecar.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return f"wrote {sidecar}: check every field, the service reads it at the next load"
 

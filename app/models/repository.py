@@ -122,6 +122,12 @@ class Repository:
                 else "no model named and no default (UNET_DEFAULT_MODEL)"
             )  # fmt: skip
             raise BadParameterError(f"query parameter 'model': {what}; the models: {listed}")
+        if entry.service is None and entry.error is not None:
+            raise UnavailableError(
+                f"model {entry.name!r} cannot be loaded: its file is tried again once it "
+                f"changes ({entry.error[:200]})",
+                NOT_READY_RETRY_S,
+            )
         if entry.service is None or not entry.service.ready:
             raise UnavailableError(
                 f"model {entry.name!r} is not ready: it is still loading; retry shortly",

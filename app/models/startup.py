@@ -32,6 +32,12 @@ def open_models(
         build, folder, settings.model_path, settings.default_model, settings.repository_poll
     )
     if folder is None:
+        if settings.default_model not in (None, settings.model_path.stem):
+            raise StartupError(
+                f"UNET_DEFAULT_MODEL={settings.default_model!r} names a model of a repository "
+                f"(UNET_MODEL_REPOSITORY); UNET_MODEL_PATH serves one, "
+                f"{settings.model_path.stem!r}"
+            )
         try:
             service = build(settings.model_path)
         except ModelLoadError as exc:

@@ -5,12 +5,16 @@ probabilities kept as tensors. Run in the inference thread, like /segment's requ
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from app.codecs.frames import DecodedImage
 from app.codecs.outputs import Options
+from app.codecs.tensors import parse_request, read_header, response
 from app.inference.predictor import Prediction
 from app.inference.tiler import ProgressFn
+from app.pipeline.context import options_for, request_limits
 from app.pipeline.small import Tally, segment_frames
 from app.service import Service
 
@@ -50,3 +54,36 @@ def infer_tensors(
     stacking = Stacking(image, wanted)
     tally = segment_frames(image, stacking, service.predictor, options, progress=progress)
     return stacking.tensors, tally
+
+
+@dataclass
+class TensorAnswer:
+    """The response's body (and its JSON header's length when tensors go as binary data),
+    and what the request log and metrics report."""
+
+    content: bytes
+    header_length: int | None
+    width: int
+    height: int
+    tally: Tally
+
+
+def answer_request(
+    body: bytes,
+    header_length: int | None,
+    name: str,
+    service: Service,
+    progress: ProgressFn | None = None,
+) -> TensorAnswer:
+    """An inference request of the protocol, whole: validated, its limits checked from the
+    shape, predicted, answered. In the inference thread: parsing a large JSON body and
+    encoding the outputs never hold the event loop up."""
+    header, binary = read_header(body, header_length)
+    given = header.parameters
+    tensor = parse_request(header, binary, request_limits(service, given.tta))
+    del binary
+    options = options_for(service.model.card, given.threshold, 1, given.tta)
+    tensors, tally = infer_tensors(tensor.image, set(tensor.outputs), options, service, progress)
+    version = service.model.card.version
+    content, length = response(name, version, tensor.id, tensors, tensor.outputs)
+    return TensorAnswer(content, length, tensor.image.width, tensor.image.height, tally)

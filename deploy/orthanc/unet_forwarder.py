@@ -182,23 +182,28 @@ def choose_model(
     modality: str, service_url: str, *, api_key: str | None = None, timeout: float = 30.0
 ) -> Answer:
     """The service's model for a series of ``modality`` (GET /models?modality=, by the
-    model cards' ``modalities``): kind ``chosen`` with its name in ``detail`` ("" for a
-    service without a model repository), ``refused`` when no model is meant for it (the
-    reason in ``detail``), ``unavailable`` while the service cannot answer."""
+    model cards' ``modalities``): kind ``chosen`` with its name in ``detail`` ("": the
+    default, when the service makes no choice), ``refused`` when no model is meant for it
+    (the reason in ``detail``), ``unavailable`` while the service cannot answer."""
+    url = service_url.rstrip("/") + "/models"  # logged without its query: no DICOM value
     query = urllib.parse.urlencode({"modality": modality})
-    url = service_url.rstrip("/") + f"/models?{query}"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         with urllib.request.urlopen(
-            urllib.request.Request(url, headers=headers), timeout=timeout
+            urllib.request.Request(f"{url}?{query}", headers=headers), timeout=timeout
         ) as response:
             listing = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        if exc.code == 404:  # a service before the model repository: its one model
-            return Answer("chosen", "")
-        return Answer("unavailable", f"GET /models: HTTP {exc.code}")
-    except (OSError, ValueError) as exc:
-        return Answer("unavailable", f"GET /models: {type(exc).__name__}")
+        if exc.code in UNAVAILABLE:
+            return Answer("unavailable", f"{url}: HTTP {exc.code}")
+        # no choice to make (404: a service before the model repository; a modality it
+        # will not take): the default model, whose answer to the series then decides
+        return Answer("chosen", "")
+    except OSError as exc:  # refused, reset, DNS, a time-out
+        reason = getattr(exc, "reason", exc)
+        return Answer("unavailable", f"{url} unreachable ({type(reason).__name__})")
+    except ValueError:
+        return Answer("unavailable", f"{url}: the answer is not JSON")
     chosen = listing.get("chosen")
     if chosen is None:
         return Answer("refused", str(listing.get("reason", "no model for this modality"))[:300])

@@ -115,6 +115,10 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 30) -> None:
         time.sleep(0.05)
 
 
+def provider(client: TestClient) -> str:
+    return str(client.get("/model").json()["providers"][0])
+
+
 def versions(client: TestClient) -> dict[str, str | None]:
     return {m["name"]: m.get("version") for m in client.get("/models").json()["models"]}
 
@@ -162,6 +166,11 @@ def test_models_are_added_replaced_kept_when_corrupt_and_removed_while_requests_
         wait_for(lambda: versions(client)["binary"] == "2.0.0")
         second = answer(client)
         assert second != first
+        info = [line for line in client.get("/metrics").text.splitlines() if "model_info{" in line]
+        assert [line for line in info if 'model="binary"' in line] == [
+            f'unet_model_info{{model="binary",name="binary",provider="{provider(client)}",'
+            'version="2.0.0"} 1.0'
+        ]
 
         (folder / "binary.onnx").write_bytes(b"not an onnx model")  # corrupt: the old stays
         wait_for(lambda: client.get("/models").json()["models"][0].get("error") is not None)
@@ -204,6 +213,11 @@ def test_a_repository_without_models_stops_start_up(
     assert_fails_clearly(start(env), *words)
 
 
+def test_a_default_model_beside_a_single_model_path_stops_start_up(binary_model: Path) -> None:
+    env = {"UNET_MODEL_PATH": str(binary_model), "UNET_DEFAULT_MODEL": "liver"}
+    assert_fails_clearly(start(env), "UNET_DEFAULT_MODEL", "'binary'")
+
+
 def test_a_default_model_not_in_the_repository_stops_start_up(
     tmp_path: Path, binary_model: Path
 ) -> None:
@@ -225,6 +239,7 @@ def test_a_corrupt_model_beside_good_ones_is_listed_with_its_error(
         assert "broken.onnx" in models["broken"]["error"]
         response = client.post("/segment?model=broken", content=IMAGE)
         assert response.status_code == 503
+        assert "'broken' cannot be loaded" in response.json()["detail"]
         assert client.post("/segment?model=binary", content=IMAGE).status_code == 200
 
 
@@ -236,6 +251,8 @@ def test_a_job_runs_on_the_model_it_names(
         job, _ = wait(served, job_id)
         assert job["status"] == "succeeded", job
         assert served.get(f"/jobs/{job_id}/result").content == answer(alone)
+        stored = served.app.state.jobs.store.get(job_id)  # type: ignore[attr-defined]
+        assert stored.request.model == ("softmax3" if query else "binary")  # kept by name
     response = served.post("/jobs?model=liver", content=IMAGE)
     assert response.status_code == 422
     assert "'liver'" in response.json()["detail"]

@@ -98,7 +98,7 @@ def test_threshold_tta_frames_and_uint16_as_segment(server: Server, triton: Any)
 
 
 def post_infer(
-    server: Server, body: bytes, headers: dict[str, str] | None = None
+    server: Server, body: bytes, headers: dict[str, Any] | None = None
 ) -> httpx.Response:
     url = f"{server.url}/v2/models/binary/infer"
     return httpx.post(url, content=body, headers={**AUTH, **(headers or {})}, timeout=60)
@@ -127,6 +127,7 @@ def post_infer(
         (b'{"inputs": [{"name": "image", "shape": [8, 8], "datatype": "UINT8", "data": []}],'
          b' "parameters": {"threshold": 2}}', {}, 400, "'parameters.threshold'"),
         (b"{}", {"Inference-Header-Content-Length": "x"}, 422, "byte count"),
+        (b"{}", {"Inference-Header-Content-Length": "\u00b2".encode("latin-1")}, 422, "byte count"),
         (b'{"inputs": [{"name": "image", "shape": [8, 8], "datatype": "UINT8", "data": []}],'
          b' "parameters": [null, null]}', {}, 400, "'parameters'"),
         (b'{"inputs": [{"name": "image", "shape": [2, 2], "datatype": ["UINT8"], "data": []}]}',
@@ -140,7 +141,7 @@ def post_infer(
     ],
 )  # fmt: skip
 def test_bad_requests_are_the_protocols_errors(
-    server: Server, body: bytes, headers: dict[str, str], status: int, words: str
+    server: Server, body: bytes, headers: dict[str, Any], status: int, words: str
 ) -> None:
     response = post_infer(server, body, headers)
     assert response.status_code == status, response.text
