@@ -175,9 +175,9 @@ class JobRunner:
             store.update(job.id, status="queued", started=None, tiles_done=0)
             self.changed(job.id, "queued", reason="shutdown")
             return
-        except CancelledError:
-            store.update(job.id, status="cancelled", finished=time.time(), tiles_done=live.done)
+        except CancelledError:  # its files go first: "cancelled" means nothing is left
             store.remove_files(job.id)
+            store.update(job.id, status="cancelled", finished=time.time(), tiles_done=live.done)
             self.changed(job.id, "cancelled", tiles_done=live.done)
             return
         except Exception as exc:  # the job failed, the service goes on
@@ -188,8 +188,8 @@ class JobRunner:
                 self._stopping.wait(RETRY_S)
                 return
             error = failure(exc, job.request, self.store.folder(job.id))
-            store.update(job.id, status="failed", finished=time.time(), error=error)
             store.remove_files(job.id)
+            store.update(job.id, status="failed", finished=time.time(), error=error)
             metrics.job_duration.observe(time.time() - began)
             # The client reads the message; the log only its kind (a source's path is theirs).
             self.changed(job.id, "failed", error=type(exc).__name__)
