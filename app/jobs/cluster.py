@@ -21,6 +21,7 @@ from app.pipeline.dask import Cluster, connect
 from app.service import Service
 
 CONNECT_S = 10.0
+FAULT_RETRIES = 2  # a job that fails on the cluster runs again this often before it fails
 
 
 class JobCluster:
@@ -30,6 +31,7 @@ class JobCluster:
     def __init__(self, address: str) -> None:
         self.address = address
         self.client: Any = connect(address, CONNECT_S)
+        self.faults: dict[str, int] = {}  # job id -> the times it went back to the queue
 
     @staticmethod
     def setup(request: Submission, service: Service) -> Setup:
@@ -59,6 +61,19 @@ class JobCluster:
             self.client = None
             self.client = connect(self.address, CONNECT_S)
         return self.client
+
+    def retry(self, job_id: str, exc: Exception) -> str | None:
+        """Why a job that failed on the cluster goes back to the queue (it then resumes from
+        its finished blocks), or None: it failed. A lost scheduler, always; any other
+        fault up to FAULT_RETRIES times per job (a worker that dies can break the client's
+        gather of a task in flight, a fault of the cluster's, not of the job's)."""
+        if self.lost():
+            return "the Dask scheduler is out of reach"
+        tries = self.faults.get(job_id, 0)
+        if tries >= FAULT_RETRIES:
+            return None
+        self.faults[job_id] = tries + 1
+        return f"a fault on the Dask cluster ({type(exc).__name__}); try {tries + 2}"
 
     def lost(self) -> bool:
         """Whether the scheduler is out of reach now (a job that failed then is retried)."""

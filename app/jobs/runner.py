@@ -181,10 +181,11 @@ class JobRunner:
             self.changed(job.id, "cancelled", tiles_done=live.done)
             return
         except Exception as exc:  # the job failed, the service goes on
-            if self.cluster is not None and self.cluster.lost():  # not the job's fault
+            retry = self.cluster.retry(job.id, exc) if self.cluster is not None else None
+            if retry is not None:  # the cluster's fault, not the job's
                 clear_outputs(store.folder(job.id))  # what it goes on from is kept
                 store.update(job.id, status="queued", started=None, tiles_done=0)
-                self.changed(job.id, "queued", reason="the Dask scheduler is out of reach")
+                self.changed(job.id, "queued", reason=retry)
                 self._stopping.wait(RETRY_S)
                 return
             error = failure(exc, job.request, self.store.folder(job.id))

@@ -212,3 +212,19 @@ def test_an_unreachable_scheduler_stops_start_up(binary_model: Path, tmp_path: P
     )
     assert_fails_clearly(result, "UNET_DASK_SCHEDULER", "tcp://127.0.0.1:9")
     assert result.returncode == 3
+
+
+def test_a_job_the_cluster_fails_runs_again_twice_then_fails() -> None:
+    from types import SimpleNamespace
+
+    from app.jobs.cluster import JobCluster
+
+    cluster = JobCluster.__new__(JobCluster)  # its client only: no scheduler needed here
+    cluster.client, cluster.faults = SimpleNamespace(status="running"), {}
+    fault = RuntimeError("an asyncio event of another loop")
+    assert cluster.retry("a", fault) == "a fault on the Dask cluster (RuntimeError); try 2"
+    assert cluster.retry("a", fault) == "a fault on the Dask cluster (RuntimeError); try 3"
+    assert cluster.retry("a", fault) is None  # the job's own fault, it seems: it fails
+    assert cluster.retry("b", fault) is not None  # another job's count is its own
+    cluster.client.status = "closed"
+    assert cluster.retry("a", fault) == "the Dask scheduler is out of reach"  # always
