@@ -213,16 +213,13 @@ def test_a_repository_without_models_stops_start_up(
     assert_fails_clearly(start(env), *words)
 
 
-def test_a_default_model_beside_a_single_model_path_stops_start_up(binary_model: Path) -> None:
-    env = {"UNET_MODEL_PATH": str(binary_model), "UNET_DEFAULT_MODEL": "liver"}
-    assert_fails_clearly(start(env), "UNET_DEFAULT_MODEL", "'binary'")
-
-
-def test_a_default_model_not_in_the_repository_stops_start_up(
-    tmp_path: Path, binary_model: Path
+@pytest.mark.parametrize("variable", ["UNET_MODEL_PATH", "UNET_MODEL_REPOSITORY"])
+def test_a_default_model_that_is_not_served_stops_start_up(
+    tmp_path: Path, binary_model: Path, variable: str
 ) -> None:
-    folder = repository(tmp_path / "repo", binary_model)
-    env = {"UNET_MODEL_REPOSITORY": str(folder), "UNET_DEFAULT_MODEL": "liver"}
+    """Beside a single model path or a repository, a default naming another model."""
+    where = binary_model if variable == "UNET_MODEL_PATH" else repository(tmp_path, binary_model)
+    env = {variable: str(where), "UNET_DEFAULT_MODEL": "liver"}
     assert_fails_clearly(start(env), "UNET_DEFAULT_MODEL", "'binary'")
 
 
