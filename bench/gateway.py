@@ -7,8 +7,11 @@ and the service as ``make run`` starts it, all on loopback. Reports:
   (it only stores: its stable time is an hour), to dcmtk's storescp writing the same
   files (with its largest PDU, 128 KiB, and TCP_NODELAY=1; the gateway takes what the
   sender proposes) and to the floor of any pynetdicom SCP: pynetdicom with the gateway's
-  AE settings answering every C-STORE at once, reading and storing nothing,
-  alternately ``--repeats`` times: instances/s, MB/s and the gateway's share;
+  AE settings answering every C-STORE at once, reading and storing nothing, as pynetdicom
+  ships it and with the gateway's woken reactors (app/gateway/reactor.py), and to the
+  gateway not storing (every check of an instance, no write: its durable storage's cost
+  by difference), alternately ``--repeats`` times: instances/s, MB/s and the shares of
+  storescp's rate;
 - series: the same series through the whole path (gateway -> service -> storescp): from
   the end of the last C-STORE to the SEG at the destination, split from the gateway's log
   into the stable wait, the service's answers (inference) and the sending; once with the
@@ -36,6 +39,7 @@ from typing import Any
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from app.gateway import reactor
 from app.gateway.receiver import TRANSFER_SYNTAXES
 from bench.report import report
 from tests.conftest import free_port, start_server, stop_server
@@ -48,19 +52,25 @@ REPO = Path(__file__).resolve().parents[1]
 def receive_rate(workdir: Path, files: list[Path], repeats: int) -> dict[str, Any]:
     """The gateway and storescp receiving the same files, alternately."""
     size = sum(f.stat().st_size for f in files)
-    seconds: dict[str, list[float]] = {"gateway": [], "storescp": [], "pynetdicom_floor": []}
+    names = [
+        "gateway", "gateway_not_storing", "storescp", "pynetdicom_floor", "pynetdicom_floor_woken"
+    ]  # fmt: skip
+    seconds: dict[str, list[float]] = {name: [] for name in names}
     for attempt in range(repeats):
         for name in seconds:
             port, folder = free_port(), workdir / f"receive-{name}-{attempt}"
             folder.mkdir(parents=True)
             peer: Process
-            if name == "gateway":  # stable after an hour: it only receives here
+            if name.startswith("gateway"):  # stable after an hour: it only receives here
                 peer = gateway(folder, "http://127.0.0.1:9", port, stable_s=3600)
+                if name == "gateway_not_storing":
+                    peer.command = [sys.executable, "-m", "bench.gateway", "--not-storing"]
                 peer.start()
                 wait_listening(port, peer)
                 called = "UNET"
-            elif name == "pynetdicom_floor":
+            elif name.startswith("pynetdicom_floor"):
                 command = [sys.executable, "-m", "bench.gateway", "--floor-scp", str(port)]
+                command += ["--woken"] if name.endswith("woken") else []
                 peer = Process(command, folder / "floor.log", {})
                 peer.start()
                 wait_listening(port, peer)
@@ -83,12 +93,19 @@ def receive_rate(workdir: Path, files: list[Path], repeats: int) -> dict[str, An
         "mb_per_s": {n: round(size / 1e6 / s, 1) for n, s in best.items()},
         "gateway_share_of_storescp": round(best["storescp"] / best["gateway"], 2),
         "pynetdicom_floor_share_of_storescp": round(best["storescp"] / best["pynetdicom_floor"], 2),
+        "not_storing_share_of_storescp": round(best["storescp"] / best["gateway_not_storing"], 2),
+        "woken_floor_share_of_storescp": round(
+            best["storescp"] / best["pynetdicom_floor_woken"], 2
+        ),
     }
 
 
-def floor_scp(port: int) -> None:
+def floor_scp(port: int, woken: bool) -> None:
     """pynetdicom as the gateway sets it up, answering every C-STORE with success at once:
-    what any SCP built on pynetdicom costs before it reads or stores anything."""
+    what any SCP built on pynetdicom costs before it reads or stores anything; ``woken``:
+    with the gateway's reactors (app/gateway/reactor.py), its own floor."""
+    if woken:
+        reactor.install()
     ae = AE(ae_title="FLOOR")
     ae.maximum_pdu_size = 0
     ae.add_supported_context(Verification)
@@ -96,6 +113,16 @@ def floor_scp(port: int) -> None:
         ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
     handlers = [(evt.EVT_C_STORE, lambda event: 0x0000)]
     ae.start_server(("127.0.0.1", port), block=True, evt_handlers=handlers)
+
+
+def not_storing() -> None:
+    """The gateway with every check of an instance but without writing it: what its
+    durable storage (the fsyncs, renames and commit) costs, by difference."""
+    from app.gateway.main import main
+    from app.gateway.store import GatewayStore
+
+    GatewayStore.add_instance = lambda self, series, sop, write: None  # type: ignore[method-assign]
+    main([])
 
 
 def stamp(line: str) -> float:
@@ -191,13 +218,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="receive runs of each peer")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--floor-scp", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--woken", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--not-storing", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.floor_scp:
-        floor_scp(args.floor_scp)
+        floor_scp(args.floor_scp, args.woken)
+        return
+    if args.not_storing:
+        not_storing()
         return
     missing = [name for name, path in TOOLS.items() if path is None]
     if missing:

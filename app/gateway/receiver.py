@@ -17,8 +17,7 @@ import logging
 import socket
 import sqlite3
 import threading
-from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 from pydicom import Dataset, uid
 from pydicom.filewriter import write_file_meta_info
@@ -29,6 +28,7 @@ from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from app.gateway import reactor
 from app.gateway.metrics import Metrics
 from app.gateway.settings import GatewaySettings
 from app.gateway.store import GatewayStore, key
@@ -82,6 +82,7 @@ class Receiver:
 
     def __init__(self, settings: GatewaySettings, store: GatewayStore, metrics: Metrics) -> None:
         self.settings, self.store, self.metrics = settings, store, metrics
+        reactor.install()  # pynetdicom's polling threads, woken (app/gateway/reactor.py)
         self.ae = AE(ae_title=settings.dicom_ae_title)
         self.ae.maximum_associations = settings.dicom_max_associations
         self.ae.maximum_pdu_size = 0  # no limit: what the sender proposes
@@ -167,11 +168,10 @@ class Receiver:
             return SUCCESS
         raw, meta = cast(C_STORE, event.request).DataSet.getvalue(), event.file_meta  # type: ignore[union-attr]
 
-        def write(path: Path) -> None:
-            with path.open("wb") as f:
-                f.write(b"\0" * 128 + b"DICM")
-                write_file_meta_info(f, meta, enforce_standard=True)  # type: ignore[arg-type]
-                f.write(raw)
+        def write(f: BinaryIO) -> None:
+            f.write(b"\0" * 128 + b"DICM")
+            write_file_meta_info(f, meta, enforce_standard=True)  # type: ignore[arg-type]
+            f.write(raw)
 
         try:
             self.store.add_instance(series, sop, write)

@@ -23,7 +23,6 @@ the modality could not send the rest.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import sqlite3
 import threading
@@ -33,15 +32,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from app.gateway.disk import fsync_folder, write_durably, write_synced, writer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (
     series TEXT NOT NULL, round INTEGER NOT NULL, state TEXT NOT NULL, last REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, next REAL NOT NULL DEFAULT 0, detail TEXT,
     PRIMARY KEY (series, round));
-CREATE TABLE IF NOT EXISTS instances (
-    series TEXT NOT NULL, round INTEGER NOT NULL, sop TEXT NOT NULL,
-    PRIMARY KEY (series, round, sop));
 CREATE TABLE IF NOT EXISTS deliveries (
     series TEXT NOT NULL, round INTEGER NOT NULL, destination TEXT NOT NULL,
     state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next REAL NOT NULL DEFAULT 0,
@@ -70,32 +69,6 @@ class Delivery:
     round: Round
     destination: str
     attempts: int
-
-
-def fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a temporary file beside ``path``, fsync it, rename it into place."""
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    try:
-        write(partial)
-        with partial.open("rb+") as f:
-            os.fsync(f.fileno())
-        partial.replace(path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    fsync_folder(path.parent)
-
-
-def _writer(data: bytes) -> Callable[[Path], object]:
-    return lambda path: path.write_bytes(data)
 
 
 class GatewayStore:
@@ -129,19 +102,23 @@ class GatewayStore:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def add_instance(self, series: str, sop: str, write: Callable[[Path], object]) -> None:
-        """Write one instance durably and put it in its series' open round; returns only
-        once both are on disk (the C-STORE's success)."""
+    def add_instance(self, series: str, sop: str, write: Callable[[BinaryIO], object]) -> None:
+        """Write one instance durably into its series' open round; returns only once it is
+        on disk (the C-STORE's success): written and fsynced in incoming/, renamed into the
+        round's folder, the folder fsynced, and a new round's row committed. The folder is
+        the round's list of instances; its quiet time (``last``) is committed without an
+        fsync of its own: a restart counts it from then anyway."""
         staged = self.incoming / f"{uuid.uuid4().hex}.dcm"
-        write_durably(staged, write)
         target: Path | None = None
         try:
-            with self._transaction() as db:
-                row = db.execute(
+            write_synced(staged, write)
+            with self._lock:
+                row = self._db.execute(
                     "SELECT round, state FROM rounds WHERE series = ? ORDER BY round DESC LIMIT 1",
                     (series,),
                 ).fetchone()
-                number = row[0] if row and row[1] == "receiving" else (row[0] + 1 if row else 1)
+                is_open = bool(row) and row[1] == "receiving"
+                number = row[0] if is_open else (row[0] + 1 if row else 1)
                 folder = self.rounds / Round(series, number).name
                 if not folder.exists():
                     folder.mkdir()
@@ -151,20 +128,33 @@ class GatewayStore:
                     target = None
                 staged.replace(folder / f"{key(sop)}.dcm")
                 fsync_folder(folder)
-                db.execute(
-                    "INSERT INTO rounds (series, round, state, last) VALUES (?, ?, 'receiving', ?)"
-                    " ON CONFLICT (series, round) DO UPDATE SET last = excluded.last",
-                    (series, number, time.time()),
-                )
-                db.execute(
-                    "INSERT OR IGNORE INTO instances VALUES (?, ?, ?)", (series, number, sop)
-                )
+                self._stamp(series, number, is_open)
         except BaseException:
-            if target is not None:  # not committed: not acknowledged, so not kept
+            if target is not None:  # not on disk as a whole: not acknowledged, so not kept
                 target.unlink(missing_ok=True)
             raise
         finally:
             staged.unlink(missing_ok=True)
+
+    def _stamp(self, series: str, number: int, is_open: bool) -> None:
+        """A new round's row (synchronous=FULL), or an open round's new quiet time
+        (synchronous=NORMAL: in the WAL, on disk with the next full commit)."""
+        if not is_open:
+            with self._db:
+                self._db.execute(
+                    "INSERT INTO rounds (series, round, state, last) VALUES (?, ?, 'receiving', ?)",
+                    (series, number, time.time()),
+                )
+            return
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._db:
+                self._db.execute(
+                    "UPDATE rounds SET last = ? WHERE series = ? AND round = ?",
+                    (time.time(), series, number),
+                )
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
 
     def close_stable(self, quiet_seconds: float) -> list[Round]:
         """Open rounds without a new instance for ``quiet_seconds``: now ``segmenting``."""
@@ -202,7 +192,7 @@ class GatewayStore:
         """The service's results (kind -> Part 10 bytes) are on disk; each destination gets
         a delivery to make."""
         for kind, data in results.items():
-            write_durably(self.results / f"{item.name}.{kind}.dcm", _writer(data))
+            write_durably(self.results / f"{item.name}.{kind}.dcm", writer(data))
         with self._transaction() as db:
             state = "sending" if destinations else "kept"
             db.execute(
@@ -215,9 +205,6 @@ class GatewayStore:
                 " VALUES (?, ?, ?, 'pending')",
                 [(item.series, item.round, d) for d in destinations],
             )
-            db.execute(
-                "DELETE FROM instances WHERE series = ? AND round = ?", (item.series, item.round)
-            )
         shutil.rmtree(self.rounds / item.name, ignore_errors=True)
 
     def refused(self, item: Round, reason: str) -> None:
@@ -227,9 +214,6 @@ class GatewayStore:
             db.execute(
                 "UPDATE rounds SET state = 'refused', detail = ? WHERE series = ? AND round = ?",
                 (reason, item.series, item.round),
-            )
-            db.execute(
-                "DELETE FROM instances WHERE series = ? AND round = ?", (item.series, item.round)
             )
         shutil.rmtree(self.rounds / item.name, ignore_errors=True)
 

@@ -10,7 +10,7 @@ from app.gateway.worker import backoff
 
 
 def put(store: GatewayStore, series: str, sop: str) -> None:
-    store.add_instance(series, sop, lambda path: path.write_bytes(sop.encode()))
+    store.add_instance(series, sop, lambda f: f.write(sop.encode()))
 
 
 def test_instances_after_a_round_closed_open_the_next_round(tmp_path: Path) -> None:
@@ -79,3 +79,16 @@ def test_postponed_rounds_wait_and_the_back_off_grows_to_a_minute(tmp_path: Path
     store.postpone(item, 60, "HTTP 503")
     assert store.due("segmenting") == []
     assert [backoff(n) for n in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_each_instance_moves_its_round_quiet_time(tmp_path: Path) -> None:
+    store = GatewayStore(tmp_path)
+    put(store, "s", "a")
+    with sqlite3.connect(tmp_path / "queue.sqlite") as db:  # as if "a" came long ago
+        db.execute("UPDATE rounds SET last = last - 3600")
+    put(store, "s", "b")  # its quiet time restarts (committed without an fsync of its own)
+    assert store.close_stable(60) == []
+    with sqlite3.connect(tmp_path / "queue.sqlite") as db:
+        db.execute("UPDATE rounds SET last = last - 3600")
+    assert store.close_stable(60) == [Round("s", 1)]
+    assert len(store.files(Round("s", 1))) == 2

@@ -24,7 +24,7 @@ def test_a_delivery_that_raises_is_retried_and_the_next_one_still_goes(
     settings = GatewaySettings(dicom_destinations="PACS@127.0.0.1:104", dicom_state_dir=tmp_path)
     store = GatewayStore(tmp_path)
     for series in ("broken", "fine"):
-        store.add_instance(series, "a", lambda path: path.write_bytes(b"x"))
+        store.add_instance(series, "a", lambda f: f.write(b"x"))
     broken, fine = sorted(store.close_stable(0), key=lambda r: r.series)
     for item in (broken, fine):
         store.segmented(item, {"seg": item.series.encode()}, ["PACS@127.0.0.1:104"])
@@ -70,7 +70,7 @@ def test_a_round_keeps_its_seg_when_only_the_sr_is_refused(
     state: str,
 ) -> None:
     store = GatewayStore(tmp_path)
-    store.add_instance("s", "a", lambda path: path.write_bytes(b"x"))
+    store.add_instance("s", "a", lambda f: f.write(b"x"))
     (item,) = store.close_stable(0)
     asked = []
 
@@ -104,7 +104,7 @@ def test_a_round_no_model_is_meant_for_is_skipped_and_never_posted(
     reason: str | None,
 ) -> None:
     store = GatewayStore(tmp_path)
-    store.add_instance("s", "a", lambda path: path.write_bytes(b"x"))
+    store.add_instance("s", "a", lambda f: f.write(b"x"))
     store.close_stable(0)
     asked: list[str] = []
     monkeypatch.setattr(
