@@ -12,6 +12,8 @@ and the service as ``make run`` starts it, all on loopback. Reports:
   gateway not storing (every check of an instance, no write: its durable storage's cost
   by difference), alternately ``--repeats`` times: instances/s, MB/s and the shares of
   storescp's rate;
+- one_per_association: 30 of those slices, each in an association of its own (a
+  storescu each), to the gateway and to storescp: seconds an instance;
 - series: the same series through the whole path (gateway -> service -> storescp): from
   the end of the last C-STORE to the SEG at the destination, split from the gateway's log
   into the stable wait, the service's answers (inference) and the sending; once with the
@@ -49,6 +51,31 @@ from tests.gateway.peers import TOOLS, Pacs, Process, gateway, sent, storescu, u
 REPO = Path(__file__).resolve().parents[1]
 
 
+def receiver(name: str, folder: Path) -> tuple[Process, int, str]:
+    """One of the receivers measured, started: (its process, its port, its AE title)."""
+    port = free_port()
+    folder.mkdir(parents=True)
+    peer: Process
+    if name.startswith("gateway"):  # stable after an hour: it only receives here
+        peer = gateway(folder, "http://127.0.0.1:9", port, stable_s=3600)
+        if name == "gateway_not_storing":
+            peer.command = [sys.executable, "-m", "bench.gateway", "--not-storing"]
+        peer.start()
+        wait_listening(port, peer)
+        return peer, port, "UNET"
+    if name.startswith("pynetdicom_floor"):
+        command = [sys.executable, "-m", "bench.gateway", "--floor-scp", str(port)]
+        command += ["--woken"] if name.endswith("woken") else []
+        peer = Process(command, folder / "floor.log", {})
+        peer.start()
+        wait_listening(port, peer)
+        return peer, port, "FLOOR"
+    peer = Pacs(folder / "in", port, "--max-pdu", "131072")  # its largest PDU
+    peer.start()
+    time.sleep(0.5)
+    return peer, port, "PACS"
+
+
 def receive_rate(workdir: Path, files: list[Path], repeats: int) -> dict[str, Any]:
     """The gateway and storescp receiving the same files, alternately."""
     size = sum(f.stat().st_size for f in files)
@@ -58,28 +85,7 @@ def receive_rate(workdir: Path, files: list[Path], repeats: int) -> dict[str, An
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for attempt in range(repeats):
         for name in seconds:
-            port, folder = free_port(), workdir / f"receive-{name}-{attempt}"
-            folder.mkdir(parents=True)
-            peer: Process
-            if name.startswith("gateway"):  # stable after an hour: it only receives here
-                peer = gateway(folder, "http://127.0.0.1:9", port, stable_s=3600)
-                if name == "gateway_not_storing":
-                    peer.command = [sys.executable, "-m", "bench.gateway", "--not-storing"]
-                peer.start()
-                wait_listening(port, peer)
-                called = "UNET"
-            elif name.startswith("pynetdicom_floor"):
-                command = [sys.executable, "-m", "bench.gateway", "--floor-scp", str(port)]
-                command += ["--woken"] if name.endswith("woken") else []
-                peer = Process(command, folder / "floor.log", {})
-                peer.start()
-                wait_listening(port, peer)
-                called = "FLOOR"
-            else:
-                peer = Pacs(folder / "in", port, "--max-pdu", "131072")  # its largest PDU
-                peer.start()
-                time.sleep(0.5)
-                called = "PACS"
+            peer, port, called = receiver(name, workdir / f"receive-{name}-{attempt}")
             began = time.perf_counter()
             sent(storescu(port, files, called=called))
             seconds[name].append(time.perf_counter() - began)
@@ -97,6 +103,27 @@ def receive_rate(workdir: Path, files: list[Path], repeats: int) -> dict[str, An
         "woken_floor_share_of_storescp": round(
             best["storescp"] / best["pynetdicom_floor_woken"], 2
         ),
+    }
+
+
+def one_per_association(workdir: Path, files: list[Path], repeats: int) -> dict[str, Any]:
+    """Each file in an association of its own (a storescu each, one after the other), to
+    the gateway and to storescp, alternately: the seconds an instance takes, the
+    association's set-up and release included."""
+    seconds: dict[str, list[float]] = {"gateway": [], "storescp": []}
+    for attempt in range(repeats):
+        for name in seconds:
+            peer, port, called = receiver(name, workdir / f"single-{name}-{attempt}")
+            began = time.perf_counter()
+            for path in files:
+                sent(storescu(port, [path], called=called))
+            seconds[name].append((time.perf_counter() - began) / len(files))
+            peer.stop()
+    best = {name: statistics.median(values) for name, values in seconds.items()}
+    return {
+        "associations": len(files),
+        "seconds_per_instance": {n: [round(s, 4) for s in v] for n, v in seconds.items()},
+        "gateway_share_of_storescp": round(best["storescp"] / best["gateway"], 2),
     }
 
 
@@ -173,6 +200,7 @@ def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     files = ct_series(workdir / "ct", args.series, size=args.size)
     results: dict[str, Any] = {"model": str(args.model), "size": args.size}
     results["receive"] = receive_rate(workdir, files, args.repeats)
+    results["one_per_association"] = one_per_association(workdir, files[:30], args.repeats)
     service = start_server(
         {"UNET_MODEL_PATH": str(args.model)}, workdir / "service.log", port=free_port()
     )

@@ -105,6 +105,7 @@ class Receiver:
             block=False,
             evt_handlers=handlers,
             ssl_context=ssl_context,
+            contexts=reactor.Contexts(self.ae.supported_contexts),  # cheap to copy
         )
         if ssl_context is not None:
             self._server.get_request = self._accept_tls

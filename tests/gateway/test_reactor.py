@@ -5,8 +5,10 @@ an association leaves no descriptor behind."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +16,11 @@ from typing import Any
 
 import pydicom
 import pytest
-from pynetdicom import AE, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from app.gateway import reactor
+from app.gateway.receiver import TRANSFER_SYNTAXES
 from tests.conftest import free_port
 from tests.deploy.pacs import ct_series, require
 from tests.gateway.peers import TOOLS, sent, storescu, until
@@ -29,6 +32,26 @@ def test_the_lines_of_pynetdicom_it_wakes_are_still_there() -> None:
     for function, line in reactor.POLLS:
         source = inspect.getsource(function)
         assert line in source, f"pynetdicom changed {function.__qualname__}: {line!r} is gone"
+
+
+def test_the_contexts_copy_as_a_deep_copy_does() -> None:
+    ae = AE()
+    for context in AllStoragePresentationContexts:  # as the gateway's listener
+        ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
+    contexts = reactor.Contexts(ae.supported_contexts)
+    fast, generic = copy.deepcopy(contexts), copy.deepcopy(list(contexts))
+    assert [vars(c) for c in fast] == [vars(c) for c in generic]
+    assert len(fast) == len(AllStoragePresentationContexts)
+    for original, twin in zip(contexts, fast, strict=True):
+        assert twin is not original
+        assert twin._transfer_syntax is not original._transfer_syntax
+        for name, value in vars(twin).items():  # nothing else that a deep copy would copy
+            assert name == "_transfer_syntax" or isinstance(value, (type(None), int, str)), name
+
+
+def no_delay(event: Any) -> None:
+    """TCP_NODELAY, as dcmtk with TCP_NODELAY=1: a response is not held for an ACK."""
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Scp:
@@ -44,6 +67,7 @@ class Scp:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._store),
             (evt.EVT_DATA_RECV, self._data),
+            (evt.EVT_CONN_OPEN, no_delay),
         ]
         self.port = free_port()
         self.server = self.ae.start_server(
@@ -120,3 +144,28 @@ def test_an_idle_association_does_not_spin(scp: Scp) -> None:
         assert all(seconds < 0.5 for seconds in idle), idle  # spinning would be about 2 s
     finally:
         assoc.release()
+
+
+def test_sends_in_a_row_each_get_their_response(tmp_path: Path) -> None:
+    """The woken reactor of a sending association must not take the wake-up meant for the
+    send_c_store that waits for its response (which would then wait out dimse_timeout):
+    an SCP that answers at once, both ends without Nagle's delay, 300 sends in a row."""
+    reactor.install()
+    ae = AE(ae_title="QUICK")
+    ae.add_supported_context(CT)
+    port = free_port()
+    handlers: list[Any] = [(evt.EVT_C_STORE, lambda event: 0x0000), (evt.EVT_CONN_OPEN, no_delay)]
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    (path,) = ct_series(tmp_path, 1, size=16)
+    dataset = pydicom.dcmread(path)
+    scu = AE(ae_title="SENDER")
+    scu.add_requested_context(CT)
+    scu.dimse_timeout = 2  # a stolen wake-up: no response within it, the association aborts
+    assoc = scu.associate("127.0.0.1", port, ae_title="QUICK", evt_handlers=handlers[1:])
+    assert assoc.is_established
+    try:
+        statuses = [assoc.send_c_store(dataset).get("Status") for _ in range(300)]
+    finally:
+        assoc.release()
+        server.shutdown()
+    assert statuses == [0x0000] * 300
