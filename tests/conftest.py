@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -98,10 +99,35 @@ def rgb_client(rgb_model: Path) -> Iterator[TestClient]:
 # -- a real uvicorn process --------------------------------------------------------------
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, below the kernel's ephemeral range and never
+    given twice in a run. A port from bind(0) is an ephemeral one: between the test's
+    choice and its server's bind, a client's connect() could take it as its own end (an
+    Orthanc of the random-order run found its HTTP port "already in use")."""
+    high = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(10_000):
+        port = rng.randrange(20_000, high)
+        if port in _GIVEN_PORTS:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN_PORTS.add(port)
+        return port
+    raise RuntimeError(f"no free port in 20000-{high - 1}")
 
 
 @dataclass

@@ -16,7 +16,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import pytest
 from conftest import ROOT, Stage, graceful_timeout
 from PIL import Image
 
+from tests.conftest import free_port
 from tests.nets import UNetSpec
 
 NOBODY = 65534
@@ -51,12 +51,6 @@ def png(side: int, seed: int = 0) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_model(out: Path, spec: UNetSpec) -> None:

@@ -189,8 +189,8 @@ def test_service_restarted_mid_burst_loses_nothing(model: Path, tmp_path: Path) 
     port = free_port()
     service = serve(model, tmp_path / "service.log", port=port)
     pacs = Orthanc(tmp_path / "orthanc", forwarder={"ServiceUrl": service.url, **PER_INSTANCE})
-    pacs.start()
     try:
+        pacs.start()
         first, second = ct_series(tmp_path / "a", 12), ct_series(tmp_path / "b", 12)
         pacs.store(first)
         pacs.wait_until(lambda: len(pacs.seg_references()) >= 3, 60, "a few SEGs before the stop")
@@ -221,24 +221,26 @@ def test_instances_stored_while_the_service_was_down_survive_an_orthanc_restart(
     pacs = Orthanc(
         tmp_path / "orthanc", forwarder={"ServiceUrl": f"http://127.0.0.1:{port}", **PER_INSTANCE}
     )
-    pacs.start()
-    files = ct_series(tmp_path / "a", 4)
-    pacs.store(files)
-    pacs.wait_until(
-        lambda: any("unreachable" in line for line in pacs.forwarder_lines()), 30, "a retry"
-    )
-    status, seconds = pacs.stop()  # the worker is waiting to retry: SIGTERM must still work
-    assert status == 0
-    assert seconds < 15
-
-    service = serve(model, tmp_path / "service.log", port=port)
+    service: Server | None = None
     try:
+        pacs.start()
+        files = ct_series(tmp_path / "a", 4)
+        pacs.store(files)
+        pacs.wait_until(
+            lambda: any("unreachable" in line for line in pacs.forwarder_lines()), 30, "a retry"
+        )
+        status, seconds = pacs.stop()  # the worker is waiting to retry: SIGTERM must still work
+        assert status == 0
+        assert seconds < 15
+
+        service = serve(model, tmp_path / "service.log", port=port)
         pacs.start()
         pacs.wait_until(lambda: all_final(pacs), 60, "the 4 instances segmented after restarts")
         assert pacs.seg_references() == {_uid(path): 1 for path in files}
     finally:
         pacs.stop()
-        stop_server(service)
+        if service is not None:
+            stop_server(service)
 
 
 class QuietServer(ThreadingHTTPServer):
@@ -452,7 +454,6 @@ def test_the_seg_is_sent_on_to_a_modality_and_a_dicomweb_server(
     then; one copy of each at each."""
     require([] if DICOMWEB_PLUGIN.exists() else ["Debian's orthanc-dicomweb"])
     archive = Orthanc(tmp_path / "archive", extra={"Plugins": [str(DICOMWEB_PLUGIN)]})
-    archive.start(wait_forwarder=False)
     storescp = Pacs(tmp_path / "storescp", free_port())
     pacs = Orthanc(
         tmp_path / "orthanc",
@@ -463,8 +464,9 @@ def test_the_seg_is_sent_on_to_a_modality_and_a_dicomweb_server(
             "DicomWeb": {"Servers": {"archive": [f"{archive.url}/dicom-web/"]}},
         },
     )
-    pacs.start()
     try:
+        archive.start(wait_forwarder=False)
+        pacs.start()
         files = ct_series(tmp_path / "ct", 5)
         pacs.store(files)
         pacs.wait_until(
@@ -500,8 +502,8 @@ def test_each_series_goes_to_the_model_meant_for_its_modality(tmp_path: Path) ->
     env = {**ENV, "UNET_MODEL_REPOSITORY": str(models), "UNET_DEFAULT_MODEL": "mrnet"}
     service = start_server(env, tmp_path / "service.log")
     pacs = Orthanc(tmp_path / "orthanc", forwarder={"ServiceUrl": service.url})
-    pacs.start()
     try:
+        pacs.start()
         ct, pt = ct_and_pt_series(tmp_path)
         pacs.store([*ct, *pt])
         pacs.wait_until(lambda: series_final(pacs), 60, "both series' outcomes recorded")
