@@ -11,7 +11,8 @@ and the service as ``make run`` starts it, all on loopback. Reports:
   ships it and with the gateway's woken reactors (app/gateway/reactor.py), and to the
   gateway not storing (every check of an instance, no write: its durable storage's cost
   by difference), alternately ``--repeats`` times: instances/s, MB/s and the shares of
-  storescp's rate;
+  storescp's rate; with ``--link-mbit N``, over loopback shaped to an N Mbit/s link (a
+  hospital's network rather than memory-to-memory; needs root and tc);
 - one_per_association: 30 of those slices, each in an association of its own (a
   storescu each), to the gateway and to storescp: seconds an instance;
 - series: the same series through the whole path (gateway -> service -> storescp): from
@@ -24,16 +25,21 @@ and the service as ``make run`` starts it, all on loopback. Reports:
 
     python -m bench.gateway                              # 100 slices of 512 px
     python -m bench.gateway --series 20 --size 128 --three 5 --repeats 1   # a quick run
+    python -m bench.gateway --receive-only --link-mbit 1000   # receiving over a 1 Gbit/s link
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -104,6 +110,30 @@ def receive_rate(workdir: Path, files: list[Path], repeats: int) -> dict[str, An
             best["storescp"] / best["pynetdicom_floor_woken"], 2
         ),
     }
+
+
+@contextmanager
+def link(mbit: int | None) -> Iterator[None]:
+    """Loopback shaped to a link of ``mbit`` Mbit/s while in the block (tc's token bucket
+    filter, its bucket one loopback packet: after a pause, no faster than the link), then
+    as it was. Every process's loopback traffic goes through it: run nothing beside (a
+    run killed with -9 leaves it: ``tc qdisc del dev lo root``)."""
+    if mbit is None:
+        yield
+        return
+    tc = shutil.which("tc")
+    if tc is None or os.geteuid() != 0:
+        raise SystemExit("--link-mbit shapes loopback with tc: it needs root and iproute2")
+    shape = ["qdisc", "add", "dev", "lo", "root", "tbf", "rate", f"{mbit}mbit"]
+    done = subprocess.run(
+        [tc, *shape, "burst", "80kb", "latency", "20ms"], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"tc could not shape loopback: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run([tc, "qdisc", "del", "dev", "lo", "root"], check=False)
 
 
 def one_per_association(workdir: Path, files: list[Path], repeats: int) -> dict[str, Any]:
@@ -199,7 +229,11 @@ def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     os.environ["TCP_NODELAY"] = "1"
     files = ct_series(workdir / "ct", args.series, size=args.size)
     results: dict[str, Any] = {"model": str(args.model), "size": args.size}
-    results["receive"] = receive_rate(workdir, files, args.repeats)
+    with link(args.link_mbit):
+        results["receive"] = receive_rate(workdir, files, args.repeats)
+    results["receive"]["link"] = f"{args.link_mbit} Mbit/s" if args.link_mbit else "loopback"
+    if args.receive_only:
+        return results
     results["one_per_association"] = one_per_association(workdir, files[:30], args.repeats)
     service = start_server(
         {"UNET_MODEL_PATH": str(args.model)}, workdir / "service.log", port=free_port()
@@ -234,6 +268,12 @@ def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def mbit(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"a link's Mbit/s is a whole number over 0: {text!r}")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -244,6 +284,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--three", type=int, default=30, help="slices of each of three series")
     parser.add_argument("--stable", type=float, default=2.0, help="UNET_DICOM_STABLE_SECONDS")
     parser.add_argument("--repeats", type=int, default=3, help="receive runs of each peer")
+    parser.add_argument("--link-mbit", type=mbit, metavar="N", help="receive over loopback "
+                        "shaped to an N Mbit/s link (root, tc)")  # fmt: skip
+    parser.add_argument("--receive-only", action="store_true", help="only the receive rows")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--floor-scp", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--woken", action="store_true", help=argparse.SUPPRESS)
