@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -100,6 +101,26 @@ def rgb_client(rgb_model: Path) -> Iterator[TestClient]:
 
 
 _GIVEN_PORTS: set[int] = set()
+
+
+def dcmtk(name: str) -> str | None:
+    """dcmtk's program ``name`` from PATH (None: dcmtk is not installed). pynetdicom puts
+    Python programs of the same names (storescu, storescp, echoscu; other options, another
+    implementation) beside the venv's python: with the venv activated they come first on
+    PATH, and a peer meant to be dcmtk would silently be pynetdicom."""
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = shutil.which(name, path=folder)
+        if path is None:
+            continue
+        try:
+            version = subprocess.run(
+                [path, "--version"], capture_output=True, text=True, timeout=30
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if version.startswith("$dcmtk:"):
+            return path
+    return None
 
 
 def _ephemeral_low() -> int:

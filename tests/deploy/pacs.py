@@ -27,13 +27,13 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from tests.conftest import free_port
+from tests.conftest import dcmtk, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FORWARDER = ROOT / "deploy" / "orthanc" / "unet_forwarder.py"
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
-STORESCU = shutil.which("storescu") or "/usr/bin/storescu"
+STORESCU = dcmtk("storescu") or "/usr/bin/storescu"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_STORAGE_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pydicom
 
-from tests.conftest import REPO
+from tests.conftest import REPO, dcmtk
 
-TOOLS = {name: shutil.which(name) for name in ("storescu", "storescp", "echoscu", "dciodvfy")}
+TOOLS = {name: dcmtk(name) for name in ("storescu", "storescp", "echoscu")}
+TOOLS["dciodvfy"] = shutil.which("dciodvfy")  # dicom3tools, not dcmtk
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 WAIT_S = 90
