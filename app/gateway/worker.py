@@ -49,11 +49,14 @@ class Worker:
         self.settings, self.store, self.metrics, self.tls = settings, store, metrics, tls
         self.destinations = {d.name: d for d in settings.dicom_destinations}
         self._stop = threading.Event()
+        # each loop waits POLL_S or until woken: the sender as soon as a round is segmented
+        self._wake = {"segmenter": threading.Event(), "sender": threading.Event()}
+        steps = {"segmenter": self.segment_due, "sender": self.send_due}
         self._threads = [
             threading.Thread(
-                target=self._loop, args=(step,), name=f"unet-{name}", daemon=True
+                target=self._loop, args=(step, self._wake[name]), name=f"unet-{name}", daemon=True
             )  # daemon: a request in flight at SIGTERM does not hold the exit up
-            for name, step in (("segmenter", self.segment_due), ("sender", self.send_due))
+            for name, step in steps.items()
         ]
 
     def start(self) -> None:
@@ -62,17 +65,20 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        for wake in self._wake.values():
+            wake.set()
         for thread in self._threads:
             thread.join(timeout=30)
 
-    def _loop(self, step: Callable[[], None]) -> None:
+    def _loop(self, step: Callable[[], None], wake: threading.Event) -> None:
         while not self._stop.is_set():
             try:
                 step()
             except Exception:  # a fault of ours: logged, the loop goes on
                 log.exception("gateway step failed; retrying")
                 self._stop.wait(1.0)
-            self._stop.wait(POLL_S)
+            wake.wait(POLL_S)
+            wake.clear()  # woken before the step that follows: it sees what woke it
 
     def segment_due(self) -> None:
         for item in self.store.close_stable(self.settings.dicom_stable_seconds):
@@ -112,6 +118,7 @@ class Worker:
                 break
         else:
             self.store.segmented(item, results, list(self.destinations))
+            self._wake["sender"].set()
             self.metrics.series.labels("segmented").inc()
             where = f"{len(self.destinations)} destination(s)" if self.destinations else "kept"
             made = " and ".join(k.upper() for k in results)

@@ -4,6 +4,7 @@ that stores Segmentations but no SRs: the round is not delivered, and the reason
 from __future__ import annotations
 
 import io
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +66,20 @@ def test_a_destination_without_sr_storage_is_told_apart(
     assert stored == []  # nothing half-delivered
     assert client.send(settings, destination, [seg], None).kind == "ok"  # UNET_DICOM_RESULTS=seg
     assert stored == ["1.2.840.10008.5.1.4.1.1.66.4"]
+
+
+def test_the_scu_sends_without_nagles_delay(
+    seg_only_pacs: tuple[int, list[str]], tmp_path: Path
+) -> None:
+    """A C-STORE's dataset follows its command at once: TCP_NODELAY on the SCU's socket,
+    set before the association is requested."""
+    port, _ = seg_only_pacs
+    destination = parse_destination(f"SEGONLY@127.0.0.1:{port}")
+    settings = GatewaySettings(dicom_state_dir=tmp_path)
+    assoc = client._associate(settings, destination, None, (SegmentationStorage,))
+    try:
+        assert assoc.is_established
+        peer = assoc.dul.socket.socket
+        assert peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        assoc.release()

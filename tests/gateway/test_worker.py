@@ -4,6 +4,7 @@ and never holds up the others."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from app.gateway.settings import GatewaySettings
 from app.gateway.store import GatewayStore
 from app.gateway.worker import Worker
 from tests.deploy.pacs import ct_series
+from tests.gateway.peers import until
 
 
 def test_a_delivery_that_raises_is_retried_and_the_next_one_still_goes(
@@ -129,3 +131,44 @@ def test_the_modality_is_read_from_the_header_and_empty_when_unreadable(tmp_path
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"x")
     assert worker.modality(broken) == ""
+
+
+def test_the_sender_is_woken_by_a_segmented_round_not_by_its_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender has looked once and found nothing; then a round is segmented. With a
+    poll of an hour, only the segmenter's wake-up can send it."""
+    monkeypatch.setattr(worker, "POLL_S", 3600.0)
+    settings = GatewaySettings(dicom_destinations="PACS@127.0.0.1:104", dicom_state_dir=tmp_path)
+    store = GatewayStore(tmp_path)
+    store.add_instance("s", "a", lambda f: f.write(b"x"))
+    store.close_stable(0)
+    looked, sent = threading.Event(), threading.Event()
+
+    def segment(settings: object, series: object, kind: str, model: str) -> client.Outcome:
+        assert looked.wait(30), "the sender never looked"
+        return client.Outcome("ok", "HTTP 200", b"SEG")
+
+    def send(settings: object, destination: object, paths: list[Path], tls: object) -> object:
+        sent.set()
+        return client.Outcome("ok", "C-STORE 0x0000")
+
+    monkeypatch.setattr(client, "choose_model", lambda settings, modality: client.Outcome("ok", ""))
+    monkeypatch.setattr(client, "segment", segment)
+    monkeypatch.setattr(client, "send", send)
+    monkeypatch.setattr(worker, "modality", lambda path: "CT")
+    send_due = Worker.send_due
+
+    def sender_step(self: Worker) -> None:
+        send_due(self)
+        looked.set()
+
+    monkeypatch.setattr(Worker, "send_due", sender_step)
+    node = Worker(settings, store, Metrics(store))
+    node.start()
+    try:
+        assert sent.wait(30), "the segmented round was not sent"
+        until(lambda: store.counts() == {}, "the round delivered and gone", 30)
+    finally:
+        node.stop()
+    assert not any(thread.is_alive() for thread in node._threads)  # stop wakes both loops
