@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, cast
 from pydicom import Dataset, uid
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
@@ -83,6 +83,10 @@ class Receiver:
     def __init__(self, settings: GatewaySettings, store: GatewayStore, metrics: Metrics) -> None:
         self.settings, self.store, self.metrics = settings, store, metrics
         reactor.install()  # pynetdicom's polling threads, woken (app/gateway/reactor.py)
+        # pynetdicom's own event log off: it formats lines for every requested context and
+        # DIMSE message (a copy of each dataset to see that it is there), UIDs among them;
+        # the gateway logs what it does itself, with UID hashes only
+        _config.LOG_HANDLER_LEVEL = "none"
         self.ae = AE(ae_title=settings.dicom_ae_title)
         self.ae.maximum_associations = settings.dicom_max_associations
         self.ae.maximum_pdu_size = 0  # no limit: what the sender proposes
