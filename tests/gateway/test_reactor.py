@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from app.gateway import reactor
+from app.gateway import client, reactor
 from app.gateway.receiver import TRANSFER_SYNTAXES
 from tests.conftest import free_port
 from tests.deploy.pacs import ct_series, require
@@ -49,11 +48,6 @@ def test_the_contexts_copy_as_a_deep_copy_does() -> None:
             assert name == "_transfer_syntax" or isinstance(value, (type(None), int, str)), name
 
 
-def no_delay(event: Any) -> None:
-    """TCP_NODELAY, as dcmtk with TCP_NODELAY=1: a response is not held for an ACK."""
-    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 class Scp:
     """A pynetdicom Storage SCP in this process, woken, that keeps what it receives."""
 
@@ -67,7 +61,7 @@ class Scp:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._store),
             (evt.EVT_DATA_RECV, self._data),
-            (evt.EVT_CONN_OPEN, no_delay),
+            (evt.EVT_CONN_OPEN, client._no_delay),
         ]
         self.port = free_port()
         self.server = self.ae.start_server(
@@ -154,7 +148,10 @@ def test_sends_in_a_row_each_get_their_response(tmp_path: Path) -> None:
     ae = AE(ae_title="QUICK")
     ae.add_supported_context(CT)
     port = free_port()
-    handlers: list[Any] = [(evt.EVT_C_STORE, lambda event: 0x0000), (evt.EVT_CONN_OPEN, no_delay)]
+    handlers: list[Any] = [
+        (evt.EVT_C_STORE, lambda event: 0x0000),
+        (evt.EVT_CONN_OPEN, client._no_delay),
+    ]
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
     (path,) = ct_series(tmp_path, 1, size=16)
     dataset = pydicom.dcmread(path)
