@@ -22,7 +22,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from app.inference import Predictor, load_model
 from app.inference.providers import CPU
 from app.settings import Settings
 from deploy.demo_model import UNetSpec, default_card, save_model
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 300
@@ -81,12 +81,6 @@ def direct_predictor(args: argparse.Namespace, model: Path) -> Predictor:
     settings = Settings(model_path=model, tile_size=args.tile, batch_size=args.batch)
     tile, batch = settings.tiling(on_gpu)
     return Predictor(loaded.engine.run, loaded.card, tile_size=tile, batch_size=batch)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(
