@@ -24,13 +24,11 @@ same reason.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from io import BytesIO
 
 import numpy as np
 import numpy.typing as npt
-from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels.decoders.base import get_decoder
@@ -51,26 +49,14 @@ from app.codecs.errors import (
     UnsupportedFormatError,
 )
 from app.codecs.frames import DecodedImage, DecodeFn, Limits
+from app.privacy import quiet_value_warnings
 
 LABEL = "DICOM"
 _PIXEL_DATA_TAG, _PIXEL_DATA_TAG_BE = b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10"  # (7FE0,0010)
-PERSON_NAME_WARNING = r"The string .* is unlikely to represent"  # highdicom, quotes the name
 _GRAY = {"MONOCHROME1", "MONOCHROME2"}
 # Decoders return these as RGB (pydicom's as_rgb=True converts YBR_FULL(_422); JPEG 2000
 # reverses RCT/ICT itself).
 _COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR"}
-
-
-def quiet_value_warnings() -> None:
-    """Switch off the library warnings that quote attribute values (run at import).
-
-    pydicom quotes an invalid value in its validation warnings, and highdicom quotes
-    the patient's name when it has no "^": in a service log that is patient data.
-    Values are passed through as they are, so neither check is needed here.
-    """
-    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
-    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
-    warnings.filterwarnings("ignore", message=PERSON_NAME_WARNING, category=UserWarning)
 
 
 quiet_value_warnings()

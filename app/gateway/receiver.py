@@ -32,6 +32,7 @@ from app.gateway import reactor
 from app.gateway.metrics import Metrics
 from app.gateway.settings import GatewaySettings
 from app.gateway.store import GatewayStore, key
+from app.privacy import quiet_value_warnings
 
 log = logging.getLogger("app.gateway")
 
@@ -87,6 +88,7 @@ class Receiver:
         # DIMSE message (a copy of each dataset to see that it is there), UIDs among them;
         # the gateway logs what it does itself, with UID hashes only
         _config.LOG_HANDLER_LEVEL = "none"
+        quiet_value_warnings()  # pydicom would quote an invalid UID it reads, to stderr too
         self.ae = AE(ae_title=settings.dicom_ae_title)
         self.ae.maximum_associations = settings.dicom_max_associations
         self.ae.maximum_pdu_size = 0  # no limit: what the sender proposes
@@ -155,10 +157,10 @@ class Receiver:
                 str(dataset.SOPClassUID),
             )
             has_pixels = any(tag in dataset for tag in PIXELS)
-            if not (UID(series).is_valid and UID(sop).is_valid and UID(sop_class).is_valid):
-                raise ValueError("a UID is empty or not a UID")
             syntax = UID(event.context.transfer_syntax)
             problem = incomplete(dataset, syntax, sop_class, has_pixels)
+            if not (UID(series).is_valid and UID(sop).is_valid and UID(sop_class).is_valid):
+                problem = "a Series, SOP Instance or SOP Class UID is empty or invalid (PS3.5 9.1)"
         except Exception as exc:  # pydicom raises many kinds for a corrupt dataset
             problem = f"unreadable dataset ({type(exc).__name__})"
         if problem is not None:

@@ -20,13 +20,7 @@ from pydicom.pixels.processing import apply_modality_lut
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from app.codecs import images
-from app.codecs.dicom import (
-    PERSON_NAME_WARNING,
-    decode_dicom,
-    modality_frames,
-    quiet_value_warnings,
-    read_dataset,
-)
+from app.codecs.dicom import decode_dicom, modality_frames, read_dataset
 from app.codecs.dicom_pixels import Window, to_uint8, window_from_card
 from app.codecs.dicom_seg import check_source, encode_seg
 from app.codecs.errors import (
@@ -41,6 +35,7 @@ from app.codecs.errors import (
 )
 from app.codecs.magic import is_dicom
 from app.inference.predictor import check_frame
+from app.privacy import PERSON_NAME_WARNING, quiet_value_warnings
 
 BIG = images.Limits(10**9)
 # Uncompressed reference -> the same pixels in every other transfer syntax (all lossless).

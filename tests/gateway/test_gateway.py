@@ -207,6 +207,39 @@ def test_a_truncated_instance_is_refused_and_nothing_is_queued(
         node.stop()
 
 
+def test_an_invalid_uid_is_refused_and_never_quoted(service: Server, tmp_path: Path) -> None:
+    """pydicom's reading validation quotes a value it finds invalid, as a warning and in
+    its logger (printed to stderr by Python's last-resort handler): the gateway refuses an
+    instance whose UID breaks PS3.5 9.1 (0xC210) and its log, stderr included, never has
+    the UID."""
+    (path,) = ct_series(tmp_path / "ct", 1, size=64)
+    invalid = "1.2.840.0123.4567"  # a component with a leading zero
+    dataset = pydicom.dcmread(path)
+    with pydicom.config.disable_value_validation():  # to write it at all
+        dataset.SeriesInstanceUID = invalid
+        dataset.save_as(path)
+    port = free_port()
+    node = gateway(tmp_path, service.url, port)
+    node.start()
+    try:
+        wait_listening(port, node)
+        scu = AE(ae_title="MODALITY")
+        scu.add_requested_context(CTImageStorage, dataset.file_meta.TransferSyntaxUID)
+        assoc = scu.associate("127.0.0.1", port, ae_title="UNET")
+        assert assoc.is_established
+        try:
+            status = assoc.send_c_store(path)  # the file's bytes as they are
+        finally:
+            assoc.release()
+        assert status.Status == 0xC210
+        assert queue_is_empty(tmp_path / "state")
+        refusal = "refused (0xC210): a Series, SOP Instance or SOP Class UID is empty or invalid"
+        until(lambda: refusal in node.text(), "the refusal's line")
+    finally:
+        node.stop()
+    assert invalid not in node.text()
+
+
 def test_a_series_the_service_refuses_is_recorded_and_never_retried(
     routed: Routed, tmp_path: Path
 ) -> None:
