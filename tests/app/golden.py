@@ -1,10 +1,11 @@
 """Golden HTTP responses: fixed inputs and models -> the exact answers of /segment.
 
-Recorded before the core was restructured (issue 10) and kept byte-identical
-since (tests/app/test_golden.py), but once: on 2026-12-04 the PNG answers were
-recorded again when libpng (imagecodecs) replaced Pillow as their encoder; every
-one decodes, in Pillow and in OpenCV, to the pixels recorded before. To record
-again, on purpose, and say so:
+Recorded before the core was restructured (issue 10) and kept byte-identical since
+(tests/app/test_golden.py; probability maps to within one 16-bit level, the last bit of
+a float32, which depends on the CPU's kernels), but once: on 2026-12-04 the PNG answers
+were recorded again when libpng (imagecodecs) replaced Pillow as their encoder; every
+one decodes, in Pillow and in OpenCV, to the pixels recorded before. To record again, on
+purpose, and say so:
 
     .venv/bin/python -m tests.app.golden        # writes tests/app/golden/
 

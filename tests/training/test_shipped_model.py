@@ -96,7 +96,13 @@ INT8 = REPO / "model" / "unet-int8.onnx"
 @pytest.mark.skipif(not INT8.is_file(), reason=f"no INT8 variant at {INT8}")
 def test_the_int8_variant_is_within_its_gate_of_the_float_model() -> None:
     """model/unet-int8.onnx (python -m training quantize): its card's figures are what it
-    gives now, and they are within the recorded tolerance of the float model's."""
+    gives now, and they are within the recorded tolerance of the float model's.
+
+    The card's figures were measured on a CPU with AVX-512 VNNI, and ONNX Runtime's int8
+    kernels add up differently without a VNNI instruction (AVX2 multiplies u8 by s8 in
+    pairs that saturate): there they are the card's to within the gate's tolerance
+    (measured on an AVX2-only AMD EPYC: Dice 0.8275 against 0.8292); the float model's
+    figures are exact everywhere."""
     from training.quantize import figures, split_samples
 
     card = load_model(INT8, "cpu").card.model_extra or {}
@@ -106,11 +112,21 @@ def test_the_int8_variant_is_within_its_gate_of_the_float_model() -> None:
     assert record["validation_images"] == split[gate]
     samples = split_samples(INT8, ISBI, gate)
     now = figures(INT8, samples)
+    exact = 1e-6 if _has_vnni() else record["tolerance"]
     for key, value in record["int8"].items():
-        assert now[key] == pytest.approx(value, abs=1e-6), key
+        assert now[key] == pytest.approx(value, abs=exact), key
     for key in ("mean_dice", "objects_rand_error"):
         assert abs(now[key] - record["float"][key]) <= record["tolerance"], key
     assert record["float"] == pytest.approx(figures(MODEL, samples), abs=1e-6)
+
+
+def _has_vnni() -> bool:
+    """Whether the CPU has an int8 dot-product instruction (AVX-512 VNNI or AVX-VNNI)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def _bf16_or_skip() -> None:
