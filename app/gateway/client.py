@@ -118,9 +118,39 @@ def _stow(settings: GatewaySettings, destination: Destination, paths: list[Path]
         answer = httpx.post(destination.url, content=body, headers=headers, timeout=120)
     except httpx.HTTPError as exc:
         return Outcome("retry", f"unreachable ({type(exc).__name__})")
-    if answer.status_code in (200, 202):  # 202: some instances stored with warnings
-        return Outcome("ok", f"HTTP {answer.status_code}")
-    return Outcome("retry", f"HTTP {answer.status_code}")
+    if answer.status_code not in (200, 202):
+        return Outcome("retry", f"HTTP {answer.status_code}")
+    sent = [str(dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in paths]
+    lost = _not_stored(answer, sent)
+    if lost is None:  # 202 is "stored some, with warnings or failures": which, unsaid
+        return Outcome("retry", "HTTP 202 without the list of what was stored")
+    if lost:
+        return Outcome("retry", f"HTTP {answer.status_code}: {len(lost)} of {len(sent)} not "
+                       f"stored (failure reason {', '.join(sorted(set(lost)))})")  # fmt: skip
+    return Outcome("ok", f"HTTP {answer.status_code}")
+
+
+def _not_stored(answer: httpx.Response, sent: list[str]) -> list[str] | None:
+    """The failure reasons (hex, or "none given") of the instances a STOW-RS answer did not
+    store: those in its Failed SOP Sequence (0008,1198), and those ``sent`` missing from
+    its Referenced SOP Sequence (0008,1199) when it has one -- Orthanc's DICOMweb plugin
+    answers 200 with an instance its storage failed left out of both. None when a 202 has
+    neither list; a 200 without them stored all."""
+    try:
+        document = answer.json()
+        lists = {"00081198", "00081199"} & set(document)
+        failed = document.get("00081198", {}).get("Value", [])
+        reasons = [item.get("00081197", {}).get("Value", [None])[0] for item in failed]
+        stored = document.get("00081199", {}).get("Value", [])
+        listed = {str(item.get("00081155", {}).get("Value", [""])[0]) for item in stored}
+    except (ValueError, AttributeError, IndexError, TypeError):
+        lists, reasons, listed = set(), [], set()
+    if not lists:
+        return [] if answer.status_code == 200 else None
+    if "00081199" in lists:
+        unlisted = len([uid for uid in sent if uid not in listed]) - len(reasons)
+        reasons += [None] * max(unlisted, 0)
+    return [f"0x{r:04X}" if isinstance(r, int) else "none given" for r in reasons]
 
 
 def _scu(settings: GatewaySettings) -> AE:

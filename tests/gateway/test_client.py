@@ -4,10 +4,12 @@ that stores Segmentations but no SRs: the round is not delivered, and the reason
 from __future__ import annotations
 
 import io
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -83,3 +85,38 @@ def test_the_scu_sends_without_nagles_delay(
         assert peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         assoc.release()
+
+
+def _answer(status: int, document: object = None) -> httpx.Response:
+    body = b"" if document is None else json.dumps(document).encode()
+    return httpx.Response(status, content=body)
+
+
+def _items(*uids: str, reason: int | None = None) -> dict[str, object]:
+    items = [
+        {"00081155": {"vr": "UI", "Value": [uid]}}
+        | ({} if reason is None else {"00081197": {"vr": "US", "Value": [reason]}})
+        for uid in uids
+    ]
+    return {"vr": "SQ", "Value": items}
+
+
+@pytest.mark.parametrize(
+    ("status", "document", "lost"),
+    [
+        (200, None, []),  # no body: a 200 stored all
+        (200, {"00081199": _items("1.2", "1.3")}, []),
+        (200, {"00081198": {"vr": "SQ"}, "00081199": _items("1.2")}, ["none given"]),  # Orthanc
+        (202, {"00081198": _items("1.3", reason=0xA700), "00081199": _items("1.2")}, ["0xA700"]),
+        (200, {"00081198": _items("1.3", reason=0x0110)}, ["0x0110"]),
+        (202, {"00081199": _items("1.2", "1.3")}, []),  # stored both, with warnings
+        (202, None, None),  # which failed, unsaid
+        (202, {"detail": "partly"}, None),
+    ],
+)
+def test_what_a_stow_rs_answer_left_unstored(
+    status: int, document: object, lost: list[str] | None
+) -> None:
+    """PS3.18 10.5.3: the Failed SOP Sequence (0008,1198) and the Referenced SOP Sequence
+    (0008,1199) of a STOW-RS answer, for the SEG (1.2) and the SR (1.3) sent."""
+    assert client._not_stored(_answer(status, document), ["1.2", "1.3"]) == lost

@@ -27,7 +27,14 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from tests.conftest import REPO, Server, free_port, start_server, stop_server
-from tests.deploy.pacs import Orthanc, ct_and_pt_series, ct_series, modality_models, require
+from tests.deploy.pacs import (
+    PYTHON_PLUGIN,
+    Orthanc,
+    ct_and_pt_series,
+    ct_series,
+    modality_models,
+    require,
+)
 from tests.gateway import peers
 from tests.gateway.peers import (
     COMPREHENSIVE_3D_SR,
@@ -452,6 +459,62 @@ def test_a_stow_rs_destination_orthanc_beside_a_c_store_one(
     finally:
         node.stop()
         pacs.stop()
+        orthanc.stop()
+
+
+STORAGE_REFUSING_SR = f"""
+import os, orthanc
+FOLDER = os.environ["UNET_TEST_STORAGE"]
+
+def create(uuid, content_type, data):  # a storage area that fails SRs while "refuse-sr" is there
+    if b"{COMPREHENSIVE_3D_SR}" in data and os.path.exists(FOLDER + "/refuse-sr"):
+        raise RuntimeError("this storage refuses SRs")
+    with open(os.path.join(FOLDER, uuid), "wb") as f:
+        f.write(data)
+
+def read(uuid, content_type):
+    with open(os.path.join(FOLDER, uuid), "rb") as f:
+        return f.read()
+
+def remove(uuid, content_type):
+    os.remove(os.path.join(FOLDER, uuid))
+
+orthanc.RegisterStorageArea(create, read, remove)
+"""
+
+
+def test_a_stow_rs_destination_that_stores_part_of_a_round_gets_it_again(
+    service: Server, tmp_path: Path
+) -> None:
+    """Orthanc whose storage fails SRs answers the STOW-RS of a SEG and its SR with 200 (its
+    DICOMweb plugin 1.7) and only the SEG in its Referenced SOP Sequence: the round stays
+    queued for it, and once the storage takes SRs again both are there, one copy each."""
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    (storage / "refuse-sr").touch()
+    script = tmp_path / "storage.py"
+    script.write_text(STORAGE_REFUSING_SR)
+    plugins = {"Plugins": [str(PYTHON_PLUGIN), str(DICOMWEB_PLUGIN)], "PythonScript": str(script)}
+    orthanc = Orthanc(tmp_path / "orthanc", extra=plugins, env={"UNET_TEST_STORAGE": str(storage)})
+    orthanc.start(wait_forwarder=False)
+    port = free_port()
+    stow = f"{orthanc.url}/dicom-web/studies"
+    node = gateway(tmp_path, service.url, port, UNET_DICOM_DESTINATIONS=stow)
+    node.start()
+    try:
+        wait_listening(port, node)
+        sent(storescu(port, ct_series(tmp_path / "ct", 3, size=64)))
+        until(lambda: "1 of 2 not stored" in node.text(), "the SR's failure seen")
+        assert not queue_is_empty(tmp_path / "state")
+        (storage / "refuse-sr").unlink()
+        until(lambda: queue_is_empty(tmp_path / "state"), "the round delivered")
+        stored = [
+            pydicom.dcmread(io.BytesIO(httpx.get(f"{orthanc.url}/instances/{i}/file").content))
+            for i in httpx.get(f"{orthanc.url}/instances").json()
+        ]
+        assert sorted(str(d.SOPClassUID) for d in stored) == [SEGMENTATION, COMPREHENSIVE_3D_SR]
+    finally:
+        node.stop()
         orthanc.stop()
 
 
