@@ -184,6 +184,19 @@ def test_a_caller_not_allowed_is_rejected_at_association(service: Server, tmp_pa
         node.stop()
 
 
+def store_as_it_is(port: int, path: Path, syntax: str) -> int:
+    """One C-STORE of a CT file's bytes as they are (pynetdicom does not decode a path it
+    sends), by a modality over an association of its own: the gateway's status."""
+    scu = AE(ae_title="MODALITY")
+    scu.add_requested_context(CTImageStorage, syntax)
+    assoc = scu.associate("127.0.0.1", port, ae_title="UNET")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(path).Status)
+    finally:
+        assoc.release()
+
+
 def test_a_truncated_instance_is_refused_and_nothing_is_queued(
     service: Server, tmp_path: Path
 ) -> None:
@@ -195,19 +208,11 @@ def test_a_truncated_instance_is_refused_and_nothing_is_queued(
     node.start()
     try:
         wait_listening(port, node)
-        scu = AE(ae_title="MODALITY")
         syntax = pydicom.dcmread(good).file_meta.TransferSyntaxUID
-        scu.add_requested_context(CTImageStorage, syntax)
         for where, cut in cuts.items():
             broken = tmp_path / "broken.dcm"
             broken.write_bytes(data[:cut])
-            assoc = scu.associate("127.0.0.1", port, ae_title="UNET")
-            assert assoc.is_established
-            try:
-                status = assoc.send_c_store(broken)  # the file's bytes as they are
-            finally:
-                assoc.release()
-            assert status.Status == 0xC210, where
+            assert store_as_it_is(port, broken, syntax) == 0xC210, where
         assert queue_is_empty(tmp_path / "state")
         assert node.text().count("refused (0xC210): unreadable dataset") == 2
     finally:
@@ -230,15 +235,7 @@ def test_an_invalid_uid_is_refused_and_never_quoted(service: Server, tmp_path: P
     node.start()
     try:
         wait_listening(port, node)
-        scu = AE(ae_title="MODALITY")
-        scu.add_requested_context(CTImageStorage, dataset.file_meta.TransferSyntaxUID)
-        assoc = scu.associate("127.0.0.1", port, ae_title="UNET")
-        assert assoc.is_established
-        try:
-            status = assoc.send_c_store(path)  # the file's bytes as they are
-        finally:
-            assoc.release()
-        assert status.Status == 0xC210
+        assert store_as_it_is(port, path, dataset.file_meta.TransferSyntaxUID) == 0xC210
         assert queue_is_empty(tmp_path / "state")
         refusal = "refused (0xC210): a Series, SOP Instance or SOP Class UID is empty or invalid"
         until(lambda: refusal in node.text(), "the refusal's line")
