@@ -24,7 +24,7 @@ router = APIRouter(tags=["model"])
         {
             401: "API keys are configured; none or a wrong one",
             422: "a bad query parameter",
-            503: "start-up is not over",
+            503: "start-up is not over; with `modality`, a model is still loading",
         }
     ),
 )

@@ -23,6 +23,7 @@ log = logging.getLogger("app.gateway")
 
 # Answers of /segment that no retry changes: the series is refused, with the reason.
 REFUSED = {400, 413, 415, 422}
+NO_STUDY = "2.25.0"  # a valid UID no study has: what --check searches a DICOMweb server for
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def multipart_related(parts: list[bytes]) -> tuple[bytes, str]:
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-def _auth(settings: GatewaySettings) -> dict[str, str]:
+def auth(settings: GatewaySettings) -> dict[str, str]:
     return {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
 
 
@@ -51,10 +52,13 @@ def choose_model(settings: GatewaySettings, modality: str) -> Outcome:
     does not list them), refused when no model is meant for it, retry when unreachable."""
     url = settings.service_url.rstrip("/") + "/models"
     try:
-        answer = httpx.get(url, params={"modality": modality}, headers=_auth(settings), timeout=30)
+        answer = httpx.get(url, params={"modality": modality}, headers=auth(settings), timeout=30)
     except httpx.HTTPError as exc:
         return Outcome("retry", f"the service is unreachable ({type(exc).__name__})")
-    if answer.status_code in (401, 403, 408, 429) or answer.status_code >= 500:
+    if answer.status_code in (401, 403):  # kept, not refused: a key fixed, and on it goes
+        return Outcome("retry", f"GET /models: HTTP {answer.status_code}: the service refuses "
+                       "the gateway's API key (UNET_API_KEY)")  # fmt: skip
+    if answer.status_code in (408, 429) or answer.status_code >= 500:
         return Outcome("retry", f"GET /models: HTTP {answer.status_code}")
     if answer.status_code != 200:  # no choice to make (404: a service before the model
         return Outcome("ok", "")  # repository): the default, whose answer then decides
@@ -72,7 +76,7 @@ def segment(
     /segment?format=dicom-seg (``result`` "seg") or dicom-sr ("sr") of ``model`` (""
     the service's default); the result, or why not."""
     body, content_type = series
-    headers = {"Content-Type": content_type, "Accept": "application/dicom", **_auth(settings)}
+    headers = {"Content-Type": content_type, "Accept": "application/dicom", **auth(settings)}
     url = settings.service_url.rstrip("/") + "/segment"
     query = {"format": RESULTS[result], **({"model": model} if model else {})}
     try:
@@ -220,12 +224,15 @@ def _kinds(datasets: list[Any]) -> list[str]:
 
 def echo(settings: GatewaySettings, destination: Destination, tls: Any) -> Outcome:
     """C-ECHO a C-STORE destination (``--check``); a DICOMweb one answers an HTTP GET."""
-    if destination.is_dicomweb:
+    if destination.is_dicomweb:  # a QIDO-RS search that finds nothing: cheap on any PACS
+        query = {"StudyInstanceUID": NO_STUDY, "limit": "1"}
         try:
-            answer = httpx.get(destination.url, timeout=10)
+            answer = httpx.get(destination.url, params=query, timeout=10)
         except httpx.HTTPError as exc:
             return Outcome("retry", f"unreachable ({type(exc).__name__})")
-        return Outcome("ok" if answer.status_code < 500 else "retry", f"HTTP {answer.status_code}")
+        # 405: a STOW-RS endpoint that offers no search; 404 or 401: wrong URL or no access
+        found = answer.status_code in (200, 204, 405)
+        return Outcome("ok" if found else "retry", f"QIDO-RS HTTP {answer.status_code}")
     assoc = _associate(settings, destination, tls, (Verification,))
     if not assoc.is_established:
         return Outcome("retry", "association not established")

@@ -51,12 +51,21 @@ def tls_contexts(settings: GatewaySettings) -> tuple[Any, Any]:
     return server, outgoing
 
 
-def service_ready(settings: GatewaySettings) -> bool:
+def service_ready(settings: GatewaySettings) -> tuple[bool, str]:
+    """Whether the service is ready and takes the gateway's API key, and what it said: a
+    wrong or missing key would otherwise keep every series queued while all looks well."""
+    base = settings.service_url.rstrip("/")
     try:
-        url = settings.service_url.rstrip("/") + "/health/ready"
-        return httpx.get(url, timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
+        ready = httpx.get(base + "/health/ready", timeout=5)
+        if ready.status_code != 200:
+            return False, f"{base}: /health/ready HTTP {ready.status_code}"
+        keyed = httpx.get(base + "/models", headers=client.auth(settings), timeout=5)
+    except httpx.HTTPError as exc:
+        return False, f"{base}: unreachable ({type(exc).__name__})"
+    if keyed.status_code in (401, 403):
+        which = "its API key" if settings.api_key else "an API key (UNET_API_KEY unset)"
+        return False, f"{base}: ready, but refuses {which}: HTTP {keyed.status_code}"
+    return True, base
 
 
 def serve_http(settings: GatewaySettings, metrics: Metrics) -> ThreadingHTTPServer:
@@ -65,7 +74,7 @@ def serve_http(settings: GatewaySettings, metrics: Metrics) -> ThreadingHTTPServ
             if self.path == "/health/live":
                 self._answer(200, b'{"status": "live"}', "application/json")
             elif self.path == "/health/ready":
-                ready = service_ready(settings)
+                ready, _ = service_ready(settings)
                 body = b'{"status": "ready"}' if ready else b'{"status": "not ready"}'
                 self._answer(200 if ready else 503, body, "application/json")
             elif self.path == "/metrics":
@@ -92,8 +101,13 @@ def serve_http(settings: GatewaySettings, metrics: Metrics) -> ThreadingHTTPServ
 
 def check(settings: GatewaySettings) -> int:
     """The service's readiness and a C-ECHO (or GET) to each destination; 0 when all pass."""
-    _, tls = tls_contexts(settings)
-    results = [("service", service_ready(settings), settings.service_url)]
+    ready, said = service_ready(settings)
+    results = [("service", ready, said)]
+    try:
+        _, tls = tls_contexts(settings)
+    except (OSError, ssl.SSLError) as exc:  # a certificate that is missing or not a pair
+        results.append(("tls", False, f"{type(exc).__name__}: {exc}"))
+        tls = None
     for destination in settings.dicom_destinations:
         outcome = client.echo(settings, destination, tls)
         results.append((destination.name, outcome.kind == "ok", outcome.detail))

@@ -3,13 +3,15 @@ gateway for any PACS"), validated once at start-up; a bad one stops it with one 
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # AE titles: up to 16 characters of the default character repertoire, no backslash.
@@ -24,7 +26,35 @@ class Caller:
     host: str | None = None
 
     def admits(self, ae_title: str, host: str) -> bool:
-        return ae_title.strip() == self.ae_title and self.host in (None, host)
+        """``host`` is the caller's address; this one's host an address or a name, looked
+        up at each association (a modality's address in DNS may change)."""
+        if ae_title.strip() != self.ae_title:
+            return False
+        return self.host is None or self.host == host or same_host(self.host, host)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:10.1.2.3 on a dual-stack socket
+    return mapped or address
+
+
+def same_host(allowed: str, peer: str) -> bool:
+    """Whether the address ``peer`` is the host ``allowed`` (an address, or a name and
+    any address it resolves to); a name that does not resolve admits no one."""
+    address = _address(peer)
+    if address is None:
+        return False
+    if _address(allowed) is not None:
+        return _address(allowed) == address
+    try:
+        found = socket.getaddrinfo(allowed, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    return any(_address(str(info[4][0])) == address for info in found)
 
 
 @dataclass(frozen=True)
@@ -124,6 +154,19 @@ class GatewaySettings(BaseSettings):
                 f"(the SR measures the SEG's segments), got {','.join(items)!r}"
             )
         return [r for r in RESULTS if r in items]  # each once, the SEG first
+
+    @model_validator(mode="after")
+    def _tls(self) -> GatewaySettings:
+        """TLS all or nothing: a certificate without its key (or a CA alone) would otherwise
+        leave the listener on plain TCP while the operator believes it encrypted."""
+        cert, key, ca = self.dicom_tls_cert, self.dicom_tls_key, self.dicom_tls_ca
+        if (cert is None) != (key is None) or (ca is not None and cert is None):
+            raise ValueError(
+                "UNET_DICOM_TLS_CERT and UNET_DICOM_TLS_KEY go together (UNET_DICOM_TLS_CA "
+                "only with them); got "
+                + ", ".join(n for n, v in (("CERT", cert), ("KEY", key), ("CA", ca)) if v)
+            )
+        return self
 
     def admits(self, ae_title: str, host: str) -> bool:
         """Whether a calling AE (from ``host``) may associate: any when none is configured."""

@@ -188,11 +188,21 @@ class GatewayStore:
         """A round's results, the SEG first (``.seg.dcm`` before ``.sr.dcm``)."""
         return sorted(self.results.glob(f"{item.name}.*"))
 
+    def keep_result(self, item: Round, kind: str, data: bytes) -> None:
+        """One result of a round still segmenting, on disk: a later try of the round (the
+        SR failed, the gateway was killed) asks the service only for what it lacks."""
+        write_durably(self.results / f"{item.name}.{kind}.dcm", writer(data))
+
+    def kept_result(self, item: Round, kind: str) -> bytes | None:
+        path = self.results / f"{item.name}.{kind}.dcm"
+        return path.read_bytes() if path.exists() else None
+
     def segmented(self, item: Round, results: dict[str, bytes], destinations: list[str]) -> None:
         """The service's results (kind -> Part 10 bytes) are on disk; each destination gets
         a delivery to make."""
         for kind, data in results.items():
-            write_durably(self.results / f"{item.name}.{kind}.dcm", writer(data))
+            if self.kept_result(item, kind) != data:
+                write_durably(self.results / f"{item.name}.{kind}.dcm", writer(data))
         with self._transaction() as db:
             state = "sending" if destinations else "kept"
             db.execute(
@@ -216,6 +226,8 @@ class GatewayStore:
                 (reason, item.series, item.round),
             )
         shutil.rmtree(self.rounds / item.name, ignore_errors=True)
+        for path in self.result_files(item):
+            path.unlink(missing_ok=True)
 
     def postpone(self, item: Round, seconds: float, reason: str) -> None:
         with self._transaction() as db:
@@ -227,12 +239,14 @@ class GatewayStore:
 
     # -- sending -----------------------------------------------------------------------------
 
-    def due_deliveries(self) -> list[Delivery]:
+    def due_deliveries(self, destination: str | None = None) -> list[Delivery]:
+        """Deliveries due now, to ``destination`` (None: to any)."""
         with self._transaction() as db:
             rows = db.execute(
                 "SELECT series, round, destination, attempts FROM deliveries"
-                " WHERE state = 'pending' AND next <= ? ORDER BY next",
-                (time.time(),),
+                " WHERE state = 'pending' AND next <= ? AND ? IN (destination, '')"
+                " ORDER BY next",
+                (time.time(), destination or ""),
             ).fetchall()
         return [Delivery(Round(s, n), d, a) for s, n, d, a in rows]
 

@@ -1,13 +1,14 @@
-"""The gateway's work, in two threads so that a slow destination never holds up the
-segmentation of other series:
+"""The gateway's work, in threads of their own so that a slow destination never holds up
+the segmentation of other series, nor another destination:
 
 - the segmenter closes stable rounds and sends each to the service (retried with back-off
   while it is unreachable or busy; a 4xx refuses the round for good, with its reason);
-- the sender delivers each result to each destination, each retried on its own.
+- a sender per destination delivers each round's results there, retried on its own.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -49,9 +50,12 @@ class Worker:
         self.settings, self.store, self.metrics, self.tls = settings, store, metrics, tls
         self.destinations = {d.name: d for d in settings.dicom_destinations}
         self._stop = threading.Event()
-        # each loop waits POLL_S or until woken: the sender as soon as a round is segmented
-        self._wake = {"segmenter": threading.Event(), "sender": threading.Event()}
-        steps = {"segmenter": self.segment_due, "sender": self.send_due}
+        # one sender per destination: one that hangs until its time-out holds up no other.
+        # Each loop waits POLL_S or until woken: the senders as soon as a round is segmented.
+        steps: dict[str, Callable[[], None]] = {"segmenter": self.segment_due}
+        for number, name in enumerate(self.destinations, 1):
+            steps[f"sender-{number}"] = functools.partial(self.send_due, name)
+        self._wake = {name: threading.Event() for name in steps}
         self._threads = [
             threading.Thread(
                 target=self._loop, args=(step, self._wake[name]), name=f"unet-{name}", daemon=True
@@ -60,6 +64,13 @@ class Worker:
         ]
 
     def start(self) -> None:
+        for waiting, count in self.store.counts().items():
+            name = waiting.removeprefix("to ")
+            if waiting.startswith("to ") and name not in self.destinations:
+                log.warning(
+                    "%d round(s) wait for %s, no longer in UNET_DICOM_DESTINATIONS: they stay "
+                    "queued until it is again", count, name,
+                )  # fmt: skip
         for thread in self._threads:
             thread.start()
 
@@ -109,16 +120,23 @@ class Worker:
         series = client.multipart_related([f.read_bytes() for f in files])
         results: dict[str, bytes] = {}
         for kind in self.settings.dicom_results:  # the SEG first: without it, nothing
-            outcome = client.segment(self.settings, series, kind, model)
+            kept = self.store.kept_result(item, kind)  # from a try that failed after it
+            outcome = client.Outcome("ok", "kept", kept) if kept is not None else (
+                client.segment(self.settings, series, kind, model)
+            )  # fmt: skip
             if outcome.kind == "ok":
                 results[kind] = outcome.body
+                if kept is None:
+                    self.store.keep_result(item, kind, outcome.body)
             elif outcome.kind == "refused" and results:  # a SEG without an SR (no geometry)
                 log.warning("series %s: no %s: %s", item.name, kind.upper(), outcome.detail)
             else:
                 break
         else:
             self.store.segmented(item, results, list(self.destinations))
-            self._wake["sender"].set()
+            for name, wake in self._wake.items():
+                if name.startswith("sender"):
+                    wake.set()
             self.metrics.series.labels("segmented").inc()
             where = f"{len(self.destinations)} destination(s)" if self.destinations else "kept"
             made = " and ".join(k.upper() for k in results)
@@ -143,15 +161,12 @@ class Worker:
             self.store.postpone(item, delay, outcome.detail)
             log.warning("series %s: %s; again in %.0f s", item.name, outcome.detail, delay)
 
-    def send_due(self) -> None:
-        for delivery in self.store.due_deliveries():
+    def send_due(self, name: str) -> None:
+        """The deliveries due to destination ``name``."""
+        destination = self.destinations[name]
+        for delivery in self.store.due_deliveries(name):
             if self._stop.is_set():
                 return
-            destination = self.destinations.get(delivery.destination)
-            if destination is None:  # a destination removed from the settings since
-                log.warning("destination %s is no longer configured", delivery.destination)
-                self.store.delivery_failed(delivery, MAX_BACKOFF_S)
-                continue
             try:
                 outcome = client.send(
                     self.settings, destination, self.store.result_files(delivery.round), self.tls
@@ -159,10 +174,10 @@ class Worker:
             except Exception as exc:  # an aborted association, a result gone: a failed try
                 log.exception("sending to %s failed", destination.name)
                 outcome = client.Outcome("retry", type(exc).__name__)
-            name = delivery.round.name
+            series = delivery.round.name
             if outcome.kind == "ok":
                 self.metrics.deliveries.labels(destination.name, "sent").inc()
-                log.info("series %s sent to %s (%s)", name, destination.name, outcome.detail)
+                log.info("series %s sent to %s (%s)", series, destination.name, outcome.detail)
                 if self.store.delivered(delivery):
                     self.metrics.series.labels("sent").inc()
             else:
@@ -171,5 +186,5 @@ class Worker:
                 self.store.delivery_failed(delivery, delay)
                 log.warning(
                     "series %s to %s: %s; again in %.0f s",
-                    name, destination.name, outcome.detail, delay,
+                    series, destination.name, outcome.detail, delay,
                 )  # fmt: skip

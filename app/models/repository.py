@@ -160,8 +160,15 @@ class Repository:
         """The model for a DICOM series of ``modality`` (the DICOM gateway and the Orthanc
         plugin ask): a ready model whose card's ``modalities`` has it (the default first),
         else the default when its card names no modalities (it is meant for any); else
-        None. With the reason, in words."""
+        None. With the reason, in words. UnavailableError (503) while a model is loading."""
         wanted, default = modality.strip().upper(), self.default_name()
+        loading = [e.name for e in self.listing() if e.service is None and e.error is None]
+        if loading:  # its card, unknown yet, may be the one: "none fits" would be final
+            raise UnavailableError(
+                f"model {quote(loading[0])} is still loading: the model for a modality is "
+                "chosen once every model's card is known",
+                NOT_READY_RETRY_S,
+            )
         meant: dict[str, list[str]] = {}
         for entry in self.listing():
             if entry.service is not None and entry.service.ready:

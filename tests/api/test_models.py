@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.errors import UnavailableError
 from app.main import create_app
+from app.metrics import Metrics
+from app.models.load import load_service
+from app.models.repository import Repository
+from app.service import Service
 from deploy.demo_model import default_card, save_model
 from tests.app.test_startup import assert_fails_clearly, start
 from tests.conftest import settings
@@ -260,3 +265,34 @@ def test_empty_repository_settings_are_unset(binary_model: Path) -> None:
     config = settings(binary_model, model_repository="", default_model=" ")
     assert config.model_repository is None
     assert config.default_model is None
+
+
+def test_the_model_for_a_modality_is_chosen_once_no_model_is_still_loading(
+    tmp_path: Path, binary_model: Path, softmax_model: Path
+) -> None:
+    """A model being added might be the one meant for the series: until its card is known,
+    the choice is 503 (ask again), not "no model" -- which the gateway takes as final."""
+    folder = repository(tmp_path / "repo", binary_model)
+    config = settings(binary_model, model_repository=folder, default_model="binary")
+    gate = threading.Event()
+
+    def build(path: Path) -> Service:
+        if path.stem == "softmax3":
+            gate.wait(60)
+        return load_service(config, Metrics(), path=path)
+
+    models = Repository(build, folder, binary_model, "binary", poll=0)
+    models.scan()
+    assert models.choose("CT")[0] == "binary"  # its card names no modality: any
+    shutil.copy(softmax_model, folder / "softmax3.onnx")
+    scanning = threading.Thread(target=models.scan)
+    scanning.start()
+    try:
+        wait_for(lambda: "softmax3" in models.names())
+        with pytest.raises(UnavailableError, match="'softmax3' is still loading"):
+            models.choose("CT")
+    finally:
+        gate.set()
+        scanning.join(timeout=60)
+    assert models.choose("CT")[0] == "binary"
+    models.stop()

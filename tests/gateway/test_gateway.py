@@ -169,7 +169,8 @@ def test_a_late_instance_gives_a_second_seg_for_it_alone(routed: Routed, tmp_pat
 
 def test_a_caller_not_allowed_is_rejected_at_association(service: Server, tmp_path: Path) -> None:
     port = free_port()
-    node = gateway(tmp_path, service.url, port, UNET_DICOM_ALLOWED="PROBE,MODALITY@127.0.0.1")
+    allowed = "PROBE,MODALITY@127.0.0.1,CT1@localhost,MR2@10.9.9.9"
+    node = gateway(tmp_path, service.url, port, UNET_DICOM_ALLOWED=allowed)
     node.start()
     try:
         wait_listening(port, node)
@@ -177,9 +178,13 @@ def test_a_caller_not_allowed_is_rejected_at_association(service: Server, tmp_pa
         stranger = subprocess.run([*echo, "-aet", "STRANGER"], capture_output=True, check=False)
         assert stranger.returncode != 0
         assert b"Rejected" in stranger.stderr + stranger.stdout
-        allowed = subprocess.run([*echo, "-aet", "MODALITY"], capture_output=True, check=False)
-        assert allowed.returncode == 0, allowed.stderr
+        for calling in ("MODALITY", "CT1"):  # CT1's host a name that resolves to 127.0.0.1
+            admitted = subprocess.run([*echo, "-aet", calling], capture_output=True, check=False)
+            assert admitted.returncode == 0, admitted.stderr
+        elsewhere = subprocess.run([*echo, "-aet", "MR2"], capture_output=True, check=False)
+        assert elsewhere.returncode != 0  # MR2, but not from its host
         assert "calling AE STRANGER from 127.0.0.1 is not allowed" in node.text()
+        assert "calling AE MR2 from 127.0.0.1 is not allowed" in node.text()
     finally:
         node.stop()
 
@@ -306,28 +311,84 @@ def test_check_reports_the_service_and_each_destination(service: Server, tmp_pat
     pacs = Pacs(tmp_path / "pacs", free_port())
     pacs.start()
     try:
-        env = {
-            **os.environ,
-            "UNET_SERVICE_URL": service.url,
-            "UNET_DICOM_DESTINATIONS": f"PACS@127.0.0.1:{pacs.port},GONE@127.0.0.1:{free_port()}",
-        }
-        command = [sys.executable, "-m", "app.gateway", "--check"]
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        wrong_url = f"{service.url}/no-dicomweb/studies"  # answers 404: not a DICOMweb server
+        destinations = f"PACS@127.0.0.1:{pacs.port},GONE@127.0.0.1:{free_port()},{wrong_url}"
+        done = check(service.url, UNET_DICOM_DESTINATIONS=destinations)
         assert done.returncode == 1, done.stdout + done.stderr
         assert "ok   service" in done.stdout
         assert f"ok   PACS@127.0.0.1:{pacs.port}" in done.stdout
         assert "FAIL GONE@127.0.0.1" in done.stdout
+        assert f"FAIL {wrong_url}: QIDO-RS HTTP 404" in done.stdout
+        # a certificate that is not there: said in one line, no traceback
+        missing = {"UNET_DICOM_TLS_CERT": "/nowhere.pem", "UNET_DICOM_TLS_KEY": "/nowhere.key"}
+        done = check(service.url, **missing)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "FAIL tls: FileNotFoundError" in done.stdout
+        assert "Traceback" not in done.stdout + done.stderr
     finally:
         pacs.stop()
 
 
-def test_a_bad_setting_is_one_line_and_exit_3(tmp_path: Path) -> None:
-    env = {**os.environ, "UNET_DICOM_DESTINATIONS": "not-a-destination"}
+def check(service_url: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "UNET_SERVICE_URL": service_url, **settings}
+    command = [sys.executable, "-m", "app.gateway", "--check"]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_service_with_api_keys(model: Path, tmp_path: Path) -> None:
+    """The gateway's key opens the service; a wrong or missing one is a failed --check and
+    a gateway that is not ready (its series wait, queued), never a healthy-looking one."""
+    service = start_server(
+        {"UNET_MODEL_PATH": str(model), "UNET_THREADS": "1", "UNET_API_KEYS": "the-key"},
+        tmp_path / "uvicorn.log",
+    )
+    port, http_port = free_port(), free_port()
+    node = gateway(tmp_path, service.url, port, UNET_API_KEY="not-the-key",
+                   UNET_DICOM_HTTP_PORT=str(http_port))  # fmt: skip
+    try:
+        for key, said in (("", "refuses an API key (UNET_API_KEY unset)"),
+                          ("not-the-key", "refuses its API key")):  # fmt: skip
+            done = check(service.url, UNET_API_KEY=key)
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert f"FAIL service: {service.url}: ready, but {said}: HTTP 401" in done.stdout
+        assert check(service.url, UNET_API_KEY="the-key").returncode == 0
+        node.start()
+        wait_listening(port, node)
+        sent(storescu(port, ct_series(tmp_path / "ct", 1, size=64)))
+        until(lambda: "refuses the gateway's API key" in node.text(), "the key refused, logged")
+        ready = httpx.get(f"http://127.0.0.1:{http_port}/health/ready")
+        assert ready.status_code == 503, ready.text
+        assert node.stop() == 0
+        keyed = gateway(tmp_path, service.url, port, UNET_API_KEY="the-key")
+        keyed.start()  # the same state dir: the series that waited is segmented now
+        until(lambda: "segmented" in keyed.text(), "the series segmented with the key")
+        assert keyed.stop() == 0
+    finally:
+        if node.process is not None:
+            node.stop()
+        stop_server(service)
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"UNET_DICOM_DESTINATIONS": "not-a-destination"}, "UNET_DICOM_DESTINATIONS"),
+        # half a TLS set-up would listen on plain TCP while the operator believes it secure
+        ({"UNET_DICOM_TLS_CERT": "gateway.pem"}, "UNET_DICOM_TLS_KEY"),
+        ({"UNET_DICOM_TLS_KEY": "gateway.key"}, "UNET_DICOM_TLS_CERT"),
+        ({"UNET_DICOM_TLS_CA": "ca.pem"}, "UNET_DICOM_TLS_CERT"),
+    ],
+)
+def test_a_bad_setting_is_one_line_and_exit_3(
+    tmp_path: Path, setting: dict[str, str], named: str
+) -> None:
+    env = {**os.environ, **setting}
     command = [sys.executable, "-m", "app.gateway"]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 3
-    assert "UNET_DICOM_DESTINATIONS" in done.stderr
+    assert done.returncode == 3, done.stderr
+    assert named in done.stderr
     assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_health_and_metrics(service: Server, tmp_path: Path) -> None:
@@ -437,6 +498,9 @@ def test_a_stow_rs_destination_orthanc_beside_a_c_store_one(
     node = gateway(tmp_path, service.url, port, UNET_DICOM_DESTINATIONS=destinations)
     node.start()
     try:
+        checked = check(service.url, UNET_DICOM_DESTINATIONS=destinations)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert f"ok   {orthanc.url}/dicom-web/studies: QIDO-RS HTTP 200" in checked.stdout
         wait_listening(port, node)
         series = ct_series(tmp_path / "ct", 5, size=64)
         sent(storescu(port, series))

@@ -3,6 +3,7 @@ and never holds up the others."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 
 from app.gateway import client, worker
 from app.gateway.metrics import Metrics
-from app.gateway.settings import GatewaySettings
+from app.gateway.settings import Destination, GatewaySettings
 from app.gateway.store import GatewayStore
 from app.gateway.worker import Worker
 from tests.deploy.pacs import ct_series
@@ -40,7 +41,7 @@ def test_a_delivery_that_raises_is_retried_and_the_next_one_still_goes(
 
     monkeypatch.setattr(client, "send", send)
     worker = Worker(settings, store, Metrics(store))
-    worker.send_due()
+    worker.send_due("PACS@127.0.0.1:104")
     assert store.result_files(fine) == []  # delivered and gone
     assert len(store.result_files(broken)) == 1
     assert store.due_deliveries() == []  # the broken one waits for its back-off
@@ -61,7 +62,8 @@ def test_results_are_seg_then_sr_and_never_an_sr_alone() -> None:
     [
         (client.Outcome("ok", "HTTP 200", b"SR"), [b"SEG", b"SR"], "kept"),
         (client.Outcome("refused", "HTTP 422: no spacing"), [b"SEG"], "kept"),  # the SEG alone
-        (client.Outcome("retry", "HTTP 503", retry_after=5), [], "segmenting"),  # both again
+        # the SEG waits on disk for the SR's next try
+        (client.Outcome("retry", "HTTP 503", retry_after=5), [b"SEG"], "segmenting"),
     ],
 )
 def test_a_round_keeps_its_seg_when_only_the_sr_is_refused(
@@ -159,8 +161,8 @@ def test_the_sender_is_woken_by_a_segmented_round_not_by_its_poll(
     monkeypatch.setattr(worker, "modality", lambda path: "CT")
     send_due = Worker.send_due
 
-    def sender_step(self: Worker) -> None:
-        send_due(self)
+    def sender_step(self: Worker, name: str) -> None:
+        send_due(self, name)
         looked.set()
 
     monkeypatch.setattr(Worker, "send_due", sender_step)
@@ -171,4 +173,91 @@ def test_the_sender_is_woken_by_a_segmented_round_not_by_its_poll(
         until(lambda: store.counts() == {}, "the round delivered and gone", 30)
     finally:
         node.stop()
-    assert not any(thread.is_alive() for thread in node._threads)  # stop wakes both loops
+    assert not any(thread.is_alive() for thread in node._threads)  # stop wakes every loop
+
+
+@pytest.mark.parametrize(
+    ("allowed", "peer", "admitted"),
+    [
+        ("CT1", "10.1.2.3", True),
+        ("CT1@10.1.2.3", "10.1.2.3", True),
+        ("CT1@10.1.2.3", "::ffff:10.1.2.3", True),  # a dual-stack listener's view of it
+        ("CT1@10.1.2.3", "10.1.2.4", False),
+        ("CT1@localhost", "127.0.0.1", True),  # a host name: the addresses it resolves to
+        ("CT1@localhost", "10.1.2.3", False),
+        ("CT1@no-such-host.invalid", "10.1.2.3", False),  # does not resolve: no one
+        ("CT1@::1", "::1", True),
+        ("MR2@10.1.2.3", "10.1.2.3", False),  # another AE title from the right host
+    ],
+)
+def test_an_allowed_caller_by_address_or_host_name(allowed: str, peer: str, admitted: bool) -> None:
+    settings = GatewaySettings(dicom_allowed=allowed)
+    assert settings.admits("CT1", peer) is admitted
+
+
+def test_an_sr_that_failed_is_asked_again_without_the_seg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 5xx for the SR after the SEG was made: the next try asks for the SR alone (the SEG
+    is not computed twice), and after a restart of the gateway too."""
+    store = GatewayStore(tmp_path)
+    store.add_instance("s", "a", lambda f: f.write(b"x"))
+    (item,) = store.close_stable(0)
+    asked, answers = [], {"seg": [b"SEG"], "sr": [None, None, b"SR"]}
+
+    def segment(settings: object, series: object, kind: str, model: str) -> client.Outcome:
+        asked.append(kind)
+        body = answers[kind].pop(0)
+        return (
+            client.Outcome("retry", "HTTP 503") if body is None else client.Outcome("ok", "", body)
+        )
+
+    monkeypatch.setattr(client, "segment", segment)
+    monkeypatch.setattr(client, "choose_model", lambda settings, modality: client.Outcome("ok", ""))
+    monkeypatch.setattr(worker, "modality", lambda path: "CT")
+    for attempt in range(3):
+        Worker(GatewaySettings(dicom_state_dir=tmp_path), store, Metrics(store)).segment_due()
+        with sqlite3.connect(tmp_path / "queue.sqlite") as db:  # due again at once
+            db.execute("UPDATE rounds SET next = 0")
+        if attempt == 1:  # a restart between two tries
+            store.close()
+            store = GatewayStore(tmp_path)
+    assert asked == ["seg", "sr", "sr", "sr"]
+    assert [p.read_bytes() for p in store.result_files(item)] == [b"SEG", b"SR"]
+    assert store.counts() == {"kept": 1}
+
+
+def test_a_destination_that_hangs_holds_up_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each destination has a sender of its own: one whose peer never answers (until its
+    time-out, 30 s and more) leaves the others' rounds going out at once."""
+    dead, alive = "DEAD@10.255.255.1:104", "PACS@127.0.0.1:104"
+    settings = GatewaySettings(
+        dicom_destinations=f"{dead},{alive}", dicom_state_dir=tmp_path / "state"
+    )
+    store = GatewayStore(tmp_path / "state")
+    for series in ("one", "two"):
+        store.add_instance(series, "a", lambda f: f.write(b"x"))
+    for item in store.close_stable(0):
+        store.segmented(item, {"seg": b"SEG"}, [dead, alive, "GONE@127.0.0.1:104"])
+    release, delivered = threading.Event(), []
+
+    def send(settings: object, destination: Destination, paths: list[Path], tls: object) -> object:
+        if destination.name == dead:
+            release.wait(30)  # a peer that never answers, until the test ends
+            return client.Outcome("retry", "association not established")
+        delivered.append(destination.name)
+        return client.Outcome("ok", "C-STORE 0x0000")
+
+    monkeypatch.setattr(client, "send", send)
+    caplog.set_level(logging.WARNING, logger="app.gateway")
+    node = Worker(settings, store, Metrics(store))
+    node.start()
+    try:
+        until(lambda: delivered == [alive, alive], "both rounds at the live destination", 10)
+        assert store.counts()[f"to {dead}"] == 2
+    finally:
+        release.set()
+        node.stop()
+    assert "2 round(s) wait for GONE@127.0.0.1:104, no longer in" in caplog.text
