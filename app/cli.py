@@ -1,22 +1,19 @@
 """``unet-segment``: segment files, folders and globs from the command line (API.md, "Large
 images: the command line"; the manual: docs/large-images.md).
 
-Each image the service accepts goes through exactly what ``POST /segment`` runs, so a
-file equals the service's answer byte for byte. Larger images (tiled or pyramidal TIFF,
-OME-TIFF, SVS and other slides, OME-Zarr, DICOM WSI) are read a rectangle at a time and
-written block by block to an OME-Zarr or OME-TIFF (app/pipeline/large.py): memory stays
-flat, and the class map equals the in-memory one bit for bit; ``instances`` and
-``geojson`` too (app/pipeline/objects.py). The format defaults to ``png`` up to
-``--max-pixels`` (the service's limit) and ``ome-zarr`` above.
+An image the service accepts goes through what ``POST /segment`` runs: the file equals
+its answer byte for byte. Larger ones (slides, OME-TIFF, OME-Zarr, DICOM WSI) are read
+and written block by block (app/pipeline/large.py, objects.py): flat memory, bit for bit
+the in-memory result. Default format: ``png`` up to ``--max-pixels``, ``ome-zarr`` above.
 
 ``DIR/<stem>.<ext>`` appears atomically; an input whose output exists is skipped
-(``--overwrite`` redoes it); an input that fails is reported and the others go on;
-``DIR/summary.json`` lists every input. Progress bars (tqdm, stderr). Exit 0 when every
-input succeeded, 1 when any failed, 130 on Ctrl-C or SIGTERM (nothing half-written is
-left), 2 for bad arguments, a model or tiling that cannot run, or an unreachable Dask
-scheduler. ``--dask ADDRESS`` runs the blocks and the small images on a Dask cluster
-(app/pipeline/dask.py); ``--model-repository DIR --model-name NAME`` serves DIR/NAME.onnx
-as the service's repository names it.
+(``--overwrite`` redoes it); an input that fails (or names nothing, or shares its output
+with another) is reported and the others go on; ``DIR/summary.json`` lists every input.
+Progress bars (tqdm, stderr). Exit 0 when every input succeeded, 1 when any failed, 130
+on Ctrl-C or SIGTERM (nothing half-written is left), 2 for bad arguments, a model or
+tiling that cannot run, or an unreachable Dask scheduler. ``--dask ADDRESS``: blocks and
+small images on a Dask cluster (app/pipeline/dask.py); ``--model-repository DIR
+--model-name NAME`` serves DIR/NAME.onnx as the service's repository names it.
 """
 
 from __future__ import annotations
@@ -40,6 +37,7 @@ from app.inference.predictor import CPU_BATCH_SIZE, CPU_TILE_SIZE
 from app.inference.providers import CHOICES, PRECISIONS
 from app.inference.tiler import ProgressFn
 from app.models.repository import model_file
+from app.pipeline import files as named
 from app.pipeline.batch import Large, Small, route
 from app.pipeline.context import Context, Setup
 from app.pipeline.dicomweb import SeriesUrl, fetched
@@ -55,6 +53,7 @@ class Run:
         chosen = setup(args)
         self.context = Context.load(chosen)
         self.cluster = None
+        self.claimed: dict[Path, Path] = {}  # output -> the input it is the output of
         if args.dask:
             from app.pipeline.dask import Cluster
 
@@ -115,8 +114,7 @@ class Run:
         try:
             name, large = self.route(source)
             extension = self.extension(name, large)
-            if target(self.args.out, source, extension).resolve() == source.resolve():
-                raise ValueError(f"the output would replace the input {source}: use another --out")
+            named.claim(self.claimed, target(self.args.out, source, extension), source)
             done = self.done(source, extension)
             if done is not None and not self.args.overwrite:
                 return row | {"output": str(done), "status": "skipped", "format": name}
@@ -185,14 +183,16 @@ def setup(args: argparse.Namespace) -> Setup:
 
 def run(args: argparse.Namespace, outputs: Outputs) -> int:
     series = [s for s in map(SeriesUrl.parse, args.inputs) if s is not None]
-    files: list[Path | SeriesUrl] = [*expand(i for i in args.inputs if not SeriesUrl.parse(i))]
-    files += series
+    paths, empty = expand(i for i in args.inputs if not SeriesUrl.parse(i))
+    files: list[Path | SeriesUrl] = [*paths, *series]
+    for given in empty:  # a typo must not pass for a batch that did all it was given
+        print(f"unet-segment: {given}: {named.NOTHING}", file=sys.stderr)
     if not files:
         print("unet-segment: no input files found", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     batch = Run(args, outputs)
-    summary: list[dict[str, Any]] = []
+    summary = [{"input": given, "status": "failed", "error": named.NOTHING} for given in empty]
     try:
         if batch.cluster:  # the small images of the batch start on the workers at once
             todo = [(f, batch.small_todo(f)) for f in files if isinstance(f, Path)]

@@ -22,30 +22,37 @@ SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".za
 DOUBLE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".ome.btf")
 
 
+NOTHING = "no such file, no image in that folder, or a glob that matches none"
+
+
 def _one_input(path: Path) -> bool:
     """A folder that is itself an image (zarr, DICOM WSI), or a file."""
     return path.is_file() or (path.is_dir() and lazy_readable(path))
 
 
-def expand(inputs: Iterable[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and globs -> the inputs, each once."""
+def expand(inputs: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (their images, sorted) and globs -> (the inputs, each once; the
+    arguments that named none: no such file, a folder without images, a glob that
+    matches nothing)."""
     suffixes = IMAGE_SUFFIXES | SLIDE_SUFFIXES
     found: list[Path] = []
+    empty: list[str] = []
     for given in inputs:
         path = Path(given)
         if _one_input(path):
-            found.append(path)
+            named = [path]
         elif path.is_dir():
-            found += sorted(  # a folder in it only when it is an image (zarr, DICOM WSI)
+            named = sorted(  # a folder in it only when it is an image (zarr, DICOM WSI)
                 p for p in path.iterdir()
                 if (p.suffix.lower() in suffixes or p.is_dir()) and _one_input(p)
             )  # fmt: skip
         else:
-            found += sorted(
-                Path(p) for p in glob.glob(given, recursive=True) if _one_input(Path(p))
-            )
+            named = sorted(Path(p) for p in glob.glob(given, recursive=True) if _one_input(Path(p)))
+        found += named
+        if not named:
+            empty.append(given)
     unique = dict.fromkeys(p.resolve() for p in found)
-    return list(unique)
+    return list(unique), empty
 
 
 def stem(source: Path) -> str:
@@ -63,6 +70,19 @@ def target(folder: Path, source: Path, extension: str, media_type: str | None = 
     if media_type == "image/tiff" and extension.endswith(".png"):
         extension = extension[: -len(".png")] + ".tif"
     return folder / f"{stem(source)}.{extension}"
+
+
+def claim(claimed: dict[Path, Path], output: Path, source: Path) -> None:
+    """Record ``output`` as ``source``'s; ValueError when it is the input itself, or another
+    input's output already (outputs are named by the input's name alone: a/x.png and b/x.png)."""
+    if output.resolve() == source.resolve():
+        raise ValueError(f"the output would replace the input {source}: use another --out")
+    first = claimed.setdefault(output, source)
+    if first != source:
+        raise ValueError(
+            f"its output {output.name} is that of {first} too: segment inputs of the same "
+            "name into different --out folders"
+        )
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -124,6 +124,42 @@ def test_nothing_found_is_exit_1(binary_model: Path, tmp_path: Path) -> None:
     assert segment(binary_model, tmp_path / "out", tmp_path / "missing-*.png") == 1
 
 
+def test_an_input_that_names_nothing_fails_and_the_rest_is_done(
+    binary_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs, out = folder(tmp_path), tmp_path / "out"
+    (tmp_path / "empty").mkdir()
+    given = [inputs / "a.png", tmp_path / "typo.png", tmp_path / "empty", str(inputs / "*.jpg")]
+    assert segment(binary_model, out, *given, format="rle") == 1
+    rows = {str(row["input"]): row for row in json.loads((out / "summary.json").read_text())}
+    assert rows[str(inputs / "a.png")]["status"] == "ok"
+    said = capsys.readouterr().err
+    for missing in given[1:]:
+        assert rows[str(missing)]["status"] == "failed"
+        assert "no such file" in str(rows[str(missing)]["error"])
+        assert f"unet-segment: {missing}: no such file" in said
+    assert sorted(p.name for p in out.iterdir()) == ["a.rle.json", "summary.json"]
+
+
+def test_inputs_of_the_same_name_never_share_an_output(
+    binary_model: Path, client: TestClient, tmp_path: Path
+) -> None:
+    """a/x.png and b/x.png both name DIR/x.png: the first is written, the second fails
+    saying why -- never "skipped" with the first one's mask -- on a rerun too."""
+    for where, seed in (("a", 1), ("b", 2)):
+        (tmp_path / "in" / where).mkdir(parents=True)
+        (tmp_path / "in" / where / "x.png").write_bytes(png(noise(40, 50, seed=seed)))
+    out = tmp_path / "out"
+    for status in ("ok", "skipped"):  # the second run: the first skipped, the second failed
+        assert segment(binary_model, out, str(tmp_path / "in" / "**" / "*.png")) == 1
+        first, second = json.loads((out / "summary.json").read_text())
+        assert (first["input"][-7:], second["input"][-7:]) == ("a/x.png", "b/x.png")
+        assert (first["status"], second["status"]) == (status, "failed")
+        assert "its output x.png is that of" in second["error"]
+    expected = client.post("/segment", content=(tmp_path / "in" / "a" / "x.png").read_bytes())
+    assert (out / "x.png").read_bytes() == expected.content
+
+
 def test_a_threshold_changes_the_mask_as_the_service_does(
     binary_model: Path, client: TestClient, tmp_path: Path
 ) -> None:
