@@ -76,7 +76,10 @@ class RequestContext:
         async def tagged_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 info["status"], info["started"] = message["status"], True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):  # _error's
+                    headers.append((b"x-request-id", rid.encode()))
+                message["headers"] = headers
             elif message["type"] == "http.response.body":
                 info["bytes_out"] += len(message.get("body", b""))
             await send(message)

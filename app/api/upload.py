@@ -182,11 +182,21 @@ async def receive_files(
         )
 
 
-def related_parts(content_type: str, spool: IO[bytes]) -> list[IO[bytes]]:
+def related_parts(content_type: str, spool: IO[bytes], max_parts: int) -> list[IO[bytes]]:
     """The parts of a ``multipart/related`` body (DICOMweb STOW-RS: one DICOM instance each),
-    parsed by the standard library's MIME parser; each as a file."""
+    parsed by the standard library's MIME parser; each as a file. Its delimiters are
+    counted first: 8 MiB of tiny parts would keep the parser busy for seconds."""
+    body = spool.read()
+    header = email.message.Message()
+    header["Content-Type"] = content_type
+    boundary = header.get_boundary()
+    if boundary is not None and body.count(b"--" + boundary.encode("latin-1")) > max_parts + 1:
+        raise BadUploadError(
+            f"the multipart/related body has more than {max_parts} parts: the instances of "
+            "one series (UNET_MAX_FRAMES)"
+        )
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
-    message = BytesParser().parsebytes(head + spool.read())
+    message = BytesParser().parsebytes(head + body)
     parts = message.get_payload() if message.is_multipart() else None
     if not isinstance(parts, list) or not parts:
         raise BadUploadError(
@@ -231,7 +241,10 @@ async def received_images(
         for file in files:
             file.seek(0)
         if content_type.lower().startswith("multipart/related"):
-            yield related_parts(content_type, files[0])
+            # parsed in a thread: the event loop answers other requests meanwhile
+            yield await asyncio.to_thread(
+                related_parts, content_type, files[0], settings.max_frames
+            )
         else:
             yield files
     finally:

@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable
 
 import numpy as np
+import tifffile
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from app.codecs.errors import CorruptImageError, UnsupportedFormatError
@@ -85,11 +86,28 @@ def _open(data: bytes, pil_format: str, label: str) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=[pil_format])
     except UnidentifiedImageError:
+        layout = _tiff_layout(data) if pil_format == "TIFF" else None
+        if layout is not None:  # a sound TIFF whose pixels Pillow has no mode for
+            raise UnsupportedFormatError(
+                f"{label}: {layout} is not supported; send 8- or 16-bit gray, RGB or RGBA"
+            ) from None
         raise CorruptImageError(
             f"{label} signature, but the header is corrupt or truncated ({len(data)} bytes)"
         ) from None
     except _PIL_ERRORS as exc:
         raise CorruptImageError(f"{label} header is corrupt or truncated: {exc}") from None
+
+
+def _tiff_layout(data: bytes) -> str | None:
+    """The first page's sample layout when tifffile reads its header, else None."""
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages.first
+            samples, bits = page.samplesperpixel, page.bitspersample
+            kind = str(getattr(page.photometric, "name", page.photometric)).lower()
+    except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError, struct.error):
+        return None
+    return f"{samples} samples per pixel of {bits} bits ({kind})"
 
 
 def _page_count(im: Image.Image, limits: Limits, label: str) -> int:

@@ -45,7 +45,9 @@ class InputParameters(_Protocol):
 class InputTensor(_Protocol):
     name: str
     shape: list[Annotated[int, Field(ge=1)]] = Field(
-        min_length=2, max_length=4, description="[H, W], [H, W, C] or [N, H, W(, C)]; C 1 or 3"
+        min_length=2,
+        max_length=4,
+        description="[H, W], [H, W, C] or [N, H, W(, C)]; C 1 to 4 (alpha dropped)",
     )
     datatype: Literal["UINT8", "UINT16"]
     data: list[Any] | None = Field(
@@ -130,8 +132,8 @@ def _shape(shape: list[int]) -> tuple[int, int, int, int]:
     """(frames, height, width, channels) of [H, W], [H, W, C] or [N, H, W(, C)]."""
     if len(shape) == 2:
         return 1, shape[0], shape[1], 1
-    if len(shape) == 3:  # [H, W, C] with C 1 or 3, else [N, H, W]
-        if shape[2] in (1, 3):
+    if len(shape) == 3:  # [H, W, C] with C 1 to 4 (alpha dropped, as /segment does), else
+        if shape[2] <= 4:  # [N, H, W]: an image four pixels wide goes as [1, H, 4]
             return 1, shape[0], shape[1], shape[2]
         return shape[0], shape[1], shape[2], 1
     return shape[0], shape[1], shape[2], shape[3]
@@ -152,9 +154,11 @@ def _pixels(tensor: InputTensor, binary: memoryview, count: int) -> np.ndarray:
     if tensor.data is None:
         raise TensorRequestError("the input has neither 'data' nor binary_data_size")
     try:
-        values = np.asarray(tensor.data, dtype=np.int64).ravel()
+        values = np.asarray(tensor.data).ravel()
     except (TypeError, ValueError, OverflowError):
-        raise TensorRequestError("input 'data' must be a (nested) list of integers") from None
+        values = np.asarray([0.5])  # ragged: refused below
+    if values.size and values.dtype.kind not in "iu":  # 1.7 would be cut to 1, true taken as 1
+        raise TensorRequestError("input 'data' must be a (nested) list of integers")
     if values.size != count:
         raise TensorRequestError(f"input 'data' has {values.size} values, its shape {count}")
     top = np.iinfo(dtype).max
@@ -168,8 +172,10 @@ def parse_request(request: InferenceRequest, binary: memoryview, limits: Limits)
     for what is wrong, the limits checked from the shape before any value is read."""
     (tensor,) = request.inputs
     frames, height, width, channels = _shape(tensor.shape)
-    if channels not in (1, 3):
-        raise TensorRequestError(f"the image must have 1 or 3 channels, got {channels}")
+    if not 1 <= channels <= 4:
+        raise TensorRequestError(
+            f"the image must have 1 to 4 channels (gray, RGB, with alpha), got {channels}"
+        )
     limits.check(width, height, frames, "the input tensor's")
     values = _pixels(tensor, binary, frames * height * width * channels)
     shape = (height, width) if channels == 1 else (height, width, channels)

@@ -132,11 +132,15 @@ def parse_card(document: Any, source: str) -> ModelCard:
         raise ModelCardError(f"{source}: {'; '.join(problems)}") from None
 
 
-def _read_json(text: str, source: str) -> Any:
+def _read_json(text: str | bytes, source: str) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except UnicodeDecodeError as exc:  # a card saved as Latin-1 or UTF-16 by an editor
+        raise ModelCardError(f"{source}: not UTF-8 (byte {exc.start}: {exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise ModelCardError(f"{source}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ModelCardError(f"{source}: not a card: nested too deeply") from None
 
 
 def sidecar_path(model_path: Path) -> Path:
@@ -246,7 +250,7 @@ def load_card(
     origin: CardSource
     if sidecar.is_file():
         source, origin = f"sidecar {sidecar.name}", "sidecar"
-        document = _read_json(sidecar.read_text(encoding="utf-8"), source)
+        document = _read_json(sidecar.read_bytes(), source)
     elif METADATA_KEY in metadata:
         source, origin = f"{model_path.name} metadata '{METADATA_KEY}'", "embedded"
         document = _read_json(metadata[METADATA_KEY], source)

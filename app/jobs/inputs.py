@@ -127,8 +127,8 @@ class Probe:
 _DECODING = threading.Lock()
 
 
-def _decode(path: Path, service: Service) -> tuple[int, int, int]:
-    """(width, height, frames) of an image the in-memory decoders read, decoded whole
+def _decode(path: Path, service: Service) -> tuple[int, int, int, str]:
+    """(width, height, frames, format) of an image the in-memory decoders read, decoded whole
     (so a corrupt or truncated one is refused now, not failed later) under the
     service's limits: 413 above UNET_MAX_IMAGE_PIXELS or UNET_MAX_FRAMES."""
     settings = service.settings
@@ -142,7 +142,7 @@ def _decode(path: Path, service: Service) -> tuple[int, int, int]:
     limits = Limits(settings.max_image_pixels, settings.max_frames)  # no cost limit: jobs wait
     with _DECODING:
         image = service.inputs.decode(path.read_bytes(), limits)
-    return image.width, image.height, len(image.frames)
+    return image.width, image.height, len(image.frames), image.format
 
 
 def probe(
@@ -176,7 +176,9 @@ def _probe(
             seen = resolve(service.model.card, slide, pixel, path.name, warn=False)
             planned = seen.source.shape[:2]
     else:
-        width, height, frames = _decode(path, service)
+        width, height, frames, image_format = _decode(path, service)
+        if not large:  # what /segment would answer: 415 or 422 now, not a failed job later
+            service.outputs.check_input(name, image_format, frames)
     if large and frames > 1:
         raise FrameCountError(f"the image has {frames} frames; format={name} carries one")
     plan, flips = service.predictor.plan(height, width), FLIPS if options.tta else FLIPS[:1]

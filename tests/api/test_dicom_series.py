@@ -225,3 +225,13 @@ def test_a_single_instance_seg_validates_too(
 ) -> None:
     answer = client.post("/segment?format=dicom-seg", content=series[0])
     assert dciodvfy_errors(answer.content, tmp_path) == []
+
+
+def test_a_stow_rs_body_of_more_parts_than_frames_is_refused_before_it_is_parsed(
+    client: TestClient,
+) -> None:
+    body, content_type = stow([b"x"] * 1001)  # UNET_MAX_FRAMES is 1000
+    answer = client.post("/segment", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 400, answer.text
+    assert "more than 1000 parts" in answer.json()["detail"]
+    assert "UNET_MAX_FRAMES" in answer.json()["detail"]

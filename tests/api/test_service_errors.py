@@ -28,6 +28,7 @@ def assert_error(response, status: int) -> str:  # type: ignore[no-untyped-def]
     detail = response.json()["detail"]
     assert isinstance(detail, str)
     assert detail
+    assert len(response.headers.get_list("x-request-id")) == 1  # once, whoever answered
     assert response.headers["x-request-id"]
     return str(detail)
 

@@ -97,6 +97,18 @@ def test_threshold_tta_frames_and_uint16_as_segment(server: Server, triton: Any)
         np.testing.assert_array_equal(mask[index], expected > 0)
 
 
+def test_an_rgba_tensor_is_an_image_with_alpha_as_segment_takes_it(
+    server: Server, triton: Any
+) -> None:
+    """[H, W, 4] is one RGBA image (its alpha dropped, as /segment drops a PNG's), not H
+    frames four pixels wide; [H, W, 2] gray with alpha."""
+    for channels in (4, 2):
+        image = noise(90, 70, channels, seed=9)
+        mask = infer(triton, image, True).as_numpy("mask")
+        assert mask.shape == (1, 90, 70)
+        np.testing.assert_array_equal(mask[0], mask_of(server, image) > 0)
+
+
 def post_infer(
     server: Server, body: bytes, headers: dict[str, Any] | None = None
 ) -> httpx.Response:
@@ -138,6 +150,13 @@ def post_infer(
          {}, 400, "'id': Input should be a valid string"),
         (b'{"inputs": [{"name": "image", "shape": [1, 1], "datatype": "UINT8",'
          b' "data": [99999999999999999999999]}]}', {}, 400, "integers"),
+        # 1.7 is not a pixel value of a UINT8 tensor, nor true: never cut to 1
+        (b'{"inputs": [{"name": "image", "shape": [1, 2], "datatype": "UINT8",'
+         b' "data": [1.7, 2]}]}', {}, 400, "integers"),
+        (b'{"inputs": [{"name": "image", "shape": [1, 2], "datatype": "UINT8",'
+         b' "data": [true, false]}]}', {}, 400, "integers"),
+        (b'{"inputs": [{"name": "image", "shape": [1, 8, 8, 5], "datatype": "UINT8",'
+         b' "parameters": {"binary_data_size": 320}}]}', {}, 400, "1 to 4 channels"),
     ],
 )  # fmt: skip
 def test_bad_requests_are_the_protocols_errors(

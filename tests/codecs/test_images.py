@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image, ImageFile
 
 from app.codecs import images
@@ -141,6 +142,13 @@ def test_pillow_global_limits_do_not_interfere() -> None:
         decode(png_bomb(10_000, 10_000), 200_000_000)
 
 
+def tifffile_bytes(pixels: np.ndarray) -> bytes:
+    """A well-formed TIFF of a layout Pillow cannot open, written by tifffile."""
+    out = io.BytesIO()
+    tifffile.imwrite(out, pixels, photometric="minisblack", planarconfig="contig")
+    return out.getvalue()
+
+
 @pytest.mark.parametrize(
     ("data", "error"),
     [
@@ -155,11 +163,18 @@ def test_pillow_global_limits_do_not_interfere() -> None:
         (encode(noise(8, 8), "GIF"), UnsupportedFormatError),
         (encode(noise(8, 8), "BMP"), UnsupportedFormatError),
         (encode(noise(8, 8, 3), "WEBP"), UnsupportedFormatError),
+        (tifffile_bytes(np.zeros((8, 8, 5), np.uint8)), UnsupportedFormatError),  # 5 samples
+        (tifffile_bytes(np.zeros((8, 8), np.float64)), UnsupportedFormatError),  # 64-bit float
     ],
 )
 def test_bad_bytes_raise_the_documented_error(data: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         decode(data, BIG)
+
+
+def test_a_tiff_of_a_layout_not_supported_says_what_it_is() -> None:
+    with pytest.raises(UnsupportedFormatError, match="5 samples per pixel of 8 bits"):
+        decode(tifffile_bytes(np.zeros((8, 8, 5), np.uint8)), BIG)
 
 
 def test_unsupported_formats_name_the_supported_ones() -> None:

@@ -133,11 +133,21 @@ def test_missing_field_is_named() -> None:
         parse_card(card, "test")
 
 
-def test_sidecar_that_is_not_json(valid_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        ('{"name": "caf\u00e9"}'.encode("latin-1"), "not UTF-8"),  # saved by a Windows editor
+        (b"[" * 100_000 + b"]" * 100_000, "not a card: nested too deeply"),
+    ],
+)
+def test_a_sidecar_that_is_not_json_is_named(
+    valid_model: Path, tmp_path: Path, content: bytes, message: str
+) -> None:
     path = tmp_path / "m.onnx"
     shutil.copy(valid_model, path)
-    path.with_suffix(".json").write_text("{not json")
-    with pytest.raises(ModelCardError, match=r"sidecar m\.json: not valid JSON"):
+    path.with_suffix(".json").write_bytes(content)
+    with pytest.raises(ModelCardError, match=rf"sidecar m\.json: {message}"):
         load_model(path, "cpu")
 
 

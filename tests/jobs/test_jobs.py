@@ -296,6 +296,10 @@ def test_bad_input_is_a_4xx_and_leaves_nothing_behind(paper: TestClient, slide: 
         (paper.post("/jobs?format=png", content=slide.tif.read_bytes()), 413),  # > max pixels
         (paper.post("/jobs?format=rle", content=png_bomb()), 413),
         (paper.post("/jobs", content=truncated(png(noise(300, 300)))), 400),
+        # what /segment answers at once, a job answers before its 202: two pages for a
+        # format of one (the default png), a DICOM format of a PNG
+        (paper.post("/jobs", content=tiff(noise(60, 60, seed=1), noise(60, 60, seed=2))), 422),
+        (paper.post("/jobs?format=dicom-seg", content=png(noise(50, 50))), 415),
     ]
     for answer, status in cases:
         assert answer.status_code == status, answer.text

@@ -176,18 +176,23 @@ class Outputs:
         self, name: str, image: DecodedImage, model: Provenance, options: Options
     ) -> Encoder:
         """The encoder of format ``name`` for this input, or the 415/422 that says why not."""
-        output = self._outputs[name]
         options.check(model.card)
-        if not output.accepts(image.format):
+        self.check_input(name, image.format, len(image.frames))
+        return self._outputs[name].make(image, model, options)
+
+    def check_input(self, name: str, image_format: str, frames: int) -> None:
+        """415 when format ``name`` cannot be made of an ``image_format`` input, 422 when it
+        carries one frame and the input has several (a job's, before its 202)."""
+        output = self._outputs[name]
+        if not output.accepts(image_format):
             usable = [o.name for o in self if o.inputs is None]
             raise UnsupportedOutputError(
                 f"format={name} needs a {either(sorted(f.upper() for f in output.inputs or ()))} "
-                f"input, this is {image.format.upper()}; use format={either(usable)}"
+                f"input, this is {image_format.upper()}; use format={either(usable)}"
             )
-        if len(image.frames) > 1 and not output.multi_frame:
-            usable = [o.name for o in self if o.multi_frame and o.accepts(image.format)]
+        if frames > 1 and not output.multi_frame:
+            usable = [o.name for o in self if o.multi_frame and o.accepts(image_format)]
             raise FrameCountError(
-                f"the input has {len(image.frames)} frames and format={name} carries one; "
+                f"the input has {frames} frames and format={name} carries one; "
                 f"use format={either(usable)}"
             )
-        return output.make(image, model, options)
