@@ -8,11 +8,12 @@ and the service as ``make run`` starts it, all on loopback. Reports:
   files (with its largest PDU, 128 KiB, and TCP_NODELAY=1; the gateway takes what the
   sender proposes) and to the floor of any pynetdicom SCP: pynetdicom with the gateway's
   AE settings answering every C-STORE at once, reading and storing nothing, as pynetdicom
-  ships it and with the gateway's woken reactors (app/gateway/reactor.py), and to the
-  gateway not storing (every check of an instance, no write: its durable storage's cost
-  by difference), alternately ``--repeats`` times: instances/s, MB/s and the shares of
-  storescp's rate; with ``--link-mbit N``, over loopback shaped to an N Mbit/s link (a
-  hospital's network rather than memory-to-memory; needs root and tc);
+  ships it and with the gateway's woken reactors and C-STORE responses (reactor.py,
+  responses.py), and to the gateway not storing (every check of an instance, no write:
+  its durable storage's cost by difference), alternately ``--repeats`` times:
+  instances/s, MB/s and the shares of storescp's rate; with ``--link-mbit N``, over
+  loopback shaped to an N Mbit/s link (a hospital's network rather than
+  memory-to-memory; needs root and tc);
 - one_per_association: 30 of those slices, each in an association of its own (a
   storescu each), to the gateway and to storescp: seconds an instance;
 - series: the same series through the whole path (gateway -> service -> storescp): from
@@ -47,7 +48,7 @@ from typing import Any
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from app.gateway import reactor
+from app.gateway import reactor, responses
 from app.gateway.receiver import TRANSFER_SYNTAXES
 from bench.report import report
 from tests.conftest import free_port, start_server, stop_server
@@ -160,9 +161,11 @@ def one_per_association(workdir: Path, files: list[Path], repeats: int) -> dict[
 def floor_scp(port: int, woken: bool) -> None:
     """pynetdicom as the gateway sets it up, answering every C-STORE with success at once:
     what any SCP built on pynetdicom costs before it reads or stores anything; ``woken``:
-    with the gateway's reactors (app/gateway/reactor.py), its own floor."""
+    with the gateway's reactors (app/gateway/reactor.py) and its C-STORE responses
+    (app/gateway/responses.py), its own floor."""
     if woken:
         reactor.install()
+        responses.install()
     ae = AE(ae_title="FLOOR")
     ae.maximum_pdu_size = 0
     ae.add_supported_context(Verification)

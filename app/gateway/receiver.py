@@ -28,7 +28,7 @@ from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from app.gateway import reactor
+from app.gateway import reactor, responses
 from app.gateway.metrics import Metrics
 from app.gateway.settings import GatewaySettings
 from app.gateway.store import GatewayStore, key
@@ -84,6 +84,7 @@ class Receiver:
     def __init__(self, settings: GatewaySettings, store: GatewayStore, metrics: Metrics) -> None:
         self.settings, self.store, self.metrics = settings, store, metrics
         reactor.install()  # pynetdicom's polling threads, woken (app/gateway/reactor.py)
+        responses.install()  # its C-STORE responses encoded without pydicom (responses.py)
         # pynetdicom's own event log off: it formats lines for every requested context and
         # DIMSE message (a copy of each dataset to see that it is there), UIDs among them;
         # the gateway logs what it does itself, with UID hashes only
