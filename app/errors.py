@@ -86,6 +86,11 @@ class SourceNotFoundError(ServiceError):
     """A job's ``source`` names nothing under UNET_JOB_SOURCE_ROOT (422)."""
 
 
+class SourceUrlError(SourceNotFoundError, ValueError):
+    """A DICOMweb series URL whose host or port is not one (422; the command line's bad
+    argument, exit 2)."""
+
+
 class ModelNotFoundError(ServiceError):
     """A path names a model the repository has not (404; /segment's model= is a 422)."""
 

@@ -128,7 +128,16 @@ async def receive_input(
         folder.mkdir()
         path = folder / INPUT  # a folder of the series' instances: kept on a restart
         token, most = settings.dicomweb_token, settings.job_max_bytes
-        await asyncio.to_thread(fetch, series, path, token=token, max_bytes=most)
+        check_free(settings)  # and after each instance: a series can be gigabytes
+        try:
+            await asyncio.to_thread(
+                fetch, series, path, token=token, max_bytes=most,
+                progress=lambda done, total: check_free(settings),
+            )  # fmt: skip
+        except OSError as exc:
+            if exc.errno == ENOSPC:
+                raise StorageFullError("the jobs volume is full (UNET_JOBS_DIR)") from None
+            raise
         return path, f"{series.series}.dicomweb"  # the result: <series UID>.<ext>
     upload = runner.store.upload(job_id)
     filename = await receive_to_file(request, upload, service.settings, service.stopping)

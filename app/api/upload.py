@@ -190,7 +190,9 @@ def related_parts(content_type: str, spool: IO[bytes], max_parts: int) -> list[I
     header = email.message.Message()
     header["Content-Type"] = content_type
     boundary = header.get_boundary()
-    if boundary is not None and body.count(b"--" + boundary.encode("latin-1")) > max_parts + 1:
+    delimiter = b"\r\n--" + (boundary or "").encode("latin-1")  # PS3.18: CRLF, then --
+    found = body.count(delimiter) + body.startswith(delimiter[2:])  # the first may lead
+    if boundary is not None and found > max_parts + 1:
         raise BadUploadError(
             f"the multipart/related body has more than {max_parts} parts: the instances of "
             "one series (UNET_MAX_FRAMES)"

@@ -105,9 +105,10 @@ def _tiff_layout(data: bytes) -> str | None:
             page = tif.pages.first
             samples, bits = page.samplesperpixel, page.bitspersample
             kind = str(getattr(page.photometric, "name", page.photometric)).lower()
+            number = {1: "unsigned", 2: "signed", 3: "float"}.get(int(page.sampleformat), "")
     except (tifffile.TiffFileError, ValueError, IndexError, KeyError, OSError, struct.error):
         return None
-    return f"{samples} samples per pixel of {bits} bits ({kind})"
+    return f"{samples} samples per pixel of {bits}-bit {number or 'other'} numbers ({kind})"
 
 
 def _page_count(im: Image.Image, limits: Limits, label: str) -> int:

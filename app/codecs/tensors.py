@@ -133,7 +133,7 @@ def _shape(shape: list[int]) -> tuple[int, int, int, int]:
     if len(shape) == 2:
         return 1, shape[0], shape[1], 1
     if len(shape) == 3:  # [H, W, C] with C 1 to 4 (alpha dropped, as /segment does), else
-        if shape[2] <= 4:  # [N, H, W]: an image four pixels wide goes as [1, H, 4]
+        if shape[2] <= 4:  # [N, H, W]: a gray image 1-4 px wide goes as [1, H, W, 1]
             return 1, shape[0], shape[1], shape[2]
         return shape[0], shape[1], shape[2], 1
     return shape[0], shape[1], shape[2], shape[3]

@@ -29,6 +29,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from app.gateway import reactor, responses
+from app.gateway.hosts import HostNames
 from app.gateway.metrics import Metrics
 from app.gateway.settings import GatewaySettings
 from app.gateway.store import GatewayStore, key
@@ -96,12 +97,14 @@ class Receiver:
         self.ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(str(context.abstract_syntax), TRANSFER_SYNTAXES)
+        self.hosts = HostNames(settings.allowed_host_names())
         self._server: Any = None
         self._skipped: set[str] = set()
         self._lock = threading.Lock()
         self.port = settings.dicom_port
 
     def start(self, ssl_context: Any = None) -> None:
+        self.hosts.start()  # the allow-list's host names, looked up before anyone calls
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
@@ -132,6 +135,7 @@ class Receiver:
         return wrapped, address
 
     def stop(self) -> None:
+        self.hosts.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server = None
@@ -142,7 +146,7 @@ class Receiver:
         request = cast(A_ASSOCIATE, event.assoc.requestor.primitive)
         calling = str(request.calling_ae_title).strip()
         host = str(event.assoc.requestor.address)
-        if self.settings.admits(calling, host):
+        if self.settings.admits(calling, host, self.hosts):
             return
         log.warning("association rejected: calling AE %s from %s is not allowed", calling, host)
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)

@@ -3,8 +3,9 @@ encodes it, 0.6 ms of the gateway's ~6 ms an instance (a 512 x 512 CT on loopbac
 for seven fixed elements.
 
 ``StoreResponse`` takes the place of pynetdicom's C_STORE_RSP message for the responses
-the listener sends. A response with only what the gateway's statuses carry (the SOP
-class and instance, the message id, the status) is encoded here, in Implicit VR Little
+the listener sends (with pynetdicom's own event log off, as the gateway has it). A
+response with only what the gateway's statuses carry (the SOP class and instance, the
+message id, the status; its UIDs ASCII) is encoded here, in Implicit VR Little
 Endian as PS3.7 6.3.1 has every command set, one PDV when the peer's largest PDU takes
 it; any other (an error comment, an offending element) goes pynetdicom's way. A test
 compares both encodings, byte for byte, over many responses.
@@ -19,6 +20,7 @@ from typing import Any
 
 import pynetdicom.dimse
 from pydicom import Dataset
+from pynetdicom import _config
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
@@ -75,7 +77,8 @@ class StoreResponse(C_STORE_RSP):
             primitive.AffectedSOPInstanceUID,
         )
         extra = (primitive.ErrorComment, primitive.OffendingElement)
-        if any(value is None for value in fields) or any(v is not None for v in extra):
+        odd = not all(str(uid).isascii() for uid in (fields[0], fields[3]))  # a peer's bad UID
+        if any(value is None for value in fields) or any(v is not None for v in extra) or odd:
             self._pynetdicoms()
             return
         sop_class, message_id, status, sop_instance = fields
@@ -99,6 +102,12 @@ class StoreResponse(C_STORE_RSP):
         yield pdata  # the last (and only) fragment of a command: bits xxxxxx11
 
 
+def response() -> C_STORE_RSP:
+    """The message of a C-STORE response: ours, unless pynetdicom's own event log is on
+    (its handler knows its own class alone; the gateway turns that log off)."""
+    return StoreResponse() if _config.LOG_HANDLER_LEVEL == "none" else C_STORE_RSP()
+
+
 def install() -> None:
-    """Every C-STORE response pynetdicom sends from now on is a StoreResponse."""
-    pynetdicom.dimse._RSP_TO_MESSAGE[C_STORE] = StoreResponse
+    """Every C-STORE response pynetdicom sends from now on is made by ``response``."""
+    pynetdicom.dimse._RSP_TO_MESSAGE[C_STORE] = response  # type: ignore[assignment]

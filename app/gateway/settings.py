@@ -7,6 +7,7 @@ import ipaddress
 import re
 import socket
 import tempfile
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -25,36 +26,47 @@ class Caller:
     ae_title: str
     host: str | None = None
 
-    def admits(self, ae_title: str, host: str) -> bool:
-        """``host`` is the caller's address; this one's host an address or a name, looked
-        up at each association (a modality's address in DNS may change)."""
+    def admits(self, ae_title: str, host: str, resolve: Resolve | None = None) -> bool:
+        """``host`` is the caller's address; this one's host an address or a name, whose
+        addresses ``resolve`` gives (the listener's are looked up beforehand, in a thread
+        of their own: an association never waits on DNS; None: looked up now)."""
         if ae_title.strip() != self.ae_title:
             return False
-        return self.host is None or self.host == host or same_host(self.host, host)
+        return self.host is None or self.host == host or same_host(self.host, host, resolve)
 
 
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolve = Callable[[str], Collection[Address]]
+
+
+def address(text: str) -> Address | None:
+    """An IP address (an IPv4-mapped IPv6 one as IPv4), else None (a host name)."""
     try:
-        address = ipaddress.ip_address(text.split("%")[0])
+        found = ipaddress.ip_address(text.split("%")[0])
     except ValueError:
         return None
-    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:10.1.2.3 on a dual-stack socket
-    return mapped or address
+    mapped = getattr(found, "ipv4_mapped", None)  # ::ffff:10.1.2.3 on a dual-stack socket
+    return mapped or found
 
 
-def same_host(allowed: str, peer: str) -> bool:
+def lookup(name: str) -> frozenset[Address]:
+    """The addresses a host name resolves to now; none when it does not resolve."""
+    try:
+        found = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return frozenset()
+    return frozenset(a for info in found if (a := address(str(info[4][0]))) is not None)
+
+
+def same_host(allowed: str, peer: str, resolve: Resolve | None = None) -> bool:
     """Whether the address ``peer`` is the host ``allowed`` (an address, or a name and
     any address it resolves to); a name that does not resolve admits no one."""
-    address = _address(peer)
-    if address is None:
+    seen = address(peer)
+    if seen is None:
         return False
-    if _address(allowed) is not None:
-        return _address(allowed) == address
-    try:
-        found = socket.getaddrinfo(allowed, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
-        return False
-    return any(_address(str(info[4][0])) == address for info in found)
+    if address(allowed) is not None:
+        return address(allowed) == seen
+    return seen in (resolve or lookup)(allowed)
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,12 @@ class GatewaySettings(BaseSettings):
             )
         return self
 
-    def admits(self, ae_title: str, host: str) -> bool:
+    def admits(self, ae_title: str, host: str, resolve: Resolve | None = None) -> bool:
         """Whether a calling AE (from ``host``) may associate: any when none is configured."""
-        return not self.dicom_allowed or any(c.admits(ae_title, host) for c in self.dicom_allowed)
+        allowed = self.dicom_allowed
+        return not allowed or any(c.admits(ae_title, host, resolve) for c in allowed)
+
+    def allowed_host_names(self) -> list[str]:
+        """The allow-list's hosts given by name (not by address)."""
+        names = {c.host for c in self.dicom_allowed if c.host and address(c.host) is None}
+        return sorted(names)

@@ -193,6 +193,10 @@ class GatewayStore:
         SR failed, the gateway was killed) asks the service only for what it lacks."""
         write_durably(self.results / f"{item.name}.{kind}.dcm", writer(data))
 
+    def forget_results(self, item: Round) -> None:  # to be asked again, or refused
+        for path in self.result_files(item):
+            path.unlink(missing_ok=True)
+
     def kept_result(self, item: Round, kind: str) -> bytes | None:
         path = self.results / f"{item.name}.{kind}.dcm"
         return path.read_bytes() if path.exists() else None
@@ -226,8 +230,7 @@ class GatewayStore:
                 (reason, item.series, item.round),
             )
         shutil.rmtree(self.rounds / item.name, ignore_errors=True)
-        for path in self.result_files(item):
-            path.unlink(missing_ok=True)
+        self.forget_results(item)
 
     def postpone(self, item: Round, seconds: float, reason: str) -> None:
         with self._transaction() as db:

@@ -9,6 +9,7 @@ the segmentation of other series, nor another destination:
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import threading
 from collections.abc import Callable
@@ -36,6 +37,19 @@ def modality(path: Path) -> str:
     except (InvalidDicomError, OSError, ValueError):
         return ""
     return str(getattr(header, "Modality", ""))
+
+
+def _refers(results: dict[str, bytes]) -> bool:
+    """Whether the SR (when there is one) measures this SEG: it quotes the SEG's SOP
+    Instance UID. A SEG kept from an earlier try and an SR made now by a model replaced
+    meanwhile would not go together (their UIDs come from the model's hash)."""
+    if "sr" not in results:
+        return True
+    try:
+        seg = dcmread(io.BytesIO(results["seg"]), stop_before_pixels=True)
+        return str(seg.SOPInstanceUID).encode("ascii") in results["sr"]
+    except (InvalidDicomError, AttributeError, ValueError, EOFError):  # made again, then
+        return False
 
 
 def backoff(attempts: int) -> float:
@@ -118,9 +132,35 @@ class Worker:
             return
         model = outcome.detail
         series = client.multipart_related([f.read_bytes() for f in files])
+        results, outcome = self._results(item, series, model, reuse=True)
+        if results is not None and not _refers(results):  # the kept SEG is another model's
+            self.store.forget_results(item)
+            results, outcome = self._results(item, series, model, reuse=False)
+        if results is None:
+            self._not_segmented(item, outcome, "refused")
+            return
+        self.store.segmented(item, results, list(self.destinations))
+        for name, wake in self._wake.items():
+            if name.startswith("sender"):
+                wake.set()
+        self.metrics.series.labels("segmented").inc()
+        where = f"{len(self.destinations)} destination(s)" if self.destinations else "kept"
+        made = " and ".join(k.upper() for k in results)
+        log.info(
+            "series %s: %d instances segmented by %s (%s); to %s",
+            item.name, len(files), model or "the default model", made, where,
+        )  # fmt: skip
+
+    def _results(
+        self, item: Round, series: tuple[bytes, str], model: str, reuse: bool
+    ) -> tuple[dict[str, bytes] | None, client.Outcome]:
+        """The round's results, asked of the service in turn (``reuse``: those a try that
+        failed after them left on disk are taken as they are); None, and the outcome that
+        ended it, when one failed or the SEG was refused."""
         results: dict[str, bytes] = {}
+        outcome = client.Outcome("ok", "")
         for kind in self.settings.dicom_results:  # the SEG first: without it, nothing
-            kept = self.store.kept_result(item, kind)  # from a try that failed after it
+            kept = self.store.kept_result(item, kind) if reuse else None
             outcome = client.Outcome("ok", "kept", kept) if kept is not None else (
                 client.segment(self.settings, series, kind, model)
             )  # fmt: skip
@@ -131,21 +171,8 @@ class Worker:
             elif outcome.kind == "refused" and results:  # a SEG without an SR (no geometry)
                 log.warning("series %s: no %s: %s", item.name, kind.upper(), outcome.detail)
             else:
-                break
-        else:
-            self.store.segmented(item, results, list(self.destinations))
-            for name, wake in self._wake.items():
-                if name.startswith("sender"):
-                    wake.set()
-            self.metrics.series.labels("segmented").inc()
-            where = f"{len(self.destinations)} destination(s)" if self.destinations else "kept"
-            made = " and ".join(k.upper() for k in results)
-            log.info(
-                "series %s: %d instances segmented by %s (%s); to %s",
-                item.name, len(files), model or "the default model", made, where,
-            )  # fmt: skip
-            return
-        self._not_segmented(item, outcome, "refused")
+                return None, outcome
+        return results, outcome
 
     def _not_segmented(self, item: Round, outcome: client.Outcome, why: str) -> None:
         """A round the service refused (or no model is meant for: ``why`` "skipped"), for

@@ -134,7 +134,7 @@ def parse_card(document: Any, source: str) -> ModelCard:
 
 def _read_json(text: str | bytes, source: str) -> Any:
     try:
-        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+        return json.loads(text.decode("utf-8-sig") if isinstance(text, bytes) else text)
     except UnicodeDecodeError as exc:  # a card saved as Latin-1 or UTF-16 by an editor
         raise ModelCardError(f"{source}: not UTF-8 (byte {exc.start}: {exc.reason})") from None
     except json.JSONDecodeError as exc:

@@ -163,18 +163,18 @@ class Repository:
         None. With the reason, in words. UnavailableError (503) while a model is loading."""
         wanted, default = modality.strip().upper(), self.default_name()
         loading = [e.name for e in self.listing() if e.service is None and e.error is None]
-        if loading:  # its card, unknown yet, may be the one: "none fits" would be final
-            raise UnavailableError(
-                f"model {quote(loading[0])} is still loading: the model for a modality is "
-                "chosen once every model's card is known",
-                NOT_READY_RETRY_S,
-            )
         meant: dict[str, list[str]] = {}
         for entry in self.listing():
             if entry.service is not None and entry.service.ready:
                 listed = (entry.service.model.card.model_extra or {}).get("modalities") or []
                 meant[entry.name] = [str(m).upper() for m in listed]
         fits = sorted(name for name, listed in meant.items() if wanted in listed)
+        if loading and (not fits or default in loading):  # the answer may change with it
+            raise UnavailableError(
+                f"model {quote(loading[0])} is still loading: the model for this modality "
+                "is chosen once its card is known",
+                NOT_READY_RETRY_S,
+            )
         if fits:
             name = default if default in fits else fits[0]
             return name, f"{name}: its card lists the modality"

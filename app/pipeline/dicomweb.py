@@ -25,7 +25,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.codecs.dicom_wsi import WSM
 from app.codecs.errors import ImageTooLargeError, NotAnImageError, UnsupportedFormatError
-from app.errors import SourceFetchError
+from app.errors import SourceFetchError, SourceUrlError
 
 UID = r"[0-9]+(?:\.[0-9]+)*"
 SERIES_URL = re.compile(
@@ -48,7 +48,15 @@ class SeriesUrl:
     def parse(cls, text: str) -> SeriesUrl | None:
         """The series ``text`` names, else None (not a DICOMweb series URL)."""
         found = SERIES_URL.match(text)
-        return cls(found["root"], found["study"], found["series"]) if found else None
+        if not found:
+            return None
+        try:  # urllib checks the port and an IPv6 host only when they are read
+            parts = urlsplit(found["root"])
+            if parts.port == 0 or not parts.hostname:
+                raise ValueError("no host, or port 0")
+        except ValueError as exc:
+            raise SourceUrlError(f"the DICOMweb series URL is not valid: {exc}") from None
+        return cls(found["root"], found["study"], found["series"])
 
     @property
     def url(self) -> str:

@@ -81,6 +81,7 @@ Orthanc instance ids and HTTP statuses only: never DICOM attribute values.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -103,6 +104,9 @@ RESULTS = {"seg": "dicom-seg", "sr": "dicom-sr"}  # what a series may give -> it
 NOT_SEGMENTABLE = frozenset({400, 413, 415, 422})
 # Answers that mean "the service is not there right now": wait and try the same instance again.
 UNAVAILABLE = frozenset({401, 403, 502, 503, 504})
+# Answers to GET /models?modality= that mean "no choice to make here": the default model.
+NO_CHOICE = frozenset({404, 405, 422, 501})  # no such route (an older service), or modality
+MAX_TIMEOUT_S = 86400.0  # a request may wait a day at most (a value above is a mistake)
 MAX_BACKOFF_S = 10.0  # waits double from 1 s up to this while the service is away
 MAX_RETRY_AFTER_S = 60.0  # the longest Retry-After of the service that is honoured
 UNKNOWN_RESOURCE = 17  # Orthanc's error code for a resource that does not exist
@@ -194,16 +198,21 @@ def choose_model(
         ) as response:
             listing = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        if exc.code in UNAVAILABLE:
-            return Answer("unavailable", f"{url}: HTTP {exc.code}")
-        # no choice to make (404: a service before the model repository; a modality it
-        # will not take): the default model, whose answer to the series then decides
-        return Answer("chosen", "")
+        if exc.code in NO_CHOICE:
+            # no choice to make (404, 405, 501: a service without GET /models, before the
+            # model repository; 422: a modality it will not take): the default model,
+            # whose answer then decides
+            return Answer("chosen", "")
+        # 5xx, 429, a proxy's error: asked again later, never taken for the default
+        # model's answer (an MR series segmented by a CT model would stay done for good)
+        return Answer("unavailable", f"{url}: HTTP {exc.code}")
     except OSError as exc:  # refused, reset, DNS, a time-out
         reason = getattr(exc, "reason", exc)
         return Answer("unavailable", f"{url} unreachable ({type(reason).__name__})")
     except ValueError:
         return Answer("unavailable", f"{url}: the answer is not JSON")
+    if not isinstance(listing, dict):
+        return Answer("unavailable", f"{url}: the answer is not a model listing")
     chosen = listing.get("chosen")
     if chosen is None:
         return Answer("refused", str(listing.get("reason", "no model for this modality"))[:300])
@@ -301,8 +310,11 @@ def read_settings(configuration: Mapping[str, Any], environ: Mapping[str, str]) 
             f"{','.join(results)[:100]!r}"
         )
     settings = replace(settings, results=tuple(r for r in RESULTS if r in results))
-    if settings.timeout <= 0 or settings.retries < 1:
-        raise SettingsError("Timeout must be > 0 and Retries >= 1")
+    if not 0 < settings.timeout <= MAX_TIMEOUT_S or settings.retries < 1:  # nan fails too
+        raise SettingsError(
+            f"Timeout must be in (0, {MAX_TIMEOUT_S:g}] seconds and Retries >= 1, got "
+            f"{settings.timeout:g} and {settings.retries}"
+        )
     if not 1024 <= settings.state_property <= 65535:
         raise SettingsError(f"StateProperty must be in 1024..65535, got {settings.state_property}")
     declared = configuration.get("UserMetadata", {})
@@ -327,9 +339,14 @@ def _convert(raw: object, kind: type, name: str) -> object:
         if str(raw).lower() in {"false", "0", "no"}:
             return False
         raise SettingsError(f"{name} must be true or false, got {str(raw)[:100]!r}")
+    wrong = isinstance(raw, (bool, list, dict)) or (  # JSON true is no 1, 2.9 no 2
+        kind is int and isinstance(raw, float) and not raw.is_integer()
+    )
     try:
+        if wrong:
+            raise TypeError
         return kind(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SettingsError(f"{name} must be a {kind.__name__}, got {str(raw)[:100]!r}") from None
 
 
@@ -340,6 +357,7 @@ class OrthancApi(Protocol):
     """The part of Orthanc's Python API the worker uses (the ``orthanc`` module)."""
 
     def RestApiGet(self, uri: str) -> bytes: ...  # noqa: N802 -- Orthanc's names
+    def RestApiGetAfterPlugins(self, uri: str) -> bytes: ...  # noqa: N802
     def RestApiPost(self, uri: str, body: bytes) -> bytes: ...  # noqa: N802
     def RestApiPostAfterPlugins(self, uri: str, body: bytes) -> bytes: ...  # noqa: N802
     def RestApiPut(self, uri: str, body: bytes) -> bytes: ...  # noqa: N802
@@ -392,6 +410,8 @@ class Forwarder:
             self.thread.join(timeout)
 
     def _run(self) -> None:
+        if self.settings.destinations and not self.destinations_known():
+            return
         log.info("forwarding new instances to %s", self.settings.service_url)
         while not self.stopping.is_set():
             try:
@@ -401,6 +421,26 @@ class Forwarder:
             except Exception as exc:  # keep the worker alive whatever happens
                 log.error("forwarder: %s, continuing in 5 s", _describe(exc))
                 self.stopping.wait(5.0)
+
+    def destinations_known(self) -> bool:
+        """Whether every Destination is a DicomModalities entry or a DICOMweb server of this
+        Orthanc; else one error line and no forwarding: a misspelled name would hold every
+        series after the first, retried for ever."""
+        try:
+            known = set(json.loads(self.api.RestApiGet("/modalities")))
+        except Exception as exc:  # said in the log; the forwarder stays off
+            log.error("not started: the destinations cannot be listed (%s)", _describe(exc))
+            return False
+        with contextlib.suppress(Exception):  # no DICOMweb plugin: no servers
+            # "AfterPlugins": the DICOMweb plugin's routes are a plugin's, not the core's
+            known |= set(json.loads(self.api.RestApiGetAfterPlugins("/dicom-web/servers")))
+        unknown = [name for name in self.settings.destinations if name not in known]
+        if unknown:
+            log.error(
+                "not started: Destinations %s name neither a DicomModalities entry nor a "
+                "DICOMweb server of this Orthanc (known: %s)", unknown, sorted(known),
+            )  # fmt: skip
+        return not unknown
 
     def process_changes(self) -> bool:
         """Handle one page of changes; True when there may be more right away."""

@@ -235,3 +235,17 @@ def test_a_stow_rs_body_of_more_parts_than_frames_is_refused_before_it_is_parsed
     assert answer.status_code == 400, answer.text
     assert "more than 1000 parts" in answer.json()["detail"]
     assert "UNET_MAX_FRAMES" in answer.json()["detail"]
+
+
+def test_a_short_boundary_inside_the_parts_is_no_part(client: TestClient) -> None:
+    """Only CRLF -- boundary delimits a part (RFC 2046): "--x" in an instance's bytes is
+    not counted, and a series of a few parts is never taken for more than 1000."""
+    part = b"--x" * 600  # 600 look-alikes in each of three parts
+    body = b"".join(
+        b"--x\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n" for _ in range(3)
+    )
+    body += b"--x--\r\n"
+    headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=x'}
+    answer = client.post("/segment", content=body, headers=headers)
+    assert answer.status_code == 400, answer.text  # three parts that are no DICOM
+    assert "parts" not in answer.json()["detail"]

@@ -9,6 +9,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,11 @@ from app.metrics import Metrics
 from app.models.load import load_service
 from app.models.repository import Repository
 from app.service import Service
+from app.settings import Settings
 from deploy.demo_model import default_card, save_model
 from tests.app.test_startup import assert_fails_clearly, start
 from tests.conftest import settings
+from tests.deploy.pacs import modality_models
 from tests.jobs.test_jobs import submit, wait
 from tests.nets import BINARY
 from tests.samples import noise, png
@@ -267,6 +270,32 @@ def test_empty_repository_settings_are_unset(binary_model: Path) -> None:
     assert config.default_model is None
 
 
+@contextmanager
+def loading(
+    config: Settings, folder: Path, default: str, held: str, add: Callable[[], object]
+) -> Iterator[Repository]:
+    """The repository of ``folder`` loaded; then ``add()`` and a look at the folder whose
+    load of model ``held`` waits until the block ends (the repository is yielded)."""
+    gate = threading.Event()
+
+    def build(path: Path) -> Service:
+        if path.stem == held:
+            gate.wait(60)
+        return load_service(config, Metrics(), path=path)
+
+    models = Repository(build, folder, config.model_path, default, poll=0)
+    models.scan()
+    add()
+    scanning = threading.Thread(target=models.scan)
+    scanning.start()
+    try:
+        wait_for(lambda: held in models.names())
+        yield models
+    finally:
+        gate.set()
+        scanning.join(timeout=60)
+
+
 def test_the_model_for_a_modality_is_chosen_once_no_model_is_still_loading(
     tmp_path: Path, binary_model: Path, softmax_model: Path
 ) -> None:
@@ -274,25 +303,25 @@ def test_the_model_for_a_modality_is_chosen_once_no_model_is_still_loading(
     the choice is 503 (ask again), not "no model" -- which the gateway takes as final."""
     folder = repository(tmp_path / "repo", binary_model)
     config = settings(binary_model, model_repository=folder, default_model="binary")
-    gate = threading.Event()
-
-    def build(path: Path) -> Service:
-        if path.stem == "softmax3":
-            gate.wait(60)
-        return load_service(config, Metrics(), path=path)
-
-    models = Repository(build, folder, binary_model, "binary", poll=0)
-    models.scan()
+    add = lambda: shutil.copy(softmax_model, folder / "softmax3.onnx")  # noqa: E731
+    with (
+        loading(config, folder, "binary", "softmax3", add) as models,
+        pytest.raises(UnavailableError, match="'softmax3' is still loading"),
+    ):
+        models.choose("CT")
     assert models.choose("CT")[0] == "binary"  # its card names no modality: any
-    shutil.copy(softmax_model, folder / "softmax3.onnx")
-    scanning = threading.Thread(target=models.scan)
-    scanning.start()
-    try:
-        wait_for(lambda: "softmax3" in models.names())
-        with pytest.raises(UnavailableError, match="'softmax3' is still loading"):
-            models.choose("CT")
-    finally:
-        gate.set()
-        scanning.join(timeout=60)
-    assert models.choose("CT")[0] == "binary"
+    models.stop()
+
+
+def test_a_model_that_fits_answers_while_another_loads(tmp_path: Path) -> None:
+    """A ready CT model answers for CT while an MR model is added; MR waits for it."""
+    folder = modality_models(tmp_path / "repo")  # ctnet (CT), mrnet (MR)
+    (folder / "mrnet.onnx").rename(tmp_path / "mrnet.onnx")
+    config = settings(folder / "ctnet.onnx", model_repository=folder, default_model="ctnet")
+    add = lambda: (tmp_path / "mrnet.onnx").rename(folder / "mrnet.onnx")  # noqa: E731
+    with loading(config, folder, "ctnet", "mrnet", add) as models:
+        assert models.choose("CT")[0] == "ctnet"  # no model still loading changes that
+        with pytest.raises(UnavailableError, match="'mrnet' is still loading"):
+            models.choose("MR")
+    assert models.choose("MR")[0] == "mrnet"
     models.stop()

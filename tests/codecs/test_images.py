@@ -172,9 +172,16 @@ def test_bad_bytes_raise_the_documented_error(data: bytes, error: type[Exception
         decode(data, BIG)
 
 
-def test_a_tiff_of_a_layout_not_supported_says_what_it_is() -> None:
-    with pytest.raises(UnsupportedFormatError, match="5 samples per pixel of 8 bits"):
-        decode(tifffile_bytes(np.zeros((8, 8, 5), np.uint8)), BIG)
+@pytest.mark.parametrize(
+    ("pixels", "said"),
+    [
+        (np.zeros((8, 8, 5), np.uint8), "5 samples per pixel of 8-bit unsigned numbers"),
+        (np.zeros((8, 8), np.float16), "1 samples per pixel of 16-bit float numbers"),
+    ],
+)
+def test_a_tiff_of_a_layout_not_supported_says_what_it_is(pixels: np.ndarray, said: str) -> None:
+    with pytest.raises(UnsupportedFormatError, match=said):
+        decode(tifffile_bytes(pixels), BIG)
 
 
 def test_unsupported_formats_name_the_supported_ones() -> None:

@@ -50,6 +50,14 @@ class FakeService(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         time.sleep(FakeService.delay)
         FakeService.seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        self._answer()
+
+    def do_GET(self) -> None:
+        FakeService.seen.append({"path": self.path, "headers": dict(self.headers)})
+        self._answer()
+
+    def _answer(self) -> None:
+        """The next scripted answer."""
         status, headers, answer = FakeService.script.pop(0)
         self.send_response(status)
         for key, value in headers.items():
@@ -130,6 +138,30 @@ def test_no_answer_in_time_is_a_failure(service: str) -> None:
     assert "0.2 s" in answer.detail
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "detail"),
+    [
+        (200, b'{"chosen": "ct", "reason": "ct: its card lists the modality"}', "chosen", "ct"),
+        (200, b'{"chosen": null, "reason": "no model is meant"}', "refused", "no model is meant"),
+        (404, b"{}", "chosen", ""),  # a service before the model repository: its default
+        (422, b"{}", "chosen", ""),  # a modality it will not take: the default's answer decides
+        (501, b"{}", "chosen", ""),  # a server without GET at all: no choice to make
+        (500, b"{}", "unavailable", "HTTP 500"),  # never the default for a failure
+        (429, b"{}", "unavailable", "HTTP 429"),
+        (503, b"{}", "unavailable", "HTTP 503"),
+        (200, b"[]", "unavailable", "not a model listing"),
+    ],
+)
+def test_the_model_for_a_modality(
+    service: str, status: int, body: bytes, kind: str, detail: str
+) -> None:
+    FakeService.script = [(status, {}, body)]
+    answer = fwd.choose_model("MR", service)
+    assert answer.kind == kind
+    assert detail in answer.detail
+    assert FakeService.seen[0]["path"] == "/models?modality=MR"
+
+
 CONFIG = {"UserMetadata": {"UnetSegmentation": 4201}}
 
 
@@ -154,8 +186,18 @@ def test_settings_from_the_configuration_and_the_environment() -> None:
         ({**CONFIG, "UnetForwarder": []}, {}, "must be an object"),
         (CONFIG, {"UNET_SERVICE_URL": "http://u", "UNET_BACKFILL": "maybe"}, "true or false"),
         (CONFIG, {"UNET_SERVICE_URL": "http://u", "UNET_STATE_PROPERTY": "7"}, "1024..65535"),
+        # values that passed, then failed every request for ever or were silently changed
+        (CONFIG, {"UNET_SERVICE_URL": "http://u", "UNET_FORWARD_TIMEOUT": "nan"}, "Timeout"),
+        (CONFIG, {"UNET_SERVICE_URL": "http://u", "UNET_FORWARD_TIMEOUT": "inf"}, "Timeout"),
+        (CONFIG, {"UNET_SERVICE_URL": "http://u", "UNET_FORWARD_TIMEOUT": "1e300"}, "Timeout"),
+        ({**CONFIG, "UnetForwarder": {"ServiceUrl": "http://u", "Retries": 2.9}}, {},
+         "Retries .* must be a int"),
+        ({**CONFIG, "UnetForwarder": {"ServiceUrl": "http://u", "Timeout": True}}, {},
+         "Timeout .* must be a float"),
+        ({**CONFIG, "UnetForwarder": {"ServiceUrl": "http://u", "ApiKey": ["a", "b"]}}, {},
+         "ApiKey .* must be a str"),
     ],
-)
+)  # fmt: skip
 def test_bad_settings_name_the_problem(
     config: dict[str, object], environ: dict[str, str], message: str
 ) -> None:
@@ -192,6 +234,10 @@ class FakeOrthanc:
         assert uri == "/modalities"
         return b'["PACS"]'
 
+    def RestApiGetAfterPlugins(self, uri: str) -> bytes:  # noqa: N802 -- a plugin's route
+        assert uri == "/dicom-web/servers"
+        return b'["archive"]'
+
     def RestApiPostAfterPlugins(self, uri: str, body: bytes) -> bytes:  # noqa: N802
         assert body == b'{"Resources": ["seg-1"], "Synchronous": true}'
         self.posts.append(uri)
@@ -218,6 +264,24 @@ def test_each_destination_is_retried_on_its_own_until_it_accepts(
     ]
 
 
+@pytest.mark.parametrize(
+    ("destinations", "known"),
+    [(("PACS", "archive"), True), (("PACS", "PCAS"), False), (("archiv",), False)],
+)
+def test_a_destination_orthanc_does_not_know_stops_the_forwarder_at_once(
+    destinations: tuple[str, ...], known: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A misspelled name would be retried for ever, holding every series after the first."""
+    settings = fwd.Settings(service_url="http://u", destinations=destinations)
+    forwarder = fwd.Forwarder(FakeOrthanc({}), settings)
+    assert forwarder.destinations_known() is known
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert bool(said) is not known
+    if not known:
+        assert "name neither a DicomModalities entry nor a DICOMweb server" in said[0]
+        assert "'PACS', 'archive'" in said[0]  # what it knows, to spot the typo
+
+
 def test_stopping_while_a_destination_refuses_leaves_the_series_unmarked() -> None:
     api = FakeOrthanc({"/modalities/PACS/store": 99})
     settings = fwd.Settings(service_url="http://u", destinations=("PACS",))
@@ -242,6 +306,10 @@ class RecordingOrthanc:
     def RestApiGet(self, uri: str) -> bytes:  # noqa: N802
         assert uri == "/modalities"
         return b'["PACS"]'
+
+    def RestApiGetAfterPlugins(self, uri: str) -> bytes:  # noqa: N802 -- a plugin's route
+        assert uri == "/dicom-web/servers"
+        return b'["archive"]'
 
     def RestApiPostAfterPlugins(self, uri: str, body: bytes) -> bytes:  # noqa: N802
         self.sent.append((uri, body))

@@ -4,8 +4,10 @@ byte for byte, PDV for PDV, and reads back through pynetdicom as the response se
 from __future__ import annotations
 
 import pynetdicom.dimse
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pynetdicom import _config
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
@@ -75,6 +77,23 @@ def test_a_response_with_an_error_comment_goes_pynetdicoms_way(comment: str) -> 
     assert read_back(ours).ErrorComment == comment
 
 
-def test_install_makes_every_c_store_response_ours() -> None:
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # pydicom's, as it encodes
+@given(uid=st.sampled_from(["1.2.3\u00e9", "1.2.\u00b2"]), where=st.sampled_from(["class", "sop"]))
+def test_a_uid_that_is_not_ascii_goes_pynetdicoms_way(uid: str, where: str) -> None:
+    """A peer's malformed UID (pydicom reads the command set as Latin-1): pynetdicom
+    encodes it as it does, where the hand encoder would raise and leave the peer waiting."""
+    sop_class, sop = (uid, "1.2.3") if where == "class" else ("1.2.840.10008.5.1.4.1.1.2", uid)
+    primitive = response(sop_class, 3, 0x0000, sop)
+    expected = pdvs(C_STORE_RSP(), primitive, 1, 16382)
+    assert pdvs(StoreResponse(), primitive, 1, 16382) == expected
+
+
+def test_install_makes_every_c_store_response_ours_while_pynetdicoms_log_is_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     responses.install()
-    assert pynetdicom.dimse._RSP_TO_MESSAGE[C_STORE] is StoreResponse
+    make = pynetdicom.dimse._RSP_TO_MESSAGE[C_STORE]
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+    assert type(make()) is StoreResponse
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "standard")  # its handler knows its own
+    assert type(make()) is C_STORE_RSP

@@ -66,8 +66,10 @@ def test_a_refused_round_keeps_its_reason_not_its_instances(tmp_path: Path) -> N
     store = GatewayStore(tmp_path)
     put(store, "s", "a")
     (item,) = store.close_stable(0)
+    store.keep_result(item, "seg", b"a SEG made before the round was refused")
     store.refused(item, "HTTP 422: slices of two sizes")
     assert store.files(item) == []
+    assert store.result_files(item) == []  # nor a result kept of an earlier try
     assert store.due("segmenting") == []
     assert store.counts() == {"refused": 1}
 

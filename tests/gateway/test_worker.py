@@ -3,22 +3,36 @@ and never holds up the others."""
 
 from __future__ import annotations
 
+import io
+import ipaddress
 import logging
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
+import pydicom
 import pytest
 from prometheus_client import generate_latest
 from pydantic import ValidationError
 
 from app.gateway import client, worker
+from app.gateway.hosts import HostNames
 from app.gateway.metrics import Metrics
 from app.gateway.settings import Destination, GatewaySettings
 from app.gateway.store import GatewayStore
 from app.gateway.worker import Worker
 from tests.deploy.pacs import ct_series
 from tests.gateway.peers import until
+
+SEG_UID = "2.25.7"
+
+
+def fake_seg() -> bytes:
+    return seg_with_uid(SEG_UID)
+
+
+FAKE_SR = f"an SR measuring the SEG {SEG_UID}".encode()
 
 
 def test_a_delivery_that_raises_is_retried_and_the_next_one_still_goes(
@@ -60,17 +74,17 @@ def test_results_are_seg_then_sr_and_never_an_sr_alone() -> None:
 @pytest.mark.parametrize(
     ("sr_outcome", "stored", "state"),
     [
-        (client.Outcome("ok", "HTTP 200", b"SR"), [b"SEG", b"SR"], "kept"),
-        (client.Outcome("refused", "HTTP 422: no spacing"), [b"SEG"], "kept"),  # the SEG alone
+        (client.Outcome("ok", "HTTP 200", FAKE_SR), ["SEG", FAKE_SR], "kept"),
+        (client.Outcome("refused", "HTTP 422: no spacing"), ["SEG"], "kept"),  # the SEG alone
         # the SEG waits on disk for the SR's next try
-        (client.Outcome("retry", "HTTP 503", retry_after=5), [b"SEG"], "segmenting"),
+        (client.Outcome("retry", "HTTP 503", retry_after=5), ["SEG"], "segmenting"),
     ],
 )
 def test_a_round_keeps_its_seg_when_only_the_sr_is_refused(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     sr_outcome: client.Outcome,
-    stored: list[bytes],
+    stored: list[bytes | str],
     state: str,
 ) -> None:
     store = GatewayStore(tmp_path)
@@ -80,14 +94,15 @@ def test_a_round_keeps_its_seg_when_only_the_sr_is_refused(
 
     def segment(settings: object, series: object, kind: str, model: str) -> client.Outcome:
         asked.append(kind)
-        return client.Outcome("ok", "HTTP 200", b"SEG") if kind == "seg" else sr_outcome
+        return client.Outcome("ok", "HTTP 200", fake_seg()) if kind == "seg" else sr_outcome
 
     monkeypatch.setattr(client, "segment", segment)
     monkeypatch.setattr(client, "choose_model", lambda settings, modality: client.Outcome("ok", ""))
     monkeypatch.setattr(worker, "modality", lambda path: "CT")
     Worker(GatewaySettings(dicom_state_dir=tmp_path), store, Metrics(store)).segment_due()
     assert asked == ["seg", "sr"]
-    assert [p.read_bytes() for p in store.result_files(item)] == stored
+    expected = [fake_seg() if kept == "SEG" else kept for kept in stored]
+    assert [p.read_bytes() for p in store.result_files(item)] == expected
     assert store.counts() == {state: 1}
 
 
@@ -149,7 +164,7 @@ def test_the_sender_is_woken_by_a_segmented_round_not_by_its_poll(
 
     def segment(settings: object, series: object, kind: str, model: str) -> client.Outcome:
         assert looked.wait(30), "the sender never looked"
-        return client.Outcome("ok", "HTTP 200", b"SEG")
+        return client.Outcome("ok", "HTTP 200", fake_seg() if kind == "seg" else FAKE_SR)
 
     def send(settings: object, destination: object, paths: list[Path], tls: object) -> object:
         sent.set()
@@ -203,7 +218,7 @@ def test_an_sr_that_failed_is_asked_again_without_the_seg(
     store = GatewayStore(tmp_path)
     store.add_instance("s", "a", lambda f: f.write(b"x"))
     (item,) = store.close_stable(0)
-    asked, answers = [], {"seg": [b"SEG"], "sr": [None, None, b"SR"]}
+    asked, answers = [], {"seg": [fake_seg()], "sr": [None, None, FAKE_SR]}
 
     def segment(settings: object, series: object, kind: str, model: str) -> client.Outcome:
         asked.append(kind)
@@ -223,7 +238,7 @@ def test_an_sr_that_failed_is_asked_again_without_the_seg(
             store.close()
             store = GatewayStore(tmp_path)
     assert asked == ["seg", "sr", "sr", "sr"]
-    assert [p.read_bytes() for p in store.result_files(item)] == [b"SEG", b"SR"]
+    assert [p.read_bytes() for p in store.result_files(item)] == [fake_seg(), FAKE_SR]
     assert store.counts() == {"kept": 1}
 
 
@@ -261,3 +276,70 @@ def test_a_destination_that_hangs_holds_up_no_other(
         release.set()
         node.stop()
     assert "2 round(s) wait for GONE@127.0.0.1:104, no longer in" in caplog.text
+
+
+def test_an_association_never_waits_on_dns(caplog: pytest.LogCaptureFixture) -> None:
+    """The listener's host names are looked up before it opens and then in the background:
+    admitting a caller reads what was found (a resolver that hangs holds up no one)."""
+    asked: list[str] = []
+
+    def resolve(name: str) -> frozenset[Any]:
+        asked.append(name)
+        return (
+            frozenset({ipaddress.ip_address("10.1.2.3")}) if name == "ct.example" else frozenset()
+        )
+
+    settings = GatewaySettings(dicom_allowed="CT1@ct.example,MR2@gone.example,US3@10.9.9.9")
+    assert settings.allowed_host_names() == ["ct.example", "gone.example"]
+    hosts = HostNames(settings.allowed_host_names(), resolve)
+    caplog.set_level(logging.WARNING, logger="app.gateway")
+    hosts.start()
+    try:
+        for _ in range(100):
+            assert settings.admits("CT1", "10.1.2.3", hosts)
+            assert settings.admits("CT1", "::ffff:10.1.2.3", hosts)
+            assert not settings.admits("CT1", "10.1.2.4", hosts)
+            assert not settings.admits("MR2", "10.1.2.3", hosts)  # its name resolves to none
+            assert settings.admits("US3", "10.9.9.9", hosts)
+        assert asked == ["ct.example", "gone.example"]  # once each, at start
+        assert "allowed host gone.example resolves to no address" in caplog.text
+    finally:
+        hosts.stop()
+
+
+def test_a_kept_seg_that_the_new_sr_does_not_measure_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SEG kept from a try whose SR failed, then the model replaced: the SR made now
+    quotes another SEG. Both are asked again, so that what goes out goes together."""
+    store = GatewayStore(tmp_path)
+    store.add_instance("s", "a", lambda f: f.write(b"x"))
+    (item,) = store.close_stable(0)
+    old_seg, new_seg = seg_with_uid("2.25.1"), seg_with_uid("2.25.2")
+    store.keep_result(item, "seg", old_seg)  # the SR's try failed, the model was replaced
+    asked: list[str] = []
+
+    def segment(settings: object, series: object, kind: str, model: str) -> client.Outcome:
+        asked.append(kind)
+        body = new_seg if kind == "seg" else b"SR quoting 2.25.2 as its SEG"
+        return client.Outcome("ok", "HTTP 200", body)
+
+    monkeypatch.setattr(client, "segment", segment)
+    monkeypatch.setattr(client, "choose_model", lambda settings, modality: client.Outcome("ok", ""))
+    monkeypatch.setattr(worker, "modality", lambda path: "CT")
+    Worker(GatewaySettings(dicom_state_dir=tmp_path), store, Metrics(store)).segment_due()
+    assert asked == ["sr", "seg", "sr"]
+    seg, sr = (p.read_bytes() for p in store.result_files(item))
+    assert (seg, sr) == (new_seg, b"SR quoting 2.25.2 as its SEG")
+
+
+def seg_with_uid(uid: str) -> bytes:
+    """A Part 10 file with this SOP Instance UID (all _refers reads of a SEG)."""
+    dataset = pydicom.Dataset()
+    dataset.SOPInstanceUID = uid
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    dataset.file_meta = pydicom.dataset.FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    return out.getvalue()

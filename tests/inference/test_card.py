@@ -151,6 +151,14 @@ def test_a_sidecar_that_is_not_json_is_named(
         load_model(path, "cpu")
 
 
+def test_a_sidecar_saved_with_a_byte_order_mark_reads(valid_model: Path, tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    shutil.copy(valid_model, path)
+    card = default_card(VALID)
+    path.with_suffix(".json").write_bytes(b"\xef\xbb\xbf" + json.dumps(card).encode())
+    assert load_model(path, "cpu").card.name == card["name"]
+
+
 def test_softmax_model_card(softmax3_model: Path) -> None:
     card = load_model(softmax3_model, "cpu").card
     assert card.out_channels == 3 == len(card.classes)

@@ -10,6 +10,7 @@ import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -22,7 +23,8 @@ from hypothesis import settings as settings_
 from hypothesis import strategies as st
 
 from app import cli
-from app.errors import SourceFetchError
+from app.api import job_upload
+from app.errors import SourceFetchError, SourceUrlError, StorageFullError
 from app.main import create_app
 from app.pipeline.dicomweb import SeriesUrl, _stream_part
 from tests.conftest import settings
@@ -178,6 +180,33 @@ def test_a_job_reads_a_dicomweb_series_under_its_allowed_prefixes(
         assert "UNET_JOB_SOURCE_URLS" in answer.json()["detail"]
 
 
+def test_the_free_space_reserve_holds_while_a_series_downloads(
+    orthanc: Orthanc, rgb_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A series is gigabytes: the volume is looked at after each instance fetched (it was
+    checked against the JSON body's few bytes alone); a volume that fills meanwhile is a
+    507, and nothing of the job stays."""
+    url = series_url(orthanc, SCAN / "level0.dcm")
+    looks: list[int] = []
+    check_free = job_upload.check_free
+
+    def filling(settings: Any, more: int = 0) -> None:
+        looks.append(more)
+        if len(looks) > 2:  # the body's, the one before the fetch, then: full
+            raise StorageFullError("the jobs volume is nearly full (UNET_JOB_MIN_FREE_BYTES)")
+        check_free(settings, more)
+
+    monkeypatch.setattr(job_upload, "check_free", filling)
+    config = settings(rgb_model, jobs_dir=tmp_path / "jobs",
+                      job_source_urls=(f"{orthanc.url}/dicom-web/",))  # fmt: skip
+    with TestClient(create_app(config)) as client:
+        answer = client.post("/jobs", json={"source": url})
+        assert answer.status_code == 507, answer.text
+        assert client.get("/jobs").json() == {"jobs": []}
+    assert len(looks) == 3
+    assert leftovers(tmp_path / "jobs") == []
+
+
 @pytest.mark.parametrize(
     ("text", "shown"),
     [
@@ -199,6 +228,27 @@ def test_series_urls_are_recognised_and_shown_without_credentials(text: str, sho
 )  # fmt: skip
 def test_other_inputs_are_no_series_urls(text: str) -> None:
     assert SeriesUrl.parse(text) is None
+
+
+BAD_URLS = [
+    "https://pacs:99999/dicom-web/studies/1.2/series/3.4",  # port out of range
+    "https://pacs:abc/dicom-web/studies/1.2/series/3.4",  # not a port
+    "https://[::1/dicom-web/studies/1.2/series/3.4",  # an IPv6 host not closed
+    "https://:8042/dicom-web/studies/1.2/series/3.4",  # no host
+]
+
+
+@pytest.mark.parametrize("text", BAD_URLS)
+def test_a_series_url_whose_host_or_port_is_not_one_is_a_422_and_exit_2(
+    text: str, client: TestClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SourceUrlError, match="not valid"):
+        SeriesUrl.parse(text)
+    answer = client.post("/jobs", json={"source": text})  # it was a 500
+    assert answer.status_code == 422, answer.text
+    assert "DICOMweb series URL is not valid" in answer.json()["detail"]
+    assert cli.main([text, "--out", str(tmp_path)]) == 2
+    assert "DICOMweb series URL is not valid" in capsys.readouterr().err
 
 
 @settings_(max_examples=60, deadline=None)
