@@ -189,10 +189,10 @@ def related_parts(content_type: str, spool: IO[bytes], max_parts: int) -> list[I
     body = spool.read()
     header = email.message.Message()
     header["Content-Type"] = content_type
-    boundary = header.get_boundary()
-    delimiter = b"\r\n--" + (boundary or "").encode("latin-1")  # PS3.18: CRLF, then --
+    boundary = header.get_boundary() or ""  # none: the parser says what is wrong below
+    delimiter = b"\r\n--" + boundary.encode("latin-1")  # RFC 2046: CRLF, then --boundary
     found = body.count(delimiter) + body.startswith(delimiter[2:])  # the first may lead
-    if boundary is not None and found > max_parts + 1:
+    if boundary and found > max_parts + 1:
         raise BadUploadError(
             f"the multipart/related body has more than {max_parts} parts: the instances of "
             "one series (UNET_MAX_FRAMES)"

@@ -155,9 +155,9 @@ def _pixels(tensor: InputTensor, binary: memoryview, count: int) -> np.ndarray:
         raise TensorRequestError("the input has neither 'data' nor binary_data_size")
     try:
         values = np.asarray(tensor.data).ravel()
-    except (TypeError, ValueError, OverflowError):
-        values = np.asarray([0.5])  # ragged: refused below
-    if values.size and values.dtype.kind not in "iu":  # 1.7 would be cut to 1, true taken as 1
+    except (TypeError, ValueError, OverflowError):  # ragged
+        values = None
+    if values is None or (values.size and values.dtype.kind not in "iu"):  # 1.7, true: no
         raise TensorRequestError("input 'data' must be a (nested) list of integers")
     if values.size != count:
         raise TensorRequestError(f"input 'data' has {values.size} values, its shape {count}")

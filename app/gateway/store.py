@@ -204,9 +204,9 @@ class GatewayStore:
     def segmented(self, item: Round, results: dict[str, bytes], destinations: list[str]) -> None:
         """The service's results (kind -> Part 10 bytes) are on disk; each destination gets
         a delivery to make."""
-        for kind, data in results.items():
-            if self.kept_result(item, kind) != data:
-                write_durably(self.results / f"{item.name}.{kind}.dcm", writer(data))
+        for kind, data in results.items():  # usually on disk already (keep_result)
+            if not (path := self.results / f"{item.name}.{kind}.dcm").exists():
+                write_durably(path, writer(data))
         with self._transaction() as db:
             state = "sending" if destinations else "kept"
             db.execute(

@@ -12,6 +12,7 @@ import functools
 import io
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,9 @@ class Worker:
         self._stop.set()
         for wake in self._wake.values():
             wake.set()
+        deadline = time.monotonic() + 30  # shared: several senders hung in a time-out
         for thread in self._threads:
-            thread.join(timeout=30)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _loop(self, step: Callable[[], None], wake: threading.Event) -> None:
         while not self._stop.is_set():
@@ -132,8 +134,9 @@ class Worker:
             return
         model = outcome.detail
         series = client.multipart_related([f.read_bytes() for f in files])
+        earlier = bool(self.store.result_files(item))  # a try that failed after its SEG
         results, outcome = self._results(item, series, model, reuse=True)
-        if results is not None and not _refers(results):  # the kept SEG is another model's
+        if earlier and results is not None and not _refers(results):  # another model's SEG
             self.store.forget_results(item)
             results, outcome = self._results(item, series, model, reuse=False)
         if results is None:
